@@ -27,7 +27,7 @@ namespace {
 // Headers larger than this are rejected outright (the Hugging Face reader uses the same limit).
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
-std::string quoted(std::string_view s) {
+std::string qname(std::string_view s) {
   constexpr size_t kMax = 120;
   std::string out = "'";
   out.append(s.substr(0, kMax));
@@ -81,7 +81,7 @@ bool as_u64(const json& v, uint64_t* out) {
 TensorInfo parse_entry(const std::string& what, const std::string& name, const json& e,
                        uint64_t data_size) {
   auto bad = [&](auto&&... args) {
-    fail(what, ": tensor ", quoted(name), ": ", std::forward<decltype(args)>(args)...);
+    fail(what, ": tensor ", qname(name), ": ", std::forward<decltype(args)>(args)...);
   };
   if (!e.is_object()) bad("expected an object {dtype, shape, data_offsets}, found ", describe(e));
   TensorInfo info;
@@ -92,7 +92,7 @@ TensorInfo parse_entry(const std::string& what, const std::string& name, const j
   if (!dt->is_string()) bad("field 'dtype': expected a string, found ", describe(*dt));
   const auto& dname = dt->get_ref<const std::string&>();
   if (!dtype_from_name(dname, &info.dtype))
-    bad("unknown dtype ", quoted(dname), " (supported: ", supported_dtypes(), ")");
+    bad("unknown dtype ", qname(dname), " (supported: ", supported_dtypes(), ")");
 
   auto sh = e.find("shape");
   if (sh == e.end()) bad("missing field 'shape'");
@@ -190,9 +190,9 @@ SafetensorsHeader parse_safetensors(const uint8_t* data, size_t size, const std:
   }
   if (!j.is_object()) fail(what, ": header is not a JSON object (found ", j.type_name(), ")");
   if (!dup_name.empty())
-    fail(what, ": tensor ", quoted(dup_name), " appears more than once in the header");
+    fail(what, ": tensor ", qname(dup_name), " appears more than once in the header");
   if (!dup_field.empty())
-    fail(what, ": tensor ", quoted(dup_field_owner), ": field ", quoted(dup_field),
+    fail(what, ": tensor ", qname(dup_field_owner), ": field ", qname(dup_field),
          " appears more than once");
 
   SafetensorsHeader h;
@@ -207,7 +207,7 @@ SafetensorsHeader parse_safetensors(const uint8_t* data, size_t size, const std:
         fail(what, ": __metadata__: expected an object of strings, found ", describe(e));
       for (const auto& [k, v] : e.items()) {
         if (!v.is_string())
-          fail(what, ": __metadata__ key ", quoted(k), ": expected a string value, found ", describe(v));
+          fail(what, ": __metadata__ key ", qname(k), ": expected a string value, found ", describe(v));
         h.metadata.emplace(k, v.get<std::string>());
       }
       continue;
@@ -227,8 +227,8 @@ SafetensorsHeader parse_safetensors(const uint8_t* data, size_t size, const std:
     const TensorInfo* a = by_begin[i - 1];
     const TensorInfo* b = by_begin[i];
     if (b->begin < a->end)
-      fail(what, ": tensor ", quoted(b->name), " (data_offsets [", b->begin, ", ", b->end,
-           "]) overlaps tensor ", quoted(a->name), " (data_offsets [", a->begin, ", ", a->end, "])");
+      fail(what, ": tensor ", qname(b->name), " (data_offsets [", b->begin, ", ", b->end,
+           "]) overlaps tensor ", qname(a->name), " (data_offsets [", a->begin, ", ", a->end, "])");
   }
   return h;
 }
@@ -286,7 +286,7 @@ Tensor SafetensorsFile::tensor(const TensorInfo& info) const {
   const uint64_t data_size = size_ - header_.data_start;
   DSA_CHECK(info.begin <= info.end && info.end <= data_size &&
                 info.end - info.begin == uint64_t(t.numel()) * dtype_size(t.dtype),
-            path_, ": tensor ", quoted(info.name), ": data_offsets [", info.begin, ", ", info.end,
+            path_, ": tensor ", qname(info.name), ": data_offsets [", info.begin, ", ", info.end,
             "] do not describe ", t.str(), " inside this file");
   const uint8_t* p = map_ + header_.data_start + info.begin;
   if (reinterpret_cast<uintptr_t>(p) % dtype_size(t.dtype) == 0) {
@@ -343,21 +343,21 @@ Checkpoint Checkpoint::open(const std::string& dir) {
     std::map<std::string, std::string> first_tensor;  // shard file name -> a tensor listing it
     for (const auto& [name, v] : wm->items()) {
       if (!v.is_string())
-        fail(ip, ": weight_map entry for tensor ", quoted(name), ": expected a file name, found ", describe(v));
+        fail(ip, ": weight_map entry for tensor ", qname(name), ": expected a file name, found ", describe(v));
       const std::string& shard = v.get_ref<const std::string&>();
       fs::path sp(shard);
       bool escapes = shard.empty() || sp.is_absolute();
       for (const auto& part : sp)
         if (part == "..") escapes = true;
       if (escapes)
-        fail(ip, ": weight_map entry for tensor ", quoted(name), ": shard file name ", quoted(shard),
+        fail(ip, ": weight_map entry for tensor ", qname(name), ": shard file name ", qname(shard),
              " must be a relative path inside the model directory");
       first_tensor.emplace(shard, name);
     }
     for (const auto& [shard, tname] : first_tensor) {
       const fs::path sp = fs::path(dir) / shard;
       if (!fs::is_regular_file(sp, ec))
-        fail(ip, ": tensor ", quoted(tname), " is mapped to shard ", quoted(shard), ", but ", sp.string(),
+        fail(ip, ": tensor ", qname(tname), " is mapped to shard ", qname(shard), ", but ", sp.string(),
              " does not exist");
       shard_ids.emplace(shard, add_file(sp));
     }
@@ -367,7 +367,7 @@ Checkpoint Checkpoint::open(const std::string& dir) {
       const SafetensorsFile& f = *c.files_[fi];
       auto it = f.index_.find(name);
       if (it == f.index_.end())
-        fail(ip, ": tensor ", quoted(name), " is mapped to shard ", quoted(shard), ", but ", f.path(),
+        fail(ip, ": tensor ", qname(name), " is mapped to shard ", qname(shard), ", but ", f.path(),
              " has no tensor of that name");
       c.where_.emplace(name, std::make_pair(fi, it->second));
     }
@@ -376,10 +376,10 @@ Checkpoint Checkpoint::open(const std::string& dir) {
       for (const auto& t : c.files_[fi]->header().tensors) {
         auto w = c.where_.find(t.name);
         if (w == c.where_.end())
-          fail(ip, ": tensor ", quoted(t.name), " is present in ", c.files_[fi]->path(),
+          fail(ip, ": tensor ", qname(t.name), " is present in ", c.files_[fi]->path(),
                " but not listed in the weight_map");
         if (w->second.first != fi)
-          fail(dir, ": tensor ", quoted(t.name), " is present in two shards: ",
+          fail(dir, ": tensor ", qname(t.name), " is present in two shards: ",
                c.files_[w->second.first]->path(), " (per the index) and ", c.files_[fi]->path());
       }
     }
@@ -400,7 +400,7 @@ Checkpoint Checkpoint::open(const std::string& dir) {
     for (size_t ti = 0; ti < ts.size(); ++ti) {
       auto [it, fresh] = c.where_.emplace(ts[ti].name, std::make_pair(fi, ti));
       if (!fresh)
-        fail(dir, ": tensor ", quoted(ts[ti].name), " is present in two shards: ",
+        fail(dir, ": tensor ", qname(ts[ti].name), " is present in two shards: ",
              c.files_[it->second.first]->path(), " and ", c.files_[fi]->path());
     }
   }
@@ -418,19 +418,19 @@ std::vector<std::string> Checkpoint::names() const {
 
 const TensorInfo& Checkpoint::info(std::string_view name) const {
   auto it = where_.find(name);
-  if (it == where_.end()) fail(dir_, ": missing tensor ", quoted(name));
+  if (it == where_.end()) fail(dir_, ": missing tensor ", qname(name));
   return files_[it->second.first]->header().tensors[it->second.second];
 }
 
 const std::string& Checkpoint::file_of(std::string_view name) const {
   auto it = where_.find(name);
-  if (it == where_.end()) fail(dir_, ": missing tensor ", quoted(name));
+  if (it == where_.end()) fail(dir_, ": missing tensor ", qname(name));
   return files_[it->second.first]->path();
 }
 
 Tensor Checkpoint::get(std::string_view name) const {
   auto it = where_.find(name);
-  if (it == where_.end()) fail(dir_, ": missing tensor ", quoted(name));
+  if (it == where_.end()) fail(dir_, ": missing tensor ", qname(name));
   const auto& f = *files_[it->second.first];
   return f.tensor(f.header().tensors[it->second.second]);
 }
@@ -438,11 +438,11 @@ Tensor Checkpoint::get(std::string_view name) const {
 Tensor Checkpoint::get(std::string_view name, DType dtype, Shape shape) const {
   auto it = where_.find(name);
   if (it == where_.end())
-    fail(dir_, ": missing tensor ", quoted(name), " (expected ", dtype_name(dtype), shape.str(), ")");
+    fail(dir_, ": missing tensor ", qname(name), " (expected ", dtype_name(dtype), shape.str(), ")");
   const auto& f = *files_[it->second.first];
   const TensorInfo& ti = f.header().tensors[it->second.second];
   if (ti.dtype != dtype || !(ti.shape == shape))
-    fail(f.path(), ": tensor ", quoted(name), ": expected ", dtype_name(dtype), shape.str(), ", found ",
+    fail(f.path(), ": tensor ", qname(name), ": expected ", dtype_name(dtype), shape.str(), ", found ",
          dtype_name(ti.dtype), ti.shape.str());
   return f.tensor(ti);
 }
@@ -455,7 +455,7 @@ std::string json_string(const std::string& s, const std::string& what) {
   try {
     return json(s).dump();
   } catch (const json::exception& e) {
-    fail(what, ": name or metadata ", quoted(s), " is not valid UTF-8");
+    fail(what, ": name or metadata ", qname(s), " is not valid UTF-8");
   }
 }
 
@@ -486,11 +486,11 @@ uint64_t check_writable(const std::string& path, const std::vector<NamedTensor>&
   for (const auto& nt : tensors) {
     const Tensor& t = nt.tensor;
     DSA_CHECK(nt.name != "__metadata__", path, ": a tensor cannot be named '__metadata__'");
-    DSA_CHECK(names.insert(nt.name).second, path, ": tensor ", quoted(nt.name), " is written twice");
-    DSA_CHECK(t.device == Device::CPU, path, ": tensor ", quoted(nt.name), " is not a host tensor");
+    DSA_CHECK(names.insert(nt.name).second, path, ": tensor ", qname(nt.name), " is written twice");
+    DSA_CHECK(t.device == Device::CPU, path, ": tensor ", qname(nt.name), " is not a host tensor");
     for (int i = 0; i < t.shape.n; ++i)
-      DSA_CHECK(t.shape[i] >= 0, path, ": tensor ", quoted(nt.name), ": negative dimension in ", t.str());
-    DSA_CHECK(t.nbytes() == 0 || t.data != nullptr, path, ": tensor ", quoted(nt.name), " (", t.str(),
+      DSA_CHECK(t.shape[i] >= 0, path, ": tensor ", qname(nt.name), ": negative dimension in ", t.str());
+    DSA_CHECK(t.nbytes() == 0 || t.data != nullptr, path, ": tensor ", qname(nt.name), " (", t.str(),
               ") has no data");
     total += t.nbytes();
   }
