@@ -1,0 +1,136 @@
+#include "model/deepseek_v32.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "model/rope_table.h"
+
+namespace dsa {
+
+DeepseekV32::DeepseekV32(ModelConfig cfg, ModelWeights w, Backend& be) : cfg_(std::move(cfg)), w_(std::move(w)), be_(be) {
+  rope_ = be_.upload(rope_table(cfg_, cfg_.max_position_embeddings));
+}
+
+// MLA with DSA for layer l (architecture.md §3, §4). x: attn_norm output BF16 [T, D].
+void DeepseekV32::attention(int64_t l, const Tensor& x, Batch& b, KvLayer& kv, AttentionMode mode, Tensor& out) {
+  const LayerWeights& w = w_.layers[size_t(l)];
+  const int64_t T = x.dim(0), H = cfg_.num_attention_heads, QK = cfg_.qk_head_dim();
+  const int64_t NOPE = cfg_.qk_nope_head_dim, DV = cfg_.v_head_dim, R = cfg_.kv_lora_rank, RO = cfg_.qk_rope_head_dim;
+  const float scale = float(cfg_.mla_softmax_scale());
+
+  // Shared front-end: qr = q_norm(wq_a x) feeds both MLA and the indexer.
+  Tensor qa = be_.alloc(DType::BF16, {T, cfg_.q_lora_rank}), qr = be_.alloc(DType::BF16, {T, cfg_.q_lora_rank});
+  be_.linear_fp8(x, w.wq_a, qa);
+  be_.rms_norm(qa, w.q_norm, float(cfg_.rms_norm_eps), qr);
+  Tensor q = be_.alloc(DType::BF16, {T, H, QK});
+  { Tensor q2 = q.view({T, H * QK}); be_.linear_fp8(qr, w.wq_b, q2); }
+  be_.rope(q, NOPE, b, rope_, RopeLayout::Interleaved);  // MLA: the last 64 dims, interleaved
+
+  Tensor kvf = be_.alloc(DType::BF16, {T, R + RO}), lat = be_.alloc(DType::BF16, {T, R}), kpe = be_.alloc(DType::BF16, {T, 1, RO});
+  be_.linear_fp8(x, w.wkv_a, kvf);
+  be_.copy_cols(kvf, 0, lat);
+  be_.rms_norm(lat, w.kv_norm, float(cfg_.rms_norm_eps), lat);
+  { Tensor k2 = kpe.view({T, RO}); be_.copy_cols(kvf, R, k2); }
+  be_.rope(kpe, 0, b, rope_, RopeLayout::Interleaved);
+  be_.mla_cache_write(lat, kpe.view({T, RO}), kv, b);  // FP8 latent: every later use sees quant-dequant values
+
+  // Lightning indexer. Skipped in dense mode, and when every sequence is within index_topk tokens:
+  // then top-k selects every visible position and DSA is exactly dense causal attention
+  // (architecture.md §3.4) — the keys are still cached for later steps.
+  int64_t max_end = 0;
+  for (auto& s : b.seqs) max_end = std::max(max_end, s.end_pos());
+  const int64_t K = cfg_.index_topk;
+  Tensor topk;
+  if (mode == AttentionMode::Sparse) {
+    const IndexerWeights& iw = w.indexer;
+    const int64_t Hi = cfg_.index_n_heads, Di = cfg_.index_head_dim;
+    Tensor ik = be_.alloc(DType::BF16, {T, 1, Di});
+    { Tensor k2 = ik.view({T, Di}); be_.linear_fp8(x, iw.wk, k2); be_.layer_norm(k2, iw.k_norm_w, iw.k_norm_b, 1e-6f, k2); }
+    be_.rope(ik, 0, b, rope_, RopeLayout::HalfSplit);  // indexer: the first 64 dims, half-split
+    { Tensor k2 = ik.view({T, Di}); be_.hadamard128(k2); be_.indexer_cache_write(k2, kv, b); }
+    if (max_end > K) {
+      Tensor iq = be_.alloc(DType::BF16, {T, Hi, Di});
+      { Tensor q2 = iq.view({T, Hi * Di}); be_.linear_fp8(qr, iw.wq_b, q2); }
+      be_.rope(iq, 0, b, rope_, RopeLayout::HalfSplit);
+      { Tensor q2 = iq.view({T * Hi, Di}); be_.hadamard128(q2); }
+      Tensor iq8 = be_.alloc(DType::E4M3, {T, Hi, Di}), iqs = be_.alloc(DType::F32, {T, Hi});
+      { Tensor a = iq.view({T * Hi, Di}), q8 = iq8.view({T * Hi, Di}), qs = iqs.view({T * Hi, 1}); be_.act_quant(a, q8, qs); }
+      Tensor wts = be_.alloc(DType::F32, {T, Hi});
+      be_.linear_f32(x, iw.weights_proj, wts);
+      be_.indexer_weights(wts, iqs, float(1.0 / std::sqrt(double(Hi))), float(1.0 / std::sqrt(double(Di))));
+      topk = be_.alloc(DType::I32, {T, K});
+      be_.indexer_topk(iq8, wts, kv, b, K, topk);
+    }
+  }
+  const Tensor* sel = topk.data ? &topk : nullptr;
+
+  Tensor o = be_.alloc(DType::BF16, {T, H, DV});
+  if (b.all_single_token()) {
+    // Decode: absorbed MQA form straight over the FP8 cache (architecture.md §3.3).
+    Tensor qlat = be_.alloc(DType::BF16, {T, H, R}), qpe = be_.alloc(DType::BF16, {T, H, RO}), olat = be_.alloc(DType::BF16, {T, H, R});
+    be_.mla_absorb_q(q, w.wkv_b_bf16, qlat);
+    { Tensor src = q.view({T * H, QK}), dst = qpe.view({T * H, RO}); be_.copy_cols(src, NOPE, dst); }
+    be_.attention_mqa(qlat, qpe, kv, b, sel, scale, olat);
+    be_.mla_absorb_out(olat, w.wkv_b_bf16, o);
+  } else {
+    // Prefill: MHA form; keys/values expanded from the cached latents of each sequence's context.
+    const int64_t NC = b.n_ctx();
+    Tensor ckv = be_.alloc(DType::BF16, {NC, R}), cpe = be_.alloc(DType::BF16, {NC, RO});
+    be_.mla_cache_read(kv, b, ckv, cpe);
+    Tensor kvup = be_.alloc(DType::BF16, {NC, H, NOPE + DV});
+    { Tensor k2 = kvup.view({NC, H * (NOPE + DV)}); be_.linear_fp8(ckv, w.wkv_b, k2); }
+    be_.attention_mha(q, kvup, cpe, b, sel, scale, o);
+  }
+  be_.linear_fp8(o.view({T, H * DV}), w.wo, out);
+}
+
+Tensor DeepseekV32::forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionMode mode,
+                            const std::vector<int32_t>& logit_rows) {
+  const int64_t T = b.n_tokens(), D = cfg_.hidden_size;
+  DSA_CHECK(ids.numel() == T, "forward: ", ids.numel(), " ids for a batch of ", T, " tokens");
+  for (auto& s : b.seqs)
+    DSA_CHECK(s.end_pos() <= cfg_.max_position_embeddings, "sequence of ", s.end_pos(),
+              " tokens is longer than the model's context (max_position_embeddings = ", cfg_.max_position_embeddings, ")");
+  be_.prepare_batch(b);
+  const float eps = float(cfg_.rms_norm_eps);
+  Tensor h = be_.alloc(DType::BF16, {T, D}), x = be_.alloc(DType::BF16, {T, D}), residual = be_.alloc(DType::BF16, {T, D});
+  be_.embed(ids, w_.embed, h);
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    const LayerWeights& w = w_.layers[size_t(l)];
+    if (l == 0) {
+      be_.copy(h, residual);
+      be_.rms_norm(h, w.attn_norm, eps, x);
+    } else {
+      be_.add_rms_norm(h, residual, w.attn_norm, eps, x);
+    }
+    attention(l, x, b, kv.layers[size_t(l)], mode, h);
+    be_.add_rms_norm(h, residual, w.ffn_norm, eps, x);
+    if (!w.moe) {
+      mlp_forward(be_, x, w.mlp, h);
+    } else {
+      const int64_t E = cfg_.n_routed_experts, K = cfg_.num_experts_per_tok;
+      Tensor logits = be_.alloc(DType::F32, {T, E}), ids_e = be_.alloc(DType::I32, {T, K}), wts = be_.alloc(DType::F32, {T, K});
+      be_.linear_f32(x, w.gate, logits);
+      be_.moe_route(logits, w.gate_bias.data ? &w.gate_bias : nullptr, cfg_.n_group, cfg_.topk_group, K,
+                    cfg_.norm_topk_prob, float(cfg_.routed_scaling_factor), ids_e, wts);
+      be_.moe_experts(x, ids_e, wts, w.experts, w.has_shared ? &w.shared : nullptr, h);
+    }
+  }
+  be_.add_rms_norm(h, residual, w_.norm, eps, x);  // the final norm absorbs the last residual add
+  const int64_t NR = int64_t(logit_rows.size());
+  Tensor hs = x;
+  bool all = NR == T;
+  for (int64_t i = 0; all && i < NR; ++i) all = logit_rows[size_t(i)] == i;
+  if (!all) {
+    hs = be_.alloc(DType::BF16, {NR, D});
+    for (int64_t i = 0; i < NR; ++i) {
+      Tensor dst = hs.rows(i, i + 1);
+      be_.copy(x.rows(logit_rows[size_t(i)], logit_rows[size_t(i)] + 1), dst);
+    }
+  }
+  Tensor logits = be_.alloc(DType::F32, {NR, cfg_.vocab_size});
+  be_.linear_f32(hs, w_.head, logits);
+  return logits;
+}
+
+}  // namespace dsa

@@ -1,0 +1,46 @@
+#pragma once
+// The DeepSeek-V3.2 graph (architecture.md §2–§6) written as calls on a Backend.
+// No arithmetic here: every number is computed by a backend op.
+#include <memory>
+#include <vector>
+
+#include "backends/backend.h"
+#include "io/model_config.h"
+#include "model/weights.h"
+#include "runtime/kv_cache.h"
+
+namespace dsa {
+
+enum class AttentionMode {
+  Sparse,  // DSA: lightning indexer + top-k, attention over the gathered rows only
+  Dense,   // dense causal MLA for comparison — NOT DSA (the indexer does not run)
+};
+
+struct ForwardStats {
+  double indexer_s = 0, attention_s = 0, total_s = 0;  // host wall time (synchronised), optional
+};
+
+class DeepseekV32 {
+ public:
+  DeepseekV32(ModelConfig cfg, ModelWeights w, Backend& be);
+  const ModelConfig& config() const { return cfg_; }
+  const ModelWeights& weights() const { return w_; }
+  Backend& backend() { return be_; }
+
+  // One forward step over a ragged batch: writes every layer's caches for the new tokens and
+  // returns fp32 logits [rows, vocab] on the backend for the requested token rows (indices into
+  // the batch's packed tokens; e.g. the last token of each sequence, or all for perplexity).
+  // ids: I32 [T] on the backend. Prefill uses the MHA form, a batch of one token per sequence
+  // the absorbed MQA form (architecture.md §10.12), as the reference does.
+  Tensor forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionMode mode,
+                 const std::vector<int32_t>& logit_rows);
+
+ private:
+  void attention(int64_t l, const Tensor& x, Batch& b, KvLayer& kv, AttentionMode mode, Tensor& out);
+  ModelConfig cfg_;
+  ModelWeights w_;
+  Backend& be_;
+  Tensor rope_;  // F32 [max_pos, 32, 2] on the backend
+};
+
+}  // namespace dsa

@@ -1,0 +1,70 @@
+#include "tools/common.h"
+
+#include <cstdio>
+#include <sstream>
+
+namespace dsa::tools {
+
+void EngineFlags::add(CLI::App& app) {
+  app.add_option("-m,--model", model, "model directory (config.json, safetensors, tokenizer.json)")->required();
+  app.add_option("--device", device, "cpu or cuda")->capture_default_str();
+  app.add_option("-t,--threads", threads, "CPU threads (0: all cores)");
+  app.add_option("--kv-tokens", kv_tokens, "KV cache capacity in tokens (default: the model's context)");
+  app.add_option("--prefill-chunk", prefill_chunk, "prefill in chunks of this many tokens (0: one step)");
+  app.add_option("--attention", attention, "sparse (DSA) or dense (dense MLA, for comparison; not DSA)")
+      ->check(CLI::IsMember({"sparse", "dense"}))->capture_default_str();
+}
+
+EngineOptions EngineFlags::options() const {
+  EngineOptions o;
+  o.device = device;
+  o.threads = threads;
+  o.kv_tokens = kv_tokens;
+  o.prefill_chunk = prefill_chunk;
+  o.attention = attention == "dense" ? AttentionMode::Dense : AttentionMode::Sparse;
+  return o;
+}
+
+int parse(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return -1;
+}
+
+std::vector<int32_t> parse_ids(const std::string& s) {
+  std::vector<int32_t> ids;
+  std::string cur;
+  auto flush = [&] {
+    if (cur.empty()) return;
+    size_t used = 0;
+    long v = 0;
+    try { v = std::stol(cur, &used); } catch (...) { used = 0; }
+    DSA_CHECK(used == cur.size(), "bad token id '", cur, "'");
+    ids.push_back(int32_t(v));
+    cur.clear();
+  };
+  for (char c : s) {
+    if (c == ' ' || c == ',' || c == '\n' || c == '\t') flush();
+    else cur += c;
+  }
+  flush();
+  return ids;
+}
+
+std::string human_bytes(double b) {
+  const char* u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int i = 0;
+  while (b >= 1024 && i < 4) { b /= 1024; ++i; }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f %s", b, u[i]);
+  return buf;
+}
+
+std::string attention_label(AttentionMode m) {
+  return m == AttentionMode::Sparse ? "DSA (indexer + top-k sparse MLA)" : "dense MLA (comparison; NOT DSA)";
+}
+
+}  // namespace dsa::tools

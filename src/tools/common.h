@@ -1,0 +1,29 @@
+#pragma once
+// Shared CLI plumbing: engine options, prompt parsing, memory/speed reporting.
+#include <CLI/CLI.hpp>
+
+#include <string>
+#include <vector>
+
+#include "runtime/engine.h"
+
+namespace dsa::tools {
+
+struct EngineFlags {
+  std::string model;
+  std::string device = "cpu";
+  int threads = 0;
+  int64_t kv_tokens = 0;
+  int64_t prefill_chunk = 0;
+  std::string attention = "sparse";
+  void add(CLI::App& app);
+  EngineOptions options() const;
+};
+
+// Run a CLI11 app over argv (argv[0] = subcommand name); returns -1 to continue, else an exit code.
+int parse(CLI::App& app, int argc, char** argv);
+std::vector<int32_t> parse_ids(const std::string& s);  // "1 2 3" or "1,2,3"
+std::string human_bytes(double b);
+std::string attention_label(AttentionMode m);  // "DSA (sparse top-k)" / "dense MLA (not DSA)"
+
+}  // namespace dsa::tools
