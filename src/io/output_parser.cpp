@@ -426,7 +426,7 @@ bool StreamParser::step(std::vector<StreamEvent>& ev) {
       return true;
     }
     case State::kValue: {
-      size_t pc = buf_.find(kDsmlParamClose);
+      size_t pc = buf_.find(kDsmlParamClose, scan_pos_);
       if (pc != std::string::npos) {
         std::string raw = buf_.substr(0, pc);
         buf_.erase(0, pc + kDsmlParamClose.size());
@@ -439,10 +439,14 @@ bool StreamParser::step(std::vector<StreamEvent>& ev) {
           warn("parameter '" + keys_.back() + "' is not valid JSON; passed as a string");
           emit(ev, StreamEvent::kCallArgs, py_json_string(raw));
         }
+        scan_pos_ = 0;
         state_ = State::kParams;
         return true;
       }
-      if (value_is_string_) {
+      if (!value_is_string_) {
+        // Non-string values are held until their closing tag; resume the search where it stopped.
+        scan_pos_ = buf_.size() >= kDsmlParamClose.size() ? buf_.size() - kDsmlParamClose.size() + 1 : 0;
+      } else {
         size_t h = hold(buf_, kDsmlParamClose);
         emit(ev, StreamEvent::kCallArgs, json_escape_body(std::string_view(buf_).substr(0, buf_.size() - h)));
         buf_.erase(0, buf_.size() - h);

@@ -89,6 +89,7 @@ class StreamParser {
   bool call_open_ = false;        // kCallBegin emitted, kCallEnd not yet
   std::vector<std::string> keys_;  // parameters of the current invoke
   bool value_is_string_ = false;
+  size_t scan_pos_ = 0;           // kValue: where to resume searching for the closing tag
   bool args_emitted_ = false;     // V3.1: some argument text was emitted for the current call
   bool warned_done_ = false;
   std::vector<std::string> warnings_;
