@@ -1,0 +1,390 @@
+// CUDA backend: memory (caching allocator), batch mirror, elementwise ops, norms, RoPE, Hadamard.
+// The linears, MLA, indexer, top-k and MoE live in gemm/, mla/, indexer/, topk/ and moe/.
+#include "backends/cuda/cuda_backend.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace dsa {
+
+namespace cuda {
+
+// ---- caching allocator ---------------------------------------------------------------------
+size_t DevicePool::round(size_t bytes) {
+  if (bytes < 512) return 512;
+  // Size classes: four steps per power of two (at most 25% waste).
+  size_t p = size_t(1) << (63 - __builtin_clzll(bytes));
+  const size_t step = p >= 2048 ? p / 4 : 512;
+  return (bytes + step - 1) / step * step;
+}
+
+void* DevicePool::get(size_t bytes) {
+  const size_t sz = round(bytes);
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = free_.find(sz);
+    if (it != free_.end()) {
+      void* p = it->second;
+      free_.erase(it);
+      cached_ -= sz;
+      in_use_ += sz;
+      return p;
+    }
+  }
+  void* p = nullptr;
+  cudaError_t e = cudaMalloc(&p, sz);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    trim();
+    e = cudaMalloc(&p, sz);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      fail("CUDA out of memory allocating ", bytes, " bytes (", in_use_, " bytes in use)");
+    }
+  }
+  std::lock_guard<std::mutex> g(mu_);
+  in_use_ += sz;
+  return p;
+}
+
+void DevicePool::put(void* p, size_t bytes) {
+  const size_t sz = round(bytes);
+  std::lock_guard<std::mutex> g(mu_);
+  free_.emplace(sz, p);
+  cached_ += sz;
+  in_use_ -= sz;
+}
+
+void DevicePool::trim() {
+  std::lock_guard<std::mutex> g(mu_);
+  if (!free_.empty()) cudaDeviceSynchronize();
+  for (auto& [sz, p] : free_) cudaFree(p);
+  free_.clear();
+  cached_ = 0;
+}
+
+DevicePool::~DevicePool() {
+  for (auto& [sz, p] : free_) cudaFree(p);
+}
+
+// ---- kernels: elementwise, norms ------------------------------------------------------------
+namespace {
+
+__global__ void embed_kernel(const int32_t* ids, const uint16_t* table, int64_t V, int64_t D, uint16_t* out,
+                             int* err) {
+  const int64_t t = blockIdx.x;
+  const int32_t id = ids[t];
+  const bool ok = id >= 0 && id < V;
+  if (!ok && threadIdx.x == 0) atomicOr(err, kErrTokenId);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) out[t * D + i] = ok ? table[int64_t(id) * D + i] : 0;
+}
+
+__device__ float block_sum(float v, float* red) {
+  v = warp_sum(v);
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32, nw = blockDim.x / 32;
+  __syncthreads();
+  if (l == 0) red[w] = v;
+  __syncthreads();
+  float s = 0.f;
+  for (int i = 0; i < nw; ++i) s += red[i];  // same order in every thread
+  return s;
+}
+
+// mode 0: rms_norm(x); mode 1: add_rms_norm (s = x + residual; residual = bf16(s)).
+template <int MODE>
+__global__ void rms_kernel(const uint16_t* x, uint16_t* residual, const float* w, float eps, int64_t D,
+                           uint16_t* out) {
+  extern __shared__ float s[];
+  __shared__ float red[32];
+  const int64_t row = blockIdx.x;
+  const uint16_t* xr = x + row * D;
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    float v = bf2f(xr[i]);
+    if (MODE == 1) {
+      v = __fadd_rn(v, bf2f(residual[row * D + i]));
+      residual[row * D + i] = f2bf(v);
+    }
+    s[i] = v;
+    ss = __fmaf_rn(v, v, ss);
+  }
+  ss = block_sum(ss, red);
+  const float r = 1.0f / sqrtf(__fadd_rn(__fdiv_rn(ss, float(D)), eps));
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) out[row * D + i] = f2bf(__fmul_rn(w[i], __fmul_rn(s[i], r)));
+}
+
+__global__ void layer_norm_kernel(const uint16_t* x, const float* w, const float* b, float eps, int64_t D,
+                                  uint16_t* out) {
+  extern __shared__ float s[];
+  __shared__ float red[32];
+  const int64_t row = blockIdx.x;
+  float sum = 0.f;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    s[i] = bf2f(x[row * D + i]);
+    sum += s[i];
+  }
+  const float mean = __fdiv_rn(block_sum(sum, red), float(D));
+  float var = 0.f;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    const float d = __fsub_rn(s[i], mean);
+    var = __fmaf_rn(d, d, var);
+  }
+  var = __fdiv_rn(block_sum(var, red), float(D));
+  const float r = 1.0f / sqrtf(__fadd_rn(var, eps));
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x)
+    out[row * D + i] = f2bf(__fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(s[i], mean), r), w[i]), b[i]));
+}
+
+__global__ void silu_mul_kernel(const uint16_t* g, const uint16_t* u, int64_t n, uint16_t* out) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float a = bf2f(g[i]);
+    const float silu = __fdiv_rn(a, __fadd_rn(1.0f, expf(-a)));
+    out[i] = f2bf(__fmul_rn(silu, bf2f(u[i])));
+  }
+}
+
+// One warp per (token, head) row; lane i rotates pair i.
+__global__ void rope_kernel(uint16_t* x, int64_t T, int64_t H, int64_t W, int64_t col, const int32_t* positions,
+                            const float* freqs, int64_t max_pos, int interleaved, int* err) {
+  const int64_t row = blockIdx.x * int64_t(blockDim.y) + threadIdx.y;
+  if (row >= T * H) return;
+  const int64_t t = row / H;
+  const int pos = positions[t];
+  if (pos < 0 || pos >= max_pos) {
+    if (threadIdx.x == 0) atomicOr(err, kErrPosition);
+    return;
+  }
+  const int i = threadIdx.x;
+  uint16_t* r = x + row * W + col;
+  const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : i + 32;
+  const float a = bf2f(r[ia]), bb = bf2f(r[ib]);
+  const float c = freqs[int64_t(pos) * 64 + 2 * i], s = freqs[int64_t(pos) * 64 + 2 * i + 1];
+  __syncwarp();
+  r[ia] = f2bf(__fsub_rn(__fmul_rn(a, c), __fmul_rn(bb, s)));
+  r[ib] = f2bf(__fadd_rn(__fmul_rn(a, s), __fmul_rn(bb, c)));
+}
+
+// One warp per 128-row; lane l holds elements 4l..4l+3. Same butterfly order as the CPU: exact.
+__global__ void hadamard_kernel(uint16_t* x, int64_t R, float scale) {
+  const int64_t row = blockIdx.x * int64_t(blockDim.y) + threadIdx.y;
+  if (row >= R) return;
+  const int l = threadIdx.x;
+  uint16_t* p = x + row * 128 + l * 4;
+  float v[4];
+  const uint2 raw = *reinterpret_cast<const uint2*>(p);
+  v[0] = bf2f(raw.x & 0xffff); v[1] = bf2f(raw.x >> 16); v[2] = bf2f(raw.y & 0xffff); v[3] = bf2f(raw.y >> 16);
+  // h = 1, 2 inside the thread
+  for (int h = 1; h <= 2; h <<= 1)
+    for (int j = 0; j < 4; ++j)
+      if (!(j & h)) {
+        const float a = v[j], c = v[j + h];
+        v[j] = a + c;
+        v[j + h] = a - c;
+      }
+  // h = 4 .. 64 across lanes
+  for (int m = 1; m <= 16; m <<= 1)
+    for (int j = 0; j < 4; ++j) {
+      const float o = __shfl_xor_sync(0xffffffffu, v[j], m);
+      v[j] = (l & m) ? __fsub_rn(o, v[j]) : __fadd_rn(v[j], o);
+    }
+  uint2 outv;
+  outv.x = uint32_t(f2bf(__fmul_rn(v[0], scale))) | (uint32_t(f2bf(__fmul_rn(v[1], scale))) << 16);
+  outv.y = uint32_t(f2bf(__fmul_rn(v[2], scale))) | (uint32_t(f2bf(__fmul_rn(v[3], scale))) << 16);
+  *reinterpret_cast<uint2*>(p) = outv;
+}
+
+unsigned grid_for(int64_t n, int threads) {
+  int64_t g = (n + threads - 1) / threads;
+  return unsigned(std::max<int64_t>(1, std::min<int64_t>(g, 65535 * 8)));
+}
+
+}  // namespace
+
+// ---- CudaBackend ------------------------------------------------------------------------------
+CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    cudaGetLastError();
+    fail("device 'cuda': no CUDA GPU is available on this machine");
+  }
+  DSA_CUDA_CHECK(cudaSetDevice(device));
+  cudaDeviceProp prop{};
+  DSA_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  DSA_CHECK(prop.major >= 8, "device 'cuda': ", prop.name, " is sm_", prop.major, prop.minor,
+            "; the CUDA backend needs sm_80 or newer");
+  sms_ = prop.multiProcessorCount;
+  DSA_CUDA_CHECK(cudaMalloc(&err_, sizeof(int)));
+  DSA_CUDA_CHECK(cudaMemset(err_, 0, sizeof(int)));
+}
+
+CudaBackend::~CudaBackend() {
+  cudaDeviceSynchronize();
+  expert_tables_.clear();
+  if (err_) cudaFree(err_);
+}
+
+void CudaBackend::check_errors() {
+  int e = 0;
+  DSA_CUDA_CHECK(cudaMemcpy(&e, err_, sizeof(int), cudaMemcpyDeviceToHost));
+  if (e) {
+    DSA_CUDA_CHECK(cudaMemset(err_, 0, sizeof(int)));
+    fail("CUDA backend: invalid input detected on the device (flags ", e, ":",
+         (e & kErrTokenId) ? " token id out of range" : "", (e & kErrPosition) ? " position beyond the RoPE table" : "",
+         (e & kErrTopk) ? " top-k index outside [-1, position]" : "", (e & kErrBlock) ? " unmapped KV block" : "",
+         (e & kErrExpert) ? " expert id out of range" : "", ")");
+  }
+}
+
+Tensor CudaBackend::alloc(DType t, Shape s) {
+  Tensor x;
+  x.dtype = t;
+  x.shape = s;
+  x.device = Device::CUDA;
+  const size_t bytes = std::max<size_t>(x.nbytes(), 256);
+  void* p = pool_->get(bytes);
+  std::shared_ptr<DevicePool> pool = pool_;
+  x.data = p;
+  x.owner = std::shared_ptr<void>(p, [pool, bytes](void* q) { pool->put(q, bytes); });
+  return x;
+}
+
+Tensor CudaBackend::upload(const Tensor& host) {
+  if (host.device == Device::CUDA) return host;
+  Tensor d = alloc(host.dtype, host.shape);
+  if (host.nbytes()) DSA_CUDA_CHECK(cudaMemcpy(d.data, host.data, host.nbytes(), cudaMemcpyHostToDevice));
+  return d;
+}
+
+void CudaBackend::download(const Tensor& t, void* host) {
+  if (t.nbytes()) DSA_CUDA_CHECK(cudaMemcpy(host, t.data, t.nbytes(), cudaMemcpyDeviceToHost));
+  check_errors();
+}
+
+void CudaBackend::synchronize() {
+  DSA_CUDA_CHECK(cudaDeviceSynchronize());
+  check_errors();
+}
+
+void CudaBackend::fill_zero(Tensor& t) {
+  if (t.nbytes()) DSA_CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.nbytes(), 0));
+}
+
+void CudaBackend::copy(const Tensor& src, Tensor& dst) {
+  DSA_CHECK(src.nbytes() == dst.nbytes(), "copy: ", src.str(), " -> ", dst.str());
+  if (src.nbytes() && src.data != dst.data)
+    DSA_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, src.nbytes(), cudaMemcpyDeviceToDevice, 0));
+}
+
+void CudaBackend::copy_cols(const Tensor& src, int64_t col0, Tensor& dst) {
+  const int64_t W = src.dim(-1), R = src.numel() / W, n = dst.numel() / std::max<int64_t>(R, 1);
+  DSA_CHECK(src.dtype == dst.dtype && col0 + n <= W, "copy_cols: ", src.str(), " -> ", dst.str());
+  if (R == 0 || n == 0) return;
+  const size_t es = dtype_size(src.dtype);
+  DSA_CUDA_CHECK(cudaMemcpy2DAsync(dst.data, n * es, static_cast<const char*>(src.data) + col0 * es, W * es, n * es,
+                                   size_t(R), cudaMemcpyDeviceToDevice, 0));
+}
+
+void CudaBackend::prepare_batch(Batch& b) {
+  auto d = std::make_shared<DevBatch>();
+  const int64_t T = b.n_tokens(), S = int64_t(b.seqs.size()), MB = b.max_blocks;
+  DSA_CHECK(int64_t(b.block_table.size()) == S * MB, "prepare_batch: block table has ", b.block_table.size(),
+            " entries, expected ", S * MB);
+  std::vector<int32_t> h;
+  h.reserve(size_t(2 * T + S * MB + 4 * S));
+  h.insert(h.end(), b.positions.begin(), b.positions.end());
+  h.insert(h.end(), b.token_seq.begin(), b.token_seq.end());
+  h.insert(h.end(), b.block_table.begin(), b.block_table.end());
+  int64_t max_end = 0;
+  for (auto& s : b.seqs) h.push_back(int32_t(s.start_pos)), max_end = std::max(max_end, s.end_pos());
+  for (auto& s : b.seqs) h.push_back(int32_t(s.n_new));
+  for (auto& s : b.seqs) h.push_back(int32_t(s.token_offset));
+  for (auto& s : b.seqs) h.push_back(int32_t(s.ctx_offset));
+  d->storage = alloc(DType::I32, {std::max<int64_t>(1, int64_t(h.size()))});
+  if (!h.empty()) DSA_CUDA_CHECK(cudaMemcpy(d->storage.data, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
+  int32_t* p = d->storage.ptr<int32_t>();
+  d->positions = p;
+  d->token_seq = p + T;
+  d->block_table = p + 2 * T;
+  d->seq_start = p + 2 * T + S * MB;
+  d->seq_nnew = d->seq_start + S;
+  d->seq_tok = d->seq_nnew + S;
+  d->seq_ctx = d->seq_tok + S;
+  d->n_tokens = int(T);
+  d->n_seqs = int(S);
+  d->max_blocks = int(MB);
+  d->max_end = int(max_end);
+  b.device = d;
+}
+
+const DevBatch& CudaBackend::dev(const Batch& b) {
+  if (!b.device) prepare_batch(const_cast<Batch&>(b));
+  return *static_cast<const DevBatch*>(b.device.get());
+}
+
+void CudaBackend::embed(const Tensor& ids, const Tensor& table, Tensor& out) {
+  const int64_t T = ids.numel(), D = table.dim(1), V = table.dim(0);
+  if (T == 0) return;
+  embed_kernel<<<unsigned(T), 128>>>(ids.ptr<int32_t>(), table.ptr<uint16_t>(), V, D, out.ptr<uint16_t>(), err_);
+  DSA_LAUNCH_CHECK();
+}
+
+static int norm_threads(int64_t D) { return D >= 2048 ? 512 : D >= 512 ? 256 : 128; }
+
+void CudaBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
+  const int64_t D = x.dim(-1), T = x.numel() / D;
+  if (T == 0) return;
+  rms_kernel<0><<<unsigned(T), norm_threads(D), D * 4>>>(x.ptr<uint16_t>(), nullptr, w.ptr<float>(), eps, D,
+                                                         out.ptr<uint16_t>());
+  DSA_LAUNCH_CHECK();
+}
+
+void CudaBackend::add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out) {
+  const int64_t D = x.dim(-1), T = x.numel() / D;
+  if (T == 0) return;
+  rms_kernel<1><<<unsigned(T), norm_threads(D), D * 4>>>(x.ptr<uint16_t>(), residual.ptr<uint16_t>(), w.ptr<float>(),
+                                                         eps, D, out.ptr<uint16_t>());
+  DSA_LAUNCH_CHECK();
+}
+
+void CudaBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& out) {
+  const int64_t D = x.dim(-1), T = x.numel() / D;
+  if (T == 0) return;
+  layer_norm_kernel<<<unsigned(T), norm_threads(D), D * 4>>>(x.ptr<uint16_t>(), w.ptr<float>(), b.ptr<float>(), eps,
+                                                             D, out.ptr<uint16_t>());
+  DSA_LAUNCH_CHECK();
+}
+
+void CudaBackend::silu_mul(const Tensor& g, const Tensor& u, Tensor& out) {
+  const int64_t n = g.numel();
+  if (n == 0) return;
+  silu_mul_kernel<<<grid_for(n, 256), 256>>>(g.ptr<uint16_t>(), u.ptr<uint16_t>(), n, out.ptr<uint16_t>());
+  DSA_LAUNCH_CHECK();
+}
+
+void CudaBackend::rope(Tensor& x, int64_t col, const Batch& b, const Tensor& freqs, RopeLayout layout) {
+  const int64_t T = x.dim(0), H = x.rank() == 3 ? x.dim(1) : 1, W = x.dim(-1);
+  if (T == 0) return;
+  const DevBatch& d = dev(b);
+  const dim3 blk(32, 8);
+  rope_kernel<<<cdiv(T * H, 8), blk>>>(x.ptr<uint16_t>(), T, H, W, col, d.positions, freqs.ptr<float>(),
+                                       freqs.dim(0), layout == RopeLayout::Interleaved, err_);
+  DSA_LAUNCH_CHECK();
+}
+
+void CudaBackend::hadamard128(Tensor& x) {
+  DSA_CHECK(x.dim(-1) == 128, "hadamard128 expects rows of 128, got ", x.str());
+  const int64_t R = x.numel() / 128;
+  if (R == 0) return;
+  const float scale = 1.0f / std::sqrt(128.0f);
+  hadamard_kernel<<<cdiv(R, 8), dim3(32, 8)>>>(x.ptr<uint16_t>(), R, scale);
+  DSA_LAUNCH_CHECK();
+}
+
+}  // namespace cuda
+
+std::unique_ptr<Backend> make_cuda_backend(int threads) {
+  (void)threads;
+  return std::make_unique<cuda::CudaBackend>(0);
+}
+
+}  // namespace dsa

@@ -1,0 +1,126 @@
+#pragma once
+// CUDA backend: every op of backends/backend.h on an NVIDIA GPU (sm_80+), matching the CPU
+// reference's rounding points. All work is enqueued on one stream (the legacy default stream);
+// ops never synchronise with the host. Host round trips happen only in upload/download,
+// prepare_batch (one small copy of the batch metadata) and synchronize().
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "backends/backend.h"
+#include "backends/cuda/common.cuh"
+
+namespace dsa::cuda {
+
+// Caching device allocator: freed blocks go back to size-class free lists and are reused by later
+// allocations. Everything runs on one stream, so stream order makes reuse safe without events.
+class DevicePool {
+ public:
+  ~DevicePool();
+  void* get(size_t bytes);
+  void put(void* p, size_t bytes);
+  size_t in_use() const { return in_use_; }
+  size_t cached() const { return cached_; }
+  void trim();  // cudaFree every cached block
+
+ private:
+  static size_t round(size_t bytes);
+  std::mutex mu_;
+  std::multimap<size_t, void*> free_;
+  size_t in_use_ = 0, cached_ = 0;
+};
+
+class CudaBackend : public Backend {
+ public:
+  explicit CudaBackend(int device);
+  ~CudaBackend() override;
+  std::string name() const override { return "cuda"; }
+  Device device() const override { return Device::CUDA; }
+
+  Tensor alloc(DType t, Shape s) override;
+  Tensor upload(const Tensor& host) override;
+  void download(const Tensor& t, void* host) override;
+  void fill_zero(Tensor& t) override;
+  void copy(const Tensor& src, Tensor& dst) override;
+  void copy_cols(const Tensor& src, int64_t col0, Tensor& dst) override;
+  void synchronize() override;
+  void prepare_batch(Batch& b) override;
+
+  void embed(const Tensor& ids, const Tensor& table, Tensor& out) override;
+  void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;
+  void add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out) override;
+  void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& out) override;
+  void silu_mul(const Tensor& g, const Tensor& u, Tensor& out) override;
+  void rope(Tensor& x, int64_t col, const Batch& b, const Tensor& freqs, RopeLayout layout) override;
+  void hadamard128(Tensor& x) override;
+
+  void act_quant(const Tensor& x, Tensor& q, Tensor& s) override;
+  void linear_fp8(const Tensor& x, const Fp8Weight& w, Tensor& out) override;
+  void linear_f32(const Tensor& x, const Tensor& w, Tensor& out) override;
+  void dequant_fp8(const Fp8Weight& w, Tensor& out) override;
+
+  void mla_cache_write(const Tensor& kv, const Tensor& k_pe, KvLayer& cache, const Batch& b) override;
+  void mla_cache_read(const KvLayer& cache, const Batch& b, Tensor& kv, Tensor& pe) override;
+  void attention_mha(const Tensor& q, const Tensor& kv_up, const Tensor& pe, const Batch& b, const Tensor* topk,
+                     float scale, Tensor& out) override;
+  void attention_mqa(const Tensor& q_lat, const Tensor& q_pe, const KvLayer& cache, const Batch& b,
+                     const Tensor* topk, float scale, Tensor& out_lat) override;
+  void mla_absorb_q(const Tensor& q, const Tensor& wkv_b, Tensor& q_lat) override;
+  void mla_absorb_out(const Tensor& o_lat, const Tensor& wkv_b, Tensor& out) override;
+
+  void indexer_cache_write(const Tensor& k, KvLayer& cache, const Batch& b) override;
+  void indexer_topk(const Tensor& q, const Tensor& w, const KvLayer& cache, const Batch& b, int64_t k,
+                    Tensor& topk) override;
+  void indexer_weights(Tensor& w, const Tensor& q_scale, float head_scale, float softmax_scale) override;
+  void indexer_scores(const Tensor& q, const Tensor& w, const KvLayer& cache, const Batch& b,
+                      Tensor& scores) override;
+
+  void moe_route(const Tensor& logits, const Tensor* bias, int64_t n_group, int64_t topk_group, int64_t topk,
+                 bool norm, float route_scale, Tensor& ids, Tensor& weights) override;
+  void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const std::vector<MlpWeights>& experts,
+                   const MlpWeights* shared, Tensor& out) override;
+
+  // ---- extras for tests and benchmarks (not part of the Backend contract) -------------------
+  // Top-k of precomputed score rows (F32 [T, ld], row t valid in [0, n[t])) — the selection stage
+  // of indexer_topk on its own.
+  void topk_rows(const Tensor& scores, const int32_t* d_n, int64_t k, Tensor& out);
+  // Max score-tile size (floats) of indexer_topk; tests shrink it to exercise the tiling.
+  void set_score_tile_floats(int64_t n) { score_tile_floats_ = n; }
+  // Raise (and clear) device-side error bits as an exception.
+  void check_errors();
+  int* err_flag() const { return err_; }
+  const DevBatch& dev(const Batch& b);  // prepares on first use
+  DevicePool& pool() { return *pool_; }
+  int sm_count() const { return sms_; }
+
+ private:
+  std::shared_ptr<DevicePool> pool_;
+  int* err_ = nullptr;
+  int sms_ = 0;
+  int64_t score_tile_floats_ = int64_t(64) << 20;  // 256 MiB of fp32 scores at most
+  std::map<const void*, std::pair<std::vector<const void*>, Tensor>> expert_tables_;  // grouped-GEMM weight tables
+ public:
+  const Tensor& expert_table(const std::vector<MlpWeights>& experts);
+};
+
+// Kernel entry points shared between op files (host-side launchers).
+void launch_act_quant(const uint16_t* x, int64_t rows, int64_t K, uint8_t* q, float* s);
+// out[M,N] = bf16(sum_kb dot128(aq, wq) * (as * ws)); grouped when table != nullptr.
+struct Fp8GemmArgs {
+  const uint8_t* a; const float* as; int64_t M, K;     // activations e4m3 [M, K], scales [M, K/128]
+  const uint8_t* w; const float* ws; int64_t N;        // weight e4m3 [N, K], scales [ceil(N/128), K/128]
+  uint16_t* out; int64_t ldo;                          // bf16 [M, ldo]
+};
+void launch_linear_fp8(const Fp8GemmArgs& a);
+// Grouped: experts e = 0..E-1 own rows [offs[e], offs[e+1]) of a (M rows in all); weight pointers
+// per expert in a device table: table[6*e + 2*which] = w, table[6*e + 2*which + 1] = ws (gate, up, down).
+void launch_linear_fp8_grouped(const uint8_t* a, const float* as, int64_t M, int64_t K, const void* const* table,
+                               int which, const int32_t* offs, int64_t E, int64_t N, uint16_t* out);
+
+// Top-k of score rows r = 0..rows-1 (row r at scores + r*ld, valid length narr[row_base + r] + n_add),
+// written to out[(row_base + r) * k ...] (positions ascending, -1 padded).
+void launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
+                 int64_t k, int32_t* out);
+
+}  // namespace dsa::cuda

@@ -1,0 +1,230 @@
+// Linears on CUDA cores (portable sm_80+): act_quant (1x128 ue8m0), the FP8 block-scaled GEMM with
+// per-128 fp32 promotion (plain and grouped for MoE), fp32 linears, weight dequantisation and the
+// per-head MLA absorb products. One tiled kernel template serves them all: 64x64 output tiles,
+// K in chunks of 32 through shared memory, fp32 accumulation, each output's K order fixed (so the
+// result does not depend on which rows share a tile).
+#include "backends/cuda/cuda_backend.h"
+
+namespace dsa::cuda {
+
+namespace {
+
+constexpr int BM = 64, BN = 64, BK = 32, NT = 256;
+
+__global__ void act_quant_kernel(const uint16_t* x, int64_t groups, uint8_t* q, float* s) {
+  const int64_t g = blockIdx.x * int64_t(blockDim.y) + threadIdx.y;
+  if (g >= groups) return;
+  const int l = threadIdx.x;
+  const uint2 raw = *reinterpret_cast<const uint2*>(x + g * 128 + l * 4);
+  float v[4] = {bf2f(raw.x & 0xffff), bf2f(raw.x >> 16), bf2f(raw.y & 0xffff), bf2f(raw.y >> 16)};
+  float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+  amax = warp_max(amax);
+  const float sc = ue8m0_scale_dev(amax);
+  const float inv = 1.0f / sc;
+  const uint32_t packed = uint32_t(quant_e4m3(v[0], inv)) | (uint32_t(quant_e4m3(v[1], inv)) << 8) |
+                          (uint32_t(quant_e4m3(v[2], inv)) << 16) | (uint32_t(quant_e4m3(v[3], inv)) << 24);
+  *reinterpret_cast<uint32_t*>(q + g * 128 + l * 4) = packed;
+  if (l == 0) s[g] = sc;
+}
+
+template <typename T> __device__ __forceinline__ float ld(const T* p);
+template <> __device__ __forceinline__ float ld<uint16_t>(const uint16_t* p) { return bf2f(*p); }
+template <> __device__ __forceinline__ float ld<float>(const float* p) { return *p; }
+template <> __device__ __forceinline__ float ld<uint8_t>(const uint8_t* p) { return e4m3_to_float(*p); }
+
+struct GemmP {
+  const void* a; int64_t sAz, sAm;             // A(m, k) = a[z*sAz + m*sAm + k]
+  const void* b; int64_t sBz, sBn, sBk;        // B(n, k) = b[z*sBz + n*sBn + k*sBk]
+  void* c; int64_t sCz, sCm;                   // C(m, n) = c[z*sCz + m*sCm + n]
+  int64_t M, N, K;
+  // FP8 promotion: as[m*KB + kb], ws[(n/128)*KB + kb]
+  const float* as; const float* ws; int64_t KB;
+  // grouped (MoE): rows of group z are [offs[z], offs[z+1]); table[2z] = w, table[2z+1] = ws
+  const int32_t* offs; const void* const* table; int which;
+};
+
+template <typename AT, typename BT, bool OUT_BF16, bool SCALED>
+__global__ void __launch_bounds__(NT) gemm_kernel(GemmP p) {
+  __shared__ float As[BK][BM + 4];
+  __shared__ float Bs[BK][BN + 4];
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int64_t z = blockIdx.z;
+  int64_t m_begin = 0, m_end = p.M;
+  const AT* A = static_cast<const AT*>(p.a) + z * p.sAz;
+  const BT* B = static_cast<const BT*>(p.b) + z * p.sBz;
+  const float* ws = p.ws;
+  if (p.offs) {  // grouped: expert z
+    m_begin = p.offs[z];
+    m_end = p.offs[z + 1];
+    A = static_cast<const AT*>(p.a);
+    B = static_cast<const BT*>(p.table[6 * z + 2 * p.which]);
+    ws = static_cast<const float*>(p.table[6 * z + 2 * p.which + 1]);
+  }
+  const int64_t m0 = m_begin + int64_t(blockIdx.y) * BM, n0 = int64_t(blockIdx.x) * BN;
+  if (m0 >= m_end) return;
+  float acc[4][4] = {}, part[4][4] = {};
+  const bool b_ncontig = p.sBn == 1 && p.sBk != 1;
+  for (int64_t k0 = 0; k0 < p.K; k0 += BK) {
+    for (int e = 0; e < BM * BK / NT; ++e) {
+      const int idx = tid + e * NT, r = idx / BK, kk = idx % BK;
+      const int64_t m = m0 + r, k = k0 + kk;
+      As[kk][r] = (m < m_end && k < p.K) ? ld<AT>(A + m * p.sAm + k) : 0.f;
+    }
+    for (int e = 0; e < BN * BK / NT; ++e) {
+      const int idx = tid + e * NT;
+      const int r = b_ncontig ? idx % BN : idx / BK, kk = b_ncontig ? idx / BN : idx % BK;
+      const int64_t n = n0 + r, k = k0 + kk;
+      Bs[kk][r] = (n < p.N && k < p.K) ? ld<BT>(B + n * p.sBn + k * p.sBk) : 0.f;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int kk = 0; kk < BK; ++kk) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          if (SCALED) part[i][j] = fmaf(a[i], b[j], part[i][j]);
+          else acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+    }
+    __syncthreads();
+    if (SCALED && ((k0 + BK) % 128 == 0 || k0 + BK >= p.K)) {  // promotion at the end of each 128-block
+      const int64_t kb = k0 / 128;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t m = m0 + ty + 16 * i;
+        const float sa = m < m_end ? p.as[m * p.KB + kb] : 0.f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int64_t n = n0 + tx + 16 * j;
+          const float sw = n < p.N ? ws[(n / 128) * p.KB + kb] : 0.f;
+          acc[i][j] = __fadd_rn(acc[i][j], __fmul_rn(part[i][j], __fmul_rn(sa, sw)));
+          part[i][j] = 0.f;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t m = m0 + ty + 16 * i;
+    if (m >= m_end) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = n0 + tx + 16 * j;
+      if (n >= p.N) continue;
+      if (OUT_BF16) static_cast<uint16_t*>(p.c)[z * p.sCz + m * p.sCm + n] = f2bf(acc[i][j]);
+      else static_cast<float*>(p.c)[z * p.sCz + m * p.sCm + n] = acc[i][j];
+    }
+  }
+}
+
+__global__ void dequant_kernel(const uint8_t* w, const float* s, int64_t N, int64_t K, int64_t KB, uint16_t* out) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N * K; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = i / K, k = i % K;
+    out[i] = f2bf(__fmul_rn(e4m3_to_float(w[i]), s[(n / 128) * KB + k / 128]));
+  }
+}
+
+template <typename AT, typename BT, bool OUT_BF16, bool SCALED>
+void run_gemm(const GemmP& p, int64_t Z, int64_t mtiles) {
+  if (p.M == 0 || p.N == 0 || mtiles == 0) return;
+  DSA_CHECK(mtiles <= 65535 && Z <= 65535, "gemm: too many tiles (", mtiles, " x ", Z, ")");
+  dim3 grid(cdiv(p.N, BN), unsigned(mtiles), unsigned(Z));
+  gemm_kernel<AT, BT, OUT_BF16, SCALED><<<grid, NT>>>(p);
+  DSA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void launch_act_quant(const uint16_t* x, int64_t rows, int64_t K, uint8_t* q, float* s) {
+  const int64_t groups = rows * (K / 128);
+  if (groups == 0) return;
+  act_quant_kernel<<<cdiv(groups, 8), dim3(32, 8)>>>(x, groups, q, s);
+  DSA_LAUNCH_CHECK();
+}
+
+void launch_linear_fp8(const Fp8GemmArgs& a) {
+  GemmP p{};
+  p.a = a.a; p.sAm = a.K;
+  p.b = a.w; p.sBn = a.K; p.sBk = 1;
+  p.c = a.out; p.sCm = a.ldo;
+  p.M = a.M; p.N = a.N; p.K = a.K;
+  p.as = a.as; p.ws = a.ws; p.KB = a.K / 128;
+  run_gemm<uint8_t, uint8_t, true, true>(p, 1, cdiv(a.M, BM));
+}
+
+void launch_linear_fp8_grouped(const uint8_t* a, const float* as, int64_t M, int64_t K, const void* const* table,
+                               int which, const int32_t* offs, int64_t E, int64_t N, uint16_t* out) {
+  GemmP p{};
+  p.a = a; p.sAm = K;
+  p.b = nullptr; p.sBn = K; p.sBk = 1;
+  p.c = out; p.sCm = N;
+  p.M = M; p.N = N; p.K = K;
+  p.as = as; p.KB = K / 128;
+  p.offs = offs; p.table = table; p.which = which;
+  run_gemm<uint8_t, uint8_t, true, true>(p, E, cdiv(M, BM));  // tiles past an expert's rows exit at once
+}
+
+void CudaBackend::act_quant(const Tensor& x, Tensor& q, Tensor& s) {
+  const int64_t K = x.dim(-1), R = x.numel() / K;
+  DSA_CHECK(K % 128 == 0, "act_quant: last dim ", K, " is not a multiple of 128");
+  launch_act_quant(x.ptr<uint16_t>(), R, K, q.ptr<uint8_t>(), s.ptr<float>());
+}
+
+void CudaBackend::linear_fp8(const Tensor& x, const Fp8Weight& w, Tensor& out) {
+  const int64_t K = x.dim(-1), T = x.numel() / K, N = w.n();
+  DSA_CHECK(w.k() == K, "linear_fp8: input ", x.str(), " does not match weight ", w.w.str());
+  DSA_CHECK(K % 128 == 0, "linear_fp8: K = ", K, " is not a multiple of 128");
+  if (T == 0) return;
+  Tensor q = alloc(DType::E4M3, {T, K}), s = alloc(DType::F32, {T, K / 128});
+  launch_act_quant(x.ptr<uint16_t>(), T, K, q.ptr<uint8_t>(), s.ptr<float>());
+  launch_linear_fp8({q.ptr<uint8_t>(), s.ptr<float>(), T, K, w.w.ptr<uint8_t>(), w.scale.ptr<float>(), N,
+                     out.ptr<uint16_t>(), N});
+}
+
+void CudaBackend::linear_f32(const Tensor& x, const Tensor& w, Tensor& out) {
+  const int64_t K = x.dim(-1), T = x.numel() / K, N = w.dim(0);
+  DSA_CHECK(w.dim(1) == K, "linear_f32: input ", x.str(), " does not match weight ", w.str());
+  GemmP p{};
+  p.a = x.data; p.sAm = K;
+  p.b = w.data; p.sBn = K; p.sBk = 1;
+  p.c = out.data; p.sCm = N;
+  p.M = T; p.N = N; p.K = K;
+  if (w.dtype == DType::F32) run_gemm<uint16_t, float, false, false>(p, 1, cdiv(T, BM));
+  else run_gemm<uint16_t, uint16_t, false, false>(p, 1, cdiv(T, BM));
+}
+
+void CudaBackend::dequant_fp8(const Fp8Weight& w, Tensor& out) {
+  const int64_t N = w.n(), K = w.k(), KB = w.scale.dim(1);
+  if (N * K == 0) return;
+  dequant_kernel<<<cdiv(std::min<int64_t>(N * K, int64_t(1) << 24), 256), 256>>>(
+      w.w.ptr<uint8_t>(), w.scale.ptr<float>(), N, K, KB, out.ptr<uint16_t>());
+  DSA_LAUNCH_CHECK();
+}
+
+void CudaBackend::mla_absorb_q(const Tensor& q, const Tensor& wkv_b, Tensor& q_lat) {
+  const int64_t T = q.dim(0), H = q.dim(1), QS = q.dim(2), NOPE = wkv_b.dim(1) / 2, C = wkv_b.dim(2);
+  GemmP p{};
+  p.a = q.data; p.sAz = QS; p.sAm = H * QS;
+  p.b = wkv_b.data; p.sBz = 2 * NOPE * C; p.sBn = 1; p.sBk = C;
+  p.c = q_lat.data; p.sCz = C; p.sCm = H * C;
+  p.M = T; p.N = C; p.K = NOPE;
+  run_gemm<uint16_t, uint16_t, true, false>(p, H, cdiv(T, BM));
+}
+
+void CudaBackend::mla_absorb_out(const Tensor& o_lat, const Tensor& wkv_b, Tensor& out) {
+  const int64_t T = o_lat.dim(0), H = o_lat.dim(1), NOPE = wkv_b.dim(1) / 2, C = wkv_b.dim(2), DV = NOPE;
+  GemmP p{};
+  p.a = o_lat.data; p.sAz = C; p.sAm = H * C;
+  p.b = static_cast<const uint16_t*>(wkv_b.data) + NOPE * C; p.sBz = 2 * NOPE * C; p.sBn = C; p.sBk = 1;
+  p.c = out.data; p.sCz = DV; p.sCm = H * DV;
+  p.M = T; p.N = DV; p.K = C;
+  run_gemm<uint16_t, uint16_t, true, false>(p, H, cdiv(T, BM));
+}
+
+}  // namespace dsa::cuda

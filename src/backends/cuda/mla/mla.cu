@@ -1,0 +1,431 @@
+// MLA on CUDA (portable sm_80+, CUDA cores): the 656-byte FP8 latent cache, the decode (absorbed
+// MQA) form straight from the cache — dense or sparse, split over the candidates with a combine
+// step — and the prefill (MHA) form. Numerics as the CPU reference: bf16(q.kv) and bf16(q_pe.pe)
+// rounded separately, their bf16 sum, the bf16 scale multiply, an fp32 softmax whose probabilities
+// are rounded to bf16 *after* normalisation, and an fp32 P.V rounded to bf16. Because P is rounded
+// after normalising, the kernels make two passes over the candidates: pass 1 finds each row's max
+// and sum, pass 2 recomputes the scores and accumulates P.V (scores are never stored).
+#include <cfloat>
+
+#include "backends/cuda/cuda_backend.h"
+
+namespace dsa::cuda {
+
+namespace {
+
+constexpr int kScalesOff = int(kMlaLatent), kRopeOff = int(kMlaLatent) + 16;
+
+__global__ void mla_cache_write_kernel(const uint16_t* kv, const uint16_t* kpe, uint8_t* cache, const int32_t* pos,
+                                       const int32_t* tseq, const int32_t* bt, int mb, int* err) {
+  const int t = blockIdx.x, g = threadIdx.x / 32, l = threadIdx.x % 32;
+  const int64_t slot = slot_of(bt, mb, tseq[t], pos[t]);
+  if (slot < 0) {
+    if (threadIdx.x == 0) atomicOr(err, kErrBlock);
+    return;
+  }
+  uint8_t* row = cache + slot * kMlaTokenBytes;
+  const uint2 raw = *reinterpret_cast<const uint2*>(kv + int64_t(t) * kMlaLatent + g * 128 + l * 4);
+  float v[4] = {bf2f(raw.x & 0xffff), bf2f(raw.x >> 16), bf2f(raw.y & 0xffff), bf2f(raw.y >> 16)};
+  const float amax = warp_max(fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3]))));
+  const float sc = ue8m0_scale_dev(amax), inv = 1.0f / sc;
+  *reinterpret_cast<uint32_t*>(row + g * 128 + l * 4) =
+      uint32_t(quant_e4m3(v[0], inv)) | (uint32_t(quant_e4m3(v[1], inv)) << 8) |
+      (uint32_t(quant_e4m3(v[2], inv)) << 16) | (uint32_t(quant_e4m3(v[3], inv)) << 24);
+  if (l == 0) reinterpret_cast<float*>(row + kScalesOff)[g] = sc;
+  if (threadIdx.x < 64)
+    reinterpret_cast<uint16_t*>(row + kRopeOff)[threadIdx.x] = kpe[int64_t(t) * kMlaRope + threadIdx.x];
+}
+
+// One warp per context row j of sequence blockIdx.y.
+__global__ void mla_cache_read_kernel(const uint8_t* cache, const int32_t* bt, int mb, const int32_t* start,
+                                      const int32_t* nnew, const int32_t* ctx, uint16_t* kv, uint16_t* pe, int* err) {
+  const int s = blockIdx.y;
+  const int j = blockIdx.x * 4 + threadIdx.x / 32, l = threadIdx.x % 32;
+  if (j >= start[s] + nnew[s]) return;
+  const int64_t slot = slot_of(bt, mb, s, j);
+  const int64_t r = int64_t(ctx[s]) + j;
+  if (slot < 0) {
+    if (l == 0) atomicOr(err, kErrBlock);
+    return;
+  }
+  const uint8_t* row = cache + slot * kMlaTokenBytes;
+  const float sc = reinterpret_cast<const float*>(row + kScalesOff)[l / 8];  // lane covers bytes 16l..16l+15
+  const uint4 q = *reinterpret_cast<const uint4*>(row + l * 16);
+  const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+  uint16_t o[16];
+  for (int i = 0; i < 16; ++i) o[i] = f2bf(__fmul_rn(e4m3_to_float((w[i / 4] >> (8 * (i % 4))) & 0xff), sc));
+  uint4* dst = reinterpret_cast<uint4*>(kv + r * kMlaLatent + l * 16);
+  dst[0] = *reinterpret_cast<const uint4*>(o);
+  dst[1] = *reinterpret_cast<const uint4*>(o + 8);
+  reinterpret_cast<uint32_t*>(pe + r * kMlaRope)[l] = reinterpret_cast<const uint32_t*>(row + kRopeOff)[l];
+}
+
+// ---- decode (MQA form) ------------------------------------------------------------------------
+constexpr int HB = 16;   // heads per block
+constexpr int RC = 16;   // candidate rows per chunk
+constexpr int QLD = 576 + 2, KLD = 576 + 2;  // bf16 row strides in shared memory (conflict-free)
+
+struct MqaP {
+  const uint16_t* qlat; const uint16_t* qpe;  // [T, H, 512], [T, H, 64]
+  const uint8_t* cache;
+  const int32_t* topk; int64_t K;             // nullptr: dense causal
+  const int32_t* pos; const int32_t* tseq; const int32_t* bt; int mb;
+  int H, NS;
+  float scale;
+  float* ms;        // [T, H, NS, 2]: pass-1 partial (max, sum)
+  float* stat;      // [T, H, 2]: combined (max, 1/sum)
+  float* part;      // [T, H, NS, 512] partial P.V (NS > 1)
+  uint16_t* out;    // [T, H, 512]
+  int* err;
+};
+
+// Candidate i of token t: its cache slot, or -1 if none.
+__device__ __forceinline__ int64_t mqa_slot(const MqaP& p, int t, int64_t i, int posn) {
+  int idx;
+  if (p.topk) {
+    idx = p.topk[int64_t(t) * p.K + i];
+    if (idx < -1 || idx > posn) {
+      atomicOr(p.err, kErrTopk);
+      return -1;
+    }
+    if (idx < 0) return -1;
+  } else {
+    idx = int(i);
+  }
+  return slot_of(p.bt, p.mb, p.tseq[t], idx);
+}
+
+template <int PASS>
+__global__ void __launch_bounds__(256) mqa_kernel(MqaP p) {
+  __shared__ __align__(16) uint16_t qs[HB * QLD];
+  __shared__ __align__(16) uint16_t kvs[RC * KLD];
+  __shared__ float sc[HB][RC];
+  __shared__ int64_t slots[RC];
+  __shared__ float run_m[HB], run_s[HB];
+  const int t = blockIdx.x, h0 = blockIdx.y * HB, split = blockIdx.z, tid = threadIdx.x;
+  const int posn = p.pos[t];
+  const int64_t n = p.topk ? p.K : int64_t(posn) + 1;
+  const int64_t per = (n + p.NS - 1) / p.NS;
+  const int64_t c_begin = split * per, c_end = min(n, c_begin + per);
+  // q for HB heads (bf16, zero for heads >= H)
+  for (int i = tid; i < HB * 576; i += 256) {
+    const int h = i / 576, d = i % 576;
+    uint16_t v = 0;
+    if (h0 + h < p.H) v = d < 512 ? p.qlat[(int64_t(t) * p.H + h0 + h) * 512 + d] : p.qpe[(int64_t(t) * p.H + h0 + h) * 64 + d - 512];
+    qs[h * QLD + d] = v;
+  }
+  if (tid < HB) {
+    run_m[tid] = -INFINITY;
+    run_s[tid] = 0.f;
+  }
+  float M = 0.f, inv = 0.f;
+  const int sh = tid / RC, sr = tid % RC;  // score pair (head, row)
+  // PV mapping: heads (tid/64)*4 .. +3, dims (tid%64)*2 + 128*i, i < 4
+  const int ph = (tid / 64) * 4, pd = (tid % 64) * 2;
+  float acc[4][8] = {};
+  if (PASS == 2 && sh < HB) {
+    // each thread needs M, inv of its score head
+    if (h0 + sh < p.H) {
+      M = p.stat[(int64_t(t) * p.H + h0 + sh) * 2];
+      inv = p.stat[(int64_t(t) * p.H + h0 + sh) * 2 + 1];
+    }
+  }
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += RC) {
+    __syncthreads();
+    if (tid < RC) slots[tid] = c0 + tid < c_end ? mqa_slot(p, t, c0 + tid, posn) : -1;
+    __syncthreads();
+    {  // gather + dequantise: 16 threads per row, each 32 latent bytes + 4 rope values
+      const int r = tid / 16, l = tid % 16;
+      const int64_t slot = slots[r];
+      uint16_t* dst = kvs + r * KLD;
+      if (slot >= 0) {
+        const uint8_t* row = p.cache + slot * kMlaTokenBytes;
+        const float s = reinterpret_cast<const float*>(row + kScalesOff)[l / 4];
+        const uint4 a = reinterpret_cast<const uint4*>(row)[2 * l], b = reinterpret_cast<const uint4*>(row)[2 * l + 1];
+        const uint32_t w[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+          const uint32_t lo = f2bf(__fmul_rn(e4m3_to_float((w[i / 2] >> (16 * (i % 2))) & 0xff), s));
+          const uint32_t hi = f2bf(__fmul_rn(e4m3_to_float((w[i / 2] >> (16 * (i % 2) + 8)) & 0xff), s));
+          reinterpret_cast<uint32_t*>(dst + l * 32)[i] = lo | (hi << 16);
+        }
+        const uint2 pe = reinterpret_cast<const uint2*>(row + kRopeOff)[l];
+        reinterpret_cast<uint32_t*>(dst + 512 + l * 4)[0] = pe.x;
+        reinterpret_cast<uint32_t*>(dst + 512 + l * 4)[1] = pe.y;
+      } else {
+        for (int i = 0; i < 16; ++i) reinterpret_cast<uint32_t*>(dst + l * 32)[i] = 0;
+        reinterpret_cast<uint32_t*>(dst + 512 + l * 4)[0] = 0;
+        reinterpret_cast<uint32_t*>(dst + 512 + l * 4)[1] = 0;
+      }
+    }
+    __syncthreads();
+    {  // scores: one (head, row) pair per thread
+      float a = 0.f, c = 0.f;
+      const uint32_t* qrow = reinterpret_cast<const uint32_t*>(qs + sh * QLD);
+      const uint32_t* krow = reinterpret_cast<const uint32_t*>(kvs + sr * KLD);
+#pragma unroll 8
+      for (int d = 0; d < 256; ++d) {
+        const uint32_t qq = qrow[d], kk = krow[d];
+        a = fmaf(bf2f(qq & 0xffff), bf2f(kk & 0xffff), a);
+        a = fmaf(bf2f(qq >> 16), bf2f(kk >> 16), a);
+      }
+#pragma unroll 8
+      for (int d = 256; d < 288; ++d) {
+        const uint32_t qq = qrow[d], kk = krow[d];
+        c = fmaf(bf2f(qq & 0xffff), bf2f(kk & 0xffff), c);
+        c = fmaf(bf2f(qq >> 16), bf2f(kk >> 16), c);
+      }
+      float s = rbf(__fmul_rn(rbf(__fadd_rn(rbf(a), rbf(c))), p.scale));
+      if (slots[sr] < 0) s = -INFINITY;
+      if (PASS == 2) s = slots[sr] < 0 ? 0.f : rbf(__fmul_rn(expf(__fsub_rn(s, M)), inv));
+      sc[sh][sr] = s;
+    }
+    __syncthreads();
+    if (PASS == 1) {
+      if (tid < HB) {
+        float m = run_m[tid], sum = run_s[tid];
+        float cm = m;
+        for (int r = 0; r < RC; ++r) cm = fmaxf(cm, sc[tid][r]);
+        if (cm > -INFINITY) {
+          sum = m > -INFINITY ? sum * expf(m - cm) : 0.f;
+          for (int r = 0; r < RC; ++r)
+            if (sc[tid][r] > -INFINITY) sum += expf(sc[tid][r] - cm);
+          run_m[tid] = cm;
+          run_s[tid] = sum;
+        }
+      }
+    } else {
+#pragma unroll 4
+      for (int r = 0; r < RC; ++r) {
+        const uint32_t* krow = reinterpret_cast<const uint32_t*>(kvs + r * KLD);
+        float kvv[8];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const uint32_t kk = krow[(pd + 128 * i) / 2];
+          kvv[2 * i] = bf2f(kk & 0xffff);
+          kvv[2 * i + 1] = bf2f(kk >> 16);
+        }
+#pragma unroll
+        for (int hh = 0; hh < 4; ++hh) {
+          const float pr = sc[ph + hh][r];
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[hh][i] = fmaf(pr, kvv[i], acc[hh][i]);
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (PASS == 1) {
+    if (tid < HB && h0 + tid < p.H) {
+      float* o = p.ms + ((int64_t(t) * p.H + h0 + tid) * p.NS + split) * 2;
+      o[0] = run_m[tid];
+      o[1] = run_s[tid];
+    }
+  } else {
+#pragma unroll
+    for (int hh = 0; hh < 4; ++hh) {
+      const int h = h0 + ph + hh;
+      if (h >= p.H) continue;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int d = pd + 128 * i;
+        if (p.NS == 1) {
+          reinterpret_cast<uint32_t*>(p.out + (int64_t(t) * p.H + h) * 512 + d)[0] =
+              uint32_t(f2bf(acc[hh][2 * i])) | (uint32_t(f2bf(acc[hh][2 * i + 1])) << 16);
+        } else {
+          float* o = p.part + ((int64_t(t) * p.H + h) * p.NS + split) * 512 + d;
+          o[0] = acc[hh][2 * i];
+          o[1] = acc[hh][2 * i + 1];
+        }
+      }
+    }
+  }
+}
+
+__global__ void mqa_stat_kernel(const float* ms, int64_t rows, int NS, float* stat) {
+  const int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (r >= rows) return;
+  float m = -INFINITY;
+  for (int i = 0; i < NS; ++i) m = fmaxf(m, ms[(r * NS + i) * 2]);
+  float s = 0.f;
+  for (int i = 0; i < NS; ++i) {
+    const float mi = ms[(r * NS + i) * 2];
+    if (mi > -INFINITY) s += ms[(r * NS + i) * 2 + 1] * expf(mi - m);
+  }
+  stat[r * 2] = m;
+  stat[r * 2 + 1] = s > 0.f ? 1.0f / s : 0.f;
+}
+
+__global__ void mqa_reduce_kernel(const float* part, int64_t rows, int NS, uint16_t* out) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= rows * 512) return;
+  const int64_t r = i / 512, d = i % 512;
+  float s = 0.f;
+  for (int k = 0; k < NS; ++k) s += part[(r * NS + k) * 512 + d];
+  out[i] = f2bf(s);
+}
+
+// ---- prefill (MHA form) -----------------------------------------------------------------------
+// One block of 4 warps per (token, head); each warp takes every 4th candidate, its lanes split the
+// 192 (q.k) and 128 (p.v) dimensions.
+struct MhaP {
+  const uint16_t* q; int64_t H, DQK, NOPE, DV;   // q [T, H, DQK]
+  const uint16_t* kv; const uint16_t* pe;        // kv_up [NC, H, NOPE + DV], pe [NC, 64]
+  const int32_t* topk; int64_t K;
+  const int32_t* pos; const int32_t* tseq; const int32_t* ctx;
+  float scale;
+  uint16_t* out;                                 // [T, H, DV]
+  int* err;
+};
+
+__global__ void __launch_bounds__(128) mha_kernel(MhaP p) {
+  const int64_t t = blockIdx.x / p.H, h = blockIdx.x % p.H;
+  const int w = threadIdx.x / 32, l = threadIdx.x % 32;
+  const int posn = p.pos[t];
+  const int64_t base = p.ctx[p.tseq[t]];
+  const int64_t n = p.topk ? p.K : int64_t(posn) + 1;
+  __shared__ float red_m[4], red_s[4];
+  __shared__ float acc_s[4][128];
+  // q in registers: lane holds dims l + 32*i (i < 6 covers 192)
+  float qv[8];
+  const uint16_t* qr = p.q + (t * p.H + h) * p.DQK;
+  for (int i = 0; i < 8; ++i) qv[i] = (l + 32 * i < p.DQK) ? bf2f(qr[l + 32 * i]) : 0.f;
+  auto key_of = [&](int64_t i) -> int64_t {
+    if (!p.topk) return i;
+    const int idx = p.topk[t * p.K + i];
+    if (idx < -1 || idx > posn) {
+      atomicOr(p.err, kErrTopk);
+      return -1;
+    }
+    return idx;
+  };
+  auto score = [&](int64_t j) {
+    const uint16_t* kr = p.kv + ((base + j) * p.H + h) * (p.NOPE + p.DV);
+    const uint16_t* per = p.pe + (base + j) * kMlaRope;
+    float s = 0.f;
+    for (int i = 0; i < 8; ++i) {
+      const int d = l + 32 * i;
+      if (d < p.NOPE) s = fmaf(qv[i], bf2f(kr[d]), s);
+      else if (d < p.DQK) s = fmaf(qv[i], bf2f(per[d - p.NOPE]), s);
+    }
+    s = warp_sum(s);
+    return rbf(__fmul_rn(rbf(s), p.scale));
+  };
+  float m = -INFINITY, sum = 0.f;
+  for (int64_t i = w; i < n; i += 4) {
+    const int64_t j = key_of(i);
+    if (j < 0) continue;
+    const float s = score(j);
+    if (s > m) {
+      sum = (m > -INFINITY ? sum * expf(m - s) : 0.f) + 1.0f;
+      m = s;
+    } else {
+      sum += expf(s - m);
+    }
+  }
+  if (l == 0) {
+    red_m[w] = m;
+    red_s[w] = sum;
+  }
+  __syncthreads();
+  float M = -INFINITY;
+  for (int i = 0; i < 4; ++i) M = fmaxf(M, red_m[i]);
+  float S = 0.f;
+  for (int i = 0; i < 4; ++i)
+    if (red_m[i] > -INFINITY) S += red_s[i] * expf(red_m[i] - M);
+  const float inv = S > 0.f ? 1.0f / S : 0.f;
+  float acc[4] = {};
+  for (int64_t i = w; i < n; i += 4) {
+    const int64_t j = key_of(i);
+    if (j < 0) continue;
+    const float pr = rbf(__fmul_rn(expf(__fsub_rn(score(j), M)), inv));
+    const uint16_t* vr = p.kv + ((base + j) * p.H + h) * (p.NOPE + p.DV) + p.NOPE;
+    for (int k = 0; k < 4; ++k)
+      if (l + 32 * k < p.DV) acc[k] = fmaf(pr, bf2f(vr[l + 32 * k]), acc[k]);
+  }
+  for (int k = 0; k < 4; ++k)
+    if (l + 32 * k < p.DV) acc_s[w][l + 32 * k] = acc[k];
+  __syncthreads();
+  for (int d = threadIdx.x; d < p.DV; d += 128)
+    p.out[(t * p.H + h) * p.DV + d] = f2bf(acc_s[0][d] + acc_s[1][d] + acc_s[2][d] + acc_s[3][d]);
+}
+
+}  // namespace
+
+void CudaBackend::mla_cache_write(const Tensor& kv, const Tensor& k_pe, KvLayer& cache, const Batch& b) {
+  const int64_t T = b.n_tokens();
+  if (T == 0) return;
+  const DevBatch& d = dev(b);
+  mla_cache_write_kernel<<<unsigned(T), 128>>>(kv.ptr<uint16_t>(), k_pe.ptr<uint16_t>(), cache.mla.ptr<uint8_t>(),
+                                               d.positions, d.token_seq, d.block_table, d.max_blocks, err_);
+  DSA_LAUNCH_CHECK();
+}
+
+void CudaBackend::mla_cache_read(const KvLayer& cache, const Batch& b, Tensor& kv, Tensor& pe) {
+  const DevBatch& d = dev(b);
+  if (d.max_end == 0 || d.n_seqs == 0) return;
+  mla_cache_read_kernel<<<dim3(cdiv(d.max_end, 4), unsigned(d.n_seqs)), 128>>>(
+      cache.mla.ptr<uint8_t>(), d.block_table, d.max_blocks, d.seq_start, d.seq_nnew, d.seq_ctx, kv.ptr<uint16_t>(),
+      pe.ptr<uint16_t>(), err_);
+  DSA_LAUNCH_CHECK();
+}
+
+void CudaBackend::attention_mqa(const Tensor& q_lat, const Tensor& q_pe, const KvLayer& cache, const Batch& b,
+                                const Tensor* topk, float scale, Tensor& out_lat) {
+  const int64_t T = q_lat.dim(0), H = q_lat.dim(1);
+  DSA_CHECK(q_lat.dim(2) == kMlaLatent && q_pe.dim(2) == kMlaRope, "attention_mqa: shapes ", q_lat.str(), " ",
+            q_pe.str());
+  if (T == 0) return;
+  if (topk) DSA_CHECK(topk->dim(0) == T, "top-k rows ", topk->dim(0), " != batch tokens ", T);
+  const DevBatch& d = dev(b);
+  const int64_t n_max = topk ? topk->dim(1) : int64_t(d.max_end);
+  const int64_t HG = (H + HB - 1) / HB;
+  // Splits: enough blocks to fill the GPU twice over, at least 64 candidates per split.
+  int64_t NS = std::max<int64_t>(1, (2 * sms_ + T * HG - 1) / (T * HG));
+  NS = std::min<int64_t>(NS, std::max<int64_t>(1, n_max / 64));
+  NS = std::min<int64_t>(NS, 64);
+  Tensor ms = alloc(DType::F32, {T, H, NS, 2}), stat = alloc(DType::F32, {T, H, 2});
+  Tensor part;
+  if (NS > 1) part = alloc(DType::F32, {T, H, NS, 512});
+  MqaP p{};
+  p.qlat = q_lat.ptr<uint16_t>(); p.qpe = q_pe.ptr<uint16_t>();
+  p.cache = cache.mla.ptr<uint8_t>();
+  p.topk = topk ? topk->ptr<int32_t>() : nullptr; p.K = topk ? topk->dim(1) : 0;
+  p.pos = d.positions; p.tseq = d.token_seq; p.bt = d.block_table; p.mb = d.max_blocks;
+  p.H = int(H); p.NS = int(NS); p.scale = scale;
+  p.ms = ms.ptr<float>(); p.stat = stat.ptr<float>(); p.part = NS > 1 ? part.ptr<float>() : nullptr;
+  p.out = out_lat.ptr<uint16_t>(); p.err = err_;
+  const dim3 grid{unsigned(T), unsigned(HG), unsigned(NS)};
+  mqa_kernel<1><<<grid, 256>>>(p);
+  DSA_LAUNCH_CHECK();
+  mqa_stat_kernel<<<cdiv(T * H, 128), 128>>>(p.ms, T * H, int(NS), p.stat);
+  DSA_LAUNCH_CHECK();
+  mqa_kernel<2><<<grid, 256>>>(p);
+  DSA_LAUNCH_CHECK();
+  if (NS > 1) {
+    mqa_reduce_kernel<<<cdiv(T * H * 512, 256), 256>>>(p.part, T * H, int(NS), p.out);
+    DSA_LAUNCH_CHECK();
+  }
+}
+
+void CudaBackend::attention_mha(const Tensor& q, const Tensor& kv_up, const Tensor& pe, const Batch& b,
+                                const Tensor* topk, float scale, Tensor& out) {
+  const int64_t T = q.dim(0), H = q.dim(1), DQK = q.dim(2), NOPE = DQK - kMlaRope, DV = kv_up.dim(2) - NOPE;
+  DSA_CHECK(kv_up.dim(1) == H && pe.dim(0) == kv_up.dim(0), "attention_mha: shapes ", q.str(), " ", kv_up.str(), " ",
+            pe.str());
+  DSA_CHECK(DQK <= 256 && DV <= 128, "attention_mha: head dims ", DQK, "/", DV, " beyond the kernel's 256/128");
+  if (T == 0) return;
+  if (topk) DSA_CHECK(topk->dim(0) == T, "top-k rows ", topk->dim(0), " != batch tokens ", T);
+  const DevBatch& d = dev(b);
+  MhaP p{};
+  p.q = q.ptr<uint16_t>(); p.H = H; p.DQK = DQK; p.NOPE = NOPE; p.DV = DV;
+  p.kv = kv_up.ptr<uint16_t>(); p.pe = pe.ptr<uint16_t>();
+  p.topk = topk ? topk->ptr<int32_t>() : nullptr; p.K = topk ? topk->dim(1) : 0;
+  p.pos = d.positions; p.tseq = d.token_seq; p.ctx = d.seq_ctx;
+  p.scale = scale; p.out = out.ptr<uint16_t>(); p.err = err_;
+  DSA_CHECK(T * H < (int64_t(1) << 31), "attention_mha: too many rows");
+  mha_kernel<<<unsigned(T * H), 128>>>(p);
+  DSA_LAUNCH_CHECK();
+}
+
+}  // namespace dsa::cuda

@@ -1,0 +1,113 @@
+// Exact top-k over score rows (portable sm_80+): one block per row; a 4-pass 8-bit radix select
+// finds the k-th largest score, then an ordered compaction writes the selected positions in
+// ascending order. Ties at the threshold go to the lower positions; NaN ranks as -inf; -0 == +0
+// (as the CPU's float comparisons). Rows with n <= k give 0..n-1 then -1.
+#include "backends/cuda/cuda_backend.h"
+
+namespace dsa::cuda {
+
+namespace {
+
+constexpr int TK_THREADS = 512;
+
+__device__ __forceinline__ uint32_t order_key(float v) {
+  if (v != v) v = -INFINITY;  // NaN ranks as -inf
+  if (v == 0.f) v = 0.f;      // -0 == +0
+  const uint32_t u = __float_as_uint(v);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Exclusive block scan of one int per thread; returns the block total in *total.
+__device__ int block_excl_scan(int v, int* warp_tot, int* total) {
+  const int l = threadIdx.x % 32, w = threadIdx.x / 32, nw = blockDim.x / 32;
+  int x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, x, o);
+    if (l >= o) x += y;
+  }
+  __syncthreads();
+  if (l == 31) warp_tot[w] = x;
+  __syncthreads();
+  int off = 0, tot = 0;
+  for (int i = 0; i < nw; ++i) {
+    if (i < w) off += warp_tot[i];
+    tot += warp_tot[i];
+  }
+  *total = tot;
+  return off + x - v;
+}
+
+__global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, int64_t ld, const int32_t* narr,
+                                                          int n_add, int64_t row_base, int64_t k, int32_t* out) {
+  __shared__ int hist[256];
+  __shared__ int warp_tot[TK_THREADS / 32];
+  __shared__ uint32_t s_prefix;
+  __shared__ int s_krem;
+  const int64_t r = blockIdx.x;
+  const int64_t n = int64_t(narr[row_base + r]) + n_add;
+  const float* row = scores + r * ld;
+  int32_t* o = out + (row_base + r) * k;
+  const int tid = threadIdx.x;
+  if (n <= k) {
+    for (int64_t i = tid; i < k; i += blockDim.x) o[i] = i < n ? int32_t(i) : -1;
+    return;
+  }
+  // Radix select: the k-th largest key, most significant digit first.
+  uint32_t prefix = 0, mask = 0;
+  int krem = int(k);
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    for (int64_t i = tid; i < n; i += blockDim.x) {
+      const uint32_t key = order_key(row[i]);
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xff], 1);
+    }
+    __syncthreads();
+    if (tid == 0) {
+      int cum = 0, bin = 255;
+      for (; bin > 0; --bin) {
+        if (cum + hist[bin] >= krem) break;
+        cum += hist[bin];
+      }
+      s_prefix = prefix | (uint32_t(bin) << shift);
+      s_krem = krem - cum;
+    }
+    __syncthreads();
+    prefix = s_prefix;
+    krem = s_krem;
+    mask |= 0xffu << shift;
+    __syncthreads();
+  }
+  const uint32_t thr = prefix;  // exact key of the k-th largest; take krem of the keys equal to it
+  // Ordered compaction over positions.
+  int base_sel = 0, base_eq = 0;
+  for (int64_t c0 = 0; c0 < n; c0 += blockDim.x) {
+    const int64_t i = c0 + tid;
+    uint32_t key = 0;
+    if (i < n) key = order_key(row[i]);
+    const int is_eq = (i < n && key == thr) ? 1 : 0;
+    int tot_eq, tot_sel;
+    const int eq_before = block_excl_scan(is_eq, warp_tot, &tot_eq);
+    const int sel = (i < n && (key > thr || (is_eq && base_eq + eq_before < krem))) ? 1 : 0;
+    const int sel_before = block_excl_scan(sel, warp_tot, &tot_sel);
+    if (sel) o[base_sel + sel_before] = int32_t(i);
+    base_sel += tot_sel;
+    base_eq += tot_eq;
+  }
+}
+
+}  // namespace
+
+void launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
+                 int64_t k, int32_t* out) {
+  if (rows == 0) return;
+  topk_kernel<<<unsigned(rows), TK_THREADS>>>(scores, ld, narr, n_add, row_base, k, out);
+  DSA_LAUNCH_CHECK();
+}
+
+void CudaBackend::topk_rows(const Tensor& scores, const int32_t* d_n, int64_t k, Tensor& out) {
+  launch_topk(scores.ptr<float>(), scores.dim(1), d_n, 0, 0, scores.dim(0), k, out.ptr<int32_t>());
+}
+
+}  // namespace dsa::cuda
