@@ -451,7 +451,8 @@ class MergeTable {
   size_t mask_ = 0;
 };
 
-// Per-thread cache: pre-token bytes -> ids. Bounded; cleared when full.
+// Per-thread cache: pre-token bytes -> ids. Grows from 4K to 256K slots (at most 128K words, like
+// HF's cache it only holds words up to kMaxWordLen bytes) and is cleared when full.
 class WordCache {
  public:
   static constexpr size_t kMaxWordLen = 256;
@@ -469,15 +470,16 @@ class WordCache {
     }
   }
   void insert(const char* w, size_t n, uint64_t h, const int32_t* ids, size_t m) {
-    if (slots_.empty()) {
-      slots_.assign(kSlots, Slot{});
-      mask_ = kSlots - 1;
+    if (slots_.empty()) resize(kMinSlots);
+    if (count_ + 1 > slots_.size() / 2) {
+      if (slots_.size() < kMaxSlots)
+        resize(slots_.size() * 2);
+      else
+        clear();
     }
-    if (count_ + 1 > kSlots / 2 || keys_.size() + n > (64u << 20) || vals_.size() + m > (16u << 20)) clear();
-    size_t i = h & mask_;
-    while (slots_[i].klen != 0) i = (i + 1) & mask_;
-    slots_[i] = Slot{h, static_cast<uint32_t>(keys_.size()), static_cast<uint32_t>(n),
-                     static_cast<uint32_t>(vals_.size()), static_cast<uint32_t>(m)};
+    if (keys_.size() + n > (32u << 20) || vals_.size() + m > (8u << 20)) clear();
+    place(Slot{h, static_cast<uint32_t>(keys_.size()), static_cast<uint32_t>(n), static_cast<uint32_t>(vals_.size()),
+               static_cast<uint32_t>(m)});
     keys_.append(w, n);
     vals_.insert(vals_.end(), ids, ids + m);
     ++count_;
@@ -491,11 +493,23 @@ class WordCache {
   uint64_t owner = 0;
 
  private:
-  static constexpr size_t kSlots = size_t(1) << 18;
+  static constexpr size_t kMinSlots = size_t(1) << 12, kMaxSlots = size_t(1) << 18;
   struct Slot {
     uint64_t h = 0;
     uint32_t koff = 0, klen = 0, voff = 0, vlen = 0;
   };
+  void place(const Slot& s) {
+    size_t i = s.h & mask_;
+    while (slots_[i].klen != 0) i = (i + 1) & mask_;
+    slots_[i] = s;
+  }
+  void resize(size_t n) {
+    std::vector<Slot> old = std::move(slots_);
+    slots_.assign(n, Slot{});
+    mask_ = n - 1;
+    for (const Slot& s : old)
+      if (s.klen != 0) place(s);
+  }
   std::vector<Slot> slots_;
   size_t mask_ = 0, count_ = 0;
   std::string keys_;
@@ -1359,6 +1373,11 @@ std::vector<std::string> Tokenizer::pre_tokenize(std::string_view text) const {
   auto on_added = [&](int32_t k) { out.push_back(t.added[k].content); };
   t.run(text, on_piece, on_added);
   return out;
+}
+
+void Tokenizer::clear_thread_cache() {
+  bpe_scratch().cache.clear();
+  bpe_scratch().cache.owner = 0;
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special) const {

@@ -69,6 +69,8 @@ class Tokenizer {
   // Pre-tokens of text (after added-token splitting, normalization and pre-tokenization) as raw
   // UTF-8 pieces; added tokens appear as their content. For tests and debugging.
   std::vector<std::string> pre_tokenize(std::string_view text) const;
+  // Empties the calling thread's pre-token -> ids cache (for cold-cache benchmarks).
+  static void clear_thread_cache();
 
   struct Impl;
 
