@@ -27,6 +27,7 @@ int run(int argc, char** argv) {
       fs::path src = fs::path(tokenizer_from) / f;
       DSA_CHECK(fs::exists(src), src.string(), ": not found (--tokenizer-from)");
       fs::copy_file(src, fs::path(out) / f, fs::copy_options::overwrite_existing);
+      fs::permissions(fs::path(out) / f, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::add);
     }
   }
   std::printf("wrote %s: preset %s, %ld layers, hidden %ld, %ld heads, index_topk %ld, seed %lu\n", out.c_str(),

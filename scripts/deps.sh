@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install the Debian 12 packages dsa needs (build, tests, benchmarks, the JS tokenizer reference).
+# Idempotent: does nothing when everything is already installed.
+set -euo pipefail
+PKGS=(build-essential cmake ninja-build pkg-config g++ clang
+      libgtest-dev libgmock-dev libbenchmark-dev
+      nlohmann-json3-dev libcli11-dev libpcre2-dev libcpp-httplib-dev
+      nodejs npm)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "deps: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
