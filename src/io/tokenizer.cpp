@@ -665,6 +665,7 @@ struct Tokenizer::Impl {
 
   // Added tokens.
   std::vector<AddedToken> added;
+  std::unordered_map<std::string, int32_t> added_ids;  // content -> id
   AddedTrie raw_trie, norm_trie;  // normalized=false / normalized=true tokens
 
   std::vector<Normalizer> normalizers;
@@ -934,8 +935,25 @@ struct BpeCand {
 struct BpeScratch {
   std::vector<BpeSym> syms;
   std::vector<BpeCand> heap;
-  std::vector<int32_t> ids;
-  WordCache cache;
+  // Word caches of the last few tokenizers this thread used (keyed by Impl::uid), so that
+  // alternating between tokenizers does not empty a cache each time.
+  static constexpr int kCaches = 4;
+  WordCache caches[kCaches];
+  int next_victim = 0;
+  WordCache& cache_for(uint64_t uid) {
+    for (WordCache& c : caches)
+      if (c.owner == uid) return c;
+    for (WordCache& c : caches)
+      if (c.owner == 0) {
+        c.owner = uid;
+        return c;
+      }
+    WordCache& c = caches[next_victim];
+    next_victim = (next_victim + 1) % kCaches;
+    c.clear();
+    c.owner = uid;
+    return c;
+  }
 };
 BpeScratch& bpe_scratch() {
   thread_local BpeScratch s;
@@ -1022,20 +1040,16 @@ void Tokenizer::Impl::bpe(const char* w, size_t n, std::vector<int32_t>& out) co
     bpe_uncached(w, n, out);
     return;
   }
-  BpeScratch& sc = bpe_scratch();
-  if (sc.cache.owner != uid) {
-    sc.cache.clear();
-    sc.cache.owner = uid;
-  }
+  WordCache& cache = bpe_scratch().cache_for(uid);
   uint64_t h = hash_bytes(w, n);
   uint32_t len = 0;
-  if (const int32_t* hit = sc.cache.find(w, n, h, &len)) {
+  if (const int32_t* hit = cache.find(w, n, h, &len)) {
     out.insert(out.end(), hit, hit + len);
     return;
   }
   size_t before = out.size();
   bpe_uncached(w, n, out);
-  sc.cache.insert(w, n, h, out.data() + before, out.size() - before);
+  cache.insert(w, n, h, out.data() + before, out.size() - before);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1231,6 +1245,7 @@ Tokenizer Tokenizer::from_json_strings(std::string_view tokenizer_json, std::str
         at.single_word = get_bool(a, "single_word", false);
         if (at.id < 0) fail("tokenizer: added token '", at.content, "' has a negative id");
         max_id = std::max(max_id, at.id);
+        t->added_ids.emplace(at.content, at.id);  // the first of duplicates wins, as in the trie
         t->added.push_back(std::move(at));
       }
     }
@@ -1327,8 +1342,8 @@ Tokenizer Tokenizer::from_json_strings(std::string_view tokenizer_json, std::str
         s = (*it)["content"].get<std::string>();
       else
         fail("tokenizer: \"", key, "\" in tokenizer_config.json is neither a string nor an AddedToken");
-      for (const AddedToken& at : t->added)
-        if (at.content == s) return at.id;
+      auto a = t->added_ids.find(s);
+      if (a != t->added_ids.end()) return a->second;
       auto v = t->vocab.find(s);
       if (v == t->vocab.end()) fail("tokenizer: ", key, " '", s, "' is not a token of '", origin, "'");
       return v->second;
@@ -1376,8 +1391,10 @@ std::vector<std::string> Tokenizer::pre_tokenize(std::string_view text) const {
 }
 
 void Tokenizer::clear_thread_cache() {
-  bpe_scratch().cache.clear();
-  bpe_scratch().cache.owner = 0;
+  for (WordCache& c : bpe_scratch().caches) {
+    c.clear();
+    c.owner = 0;
+  }
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special) const {
@@ -1400,9 +1417,10 @@ bool Tokenizer::add_bos() const { return impl_->add_bos; }
 int64_t Tokenizer::vocab_size() const { return static_cast<int64_t>(impl_->id_to_tok.size()); }
 
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view tok) const {
-  for (const AddedToken& at : impl_->added)
-    if (at.content == tok) return at.id;
-  auto it = impl_->vocab.find(std::string(tok));
+  std::string key(tok);
+  auto a = impl_->added_ids.find(key);
+  if (a != impl_->added_ids.end()) return a->second;
+  auto it = impl_->vocab.find(key);
   if (it == impl_->vocab.end()) return std::nullopt;
   return it->second;
 }
