@@ -2,7 +2,9 @@
 // Shared device helpers of the CUDA backend: exact conversions matching core/dtype.h, error
 // checking, the device mirror of a Batch, and the launch stream.
 #include <cuda_runtime.h>
+#if defined(__CUDACC__)
 #include <cuda_fp8.h>
+#endif
 
 #include <cstdint>
 
@@ -41,6 +43,9 @@ struct DevBatch {
   Tensor storage;                  // one device buffer holding all of the above
 };
 
+inline unsigned cdiv(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
+
+#if defined(__CUDACC__)  // device helpers (the header is also included by host-only test code)
 // ---- exact scalar conversions (bit-identical to core/dtype.h) ------------------------------
 __device__ __forceinline__ float bf2f(uint16_t b) { return __uint_as_float(uint32_t(b) << 16); }
 __device__ __forceinline__ uint16_t f2bf(float f) {
@@ -92,6 +97,6 @@ __device__ __forceinline__ int64_t slot_of(const int32_t* block_table, int max_b
   return blk < 0 ? -1 : int64_t(blk) * kKvBlock + pos % kKvBlock;
 }
 
-inline unsigned cdiv(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
+#endif  // __CUDACC__
 
 }  // namespace dsa::cuda

@@ -1,0 +1,280 @@
+// dsa_gpu_bench: CUDA-event timings of the CUDA backend's DSA kernels on random data.
+//   copy roofline (device-to-device), sparse MLA decode (FlashMLA's FLOP convention, kernels.md
+//   §1.7), dense MLA decode, indexer decode (scores + top-k), and per-layer attention decode
+//   latency dense vs DSA at contexts 4K..128K and batch 1/32/128.
+// Each number: warm-up, then the median of several timed calls; inputs rotate among copies when
+// they would fit in L2. Usage: dsa_gpu_bench [--quick] [--md FILE]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/cuda_backend.h"
+
+using namespace dsa;
+
+namespace {
+
+constexpr double kCopyTBs = 4.2, kBf16TF = 750, kFp8TF = 1300;  // measured roofline (kernels.md)
+
+__global__ void fill_random(uint8_t* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 13; x *= 0x5bd1e995u; x ^= x >> 15;
+    uint8_t c = uint8_t(x);
+    if ((c & 0x7f) == 0x7f) c = 0x3f;       // no e4m3 NaN
+    if ((c & 0x78) >= 0x60) c &= 0xb7;      // keep magnitudes moderate
+    p[i] = c;
+  }
+}
+// Fix the MLA cache's per-token scales (4 fp32 after 512 bytes) and RoPE part (64 bf16).
+__global__ void fix_mla(uint8_t* cache, size_t tokens) {
+  for (size_t t = blockIdx.x * size_t(blockDim.x) + threadIdx.x; t < tokens; t += size_t(gridDim.x) * blockDim.x) {
+    float* s = reinterpret_cast<float*>(cache + t * kMlaTokenBytes + 512);
+    for (int i = 0; i < 4; ++i) s[i] = 0.0078125f;
+    uint16_t* pe = reinterpret_cast<uint16_t*>(cache + t * kMlaTokenBytes + 528);
+    for (int i = 0; i < 64; ++i) pe[i] = uint16_t(0x3c00 + ((t * 7 + i * 13) & 0xff)) ^ ((i & 1) << 15);
+  }
+}
+__global__ void fix_indexer(uint8_t* cache, size_t blocks) {
+  for (size_t b = blockIdx.x * size_t(blockDim.x) + threadIdx.x; b < blocks * 64; b += size_t(gridDim.x) * blockDim.x)
+    reinterpret_cast<float*>(cache + (b / 64) * kKvBlock * kIndexTokenBytes + kKvBlock * kIndexDim)[b % 64] = 0.015625f;
+}
+__global__ void fill_bf16(uint16_t* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 13; x *= 0x5bd1e995u; x ^= x >> 15;
+    p[i] = uint16_t(0x3c00 + (x & 0x3ff)) ^ uint16_t((x >> 16) & 0x8000);  // ~[0.0078, 0.03) with random sign
+  }
+}
+
+void chk(cudaError_t e, const char* w) {
+  if (e != cudaSuccess) {
+    std::fprintf(stderr, "CUDA error %s: %s\n", w, cudaGetErrorString(e));
+    std::exit(1);
+  }
+}
+
+// Median time in ms of fn(rep), after warm-up; reps adapt to the call's length.
+double time_ms(const std::function<void(int)>& fn, int max_reps = 30) {
+  cudaEvent_t a, b;
+  chk(cudaEventCreate(&a), "event");
+  chk(cudaEventCreate(&b), "event");
+  fn(0);
+  chk(cudaDeviceSynchronize(), "warm-up");
+  std::vector<float> ts;
+  float total = 0;
+  for (int r = 0; r < max_reps; ++r) {
+    cudaEventRecord(a);
+    fn(r + 1);
+    cudaEventRecord(b);
+    chk(cudaEventSynchronize(b), "timed call");
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    ts.push_back(ms);
+    total += ms;
+    if (total > 3000 && r >= 2) break;
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(ts.begin(), ts.end());
+  return ts[ts.size() / 2];
+}
+
+struct Row {
+  std::string what, shape;
+  double us, tflops, gbs, pct;
+};
+std::vector<Row> rows;
+void report(const std::string& what, const std::string& shape, double ms, double flop, double bytes, double pct) {
+  Row r{what, shape, ms * 1e3, flop / (ms * 1e-3) / 1e12, bytes / (ms * 1e-3) / 1e9, pct};
+  rows.push_back(r);
+  std::printf("%-28s %-40s %10.1f us %8.2f TFLOP/s %8.1f GB/s %6.1f%%\n", what.c_str(), shape.c_str(), r.us, r.tflops,
+              r.gbs, pct);
+  std::fflush(stdout);
+}
+
+// A decode batch: b sequences of L context tokens each (the last s_q are new), contiguous blocks.
+Batch decode_batch(int64_t b, int64_t L, int64_t s_q, int64_t* blocks_used) {
+  Batch B;
+  const int64_t nb = (L + kKvBlock - 1) / kKvBlock;
+  B.max_blocks = nb;
+  int64_t tok = 0;
+  for (int64_t s = 0; s < b; ++s) {
+    BatchSeq q;
+    q.start_pos = L - s_q;
+    q.n_new = s_q;
+    q.token_offset = tok;
+    B.seqs.push_back(q);
+    for (int64_t j = 0; j < s_q; ++j) B.positions.push_back(int32_t(L - s_q + j)), B.token_seq.push_back(int32_t(s));
+    tok += s_q;
+    for (int64_t k = 0; k < nb; ++k) B.block_table.push_back(int32_t(s * nb + k));
+  }
+  *blocks_used = b * nb;
+  return B;
+}
+
+struct Caches {
+  std::vector<KvLayer> kv;  // rotating copies
+};
+Caches make_caches(cuda::CudaBackend& be, int64_t blocks, bool mla, bool idx) {
+  Caches c;
+  const double bytes = double(blocks) * kKvBlock * ((mla ? kMlaTokenBytes : 0) + (idx ? kIndexTokenBytes : 0));
+  const int copies = int(std::clamp(std::ceil(256e6 / std::max(bytes, 1.0)), 1.0, 8.0));
+  for (int i = 0; i < copies; ++i) {
+    KvLayer k;
+    k.mla = be.alloc(DType::U8, {mla ? blocks : 1, kKvBlock * kMlaTokenBytes});
+    k.indexer = be.alloc(DType::U8, {idx ? blocks : 1, kKvBlock * kIndexTokenBytes});
+    fill_random<<<4096, 256>>>(k.mla.ptr<uint8_t>(), k.mla.nbytes(), 17u + i);
+    fix_mla<<<4096, 256>>>(k.mla.ptr<uint8_t>(), size_t(k.mla.dim(0)) * kKvBlock);
+    fill_random<<<4096, 256>>>(k.indexer.ptr<uint8_t>(), k.indexer.nbytes(), 91u + i);
+    fix_indexer<<<4096, 256>>>(k.indexer.ptr<uint8_t>(), size_t(k.indexer.dim(0)));
+    c.kv.push_back(k);
+  }
+  chk(cudaDeviceSynchronize(), "fill caches");
+  return c;
+}
+
+Tensor rand_bf16_dev(cuda::CudaBackend& be, Shape s, uint32_t seed) {
+  Tensor t = be.alloc(DType::BF16, s);
+  fill_bf16<<<2048, 256>>>(t.ptr<uint16_t>(), size_t(t.numel()), seed);
+  return t;
+}
+
+// Random distinct positions in [0, L) per token row (sorted), -1 padded if L < k.
+Tensor rand_topk(cuda::CudaBackend& be, int64_t T, int64_t k, const Batch& B) {
+  std::mt19937 rng(5);
+  Tensor h = host_tensor(DType::I32, {T, k});
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t n = B.positions[size_t(t)] + 1;
+    std::vector<int32_t> pick;
+    if (n <= k) {
+      pick.resize(size_t(n));
+      std::iota(pick.begin(), pick.end(), 0);
+    } else {
+      std::vector<char> used(size_t(n), 0);
+      while (int64_t(pick.size()) < k) {
+        int32_t j = int32_t(rng() % uint32_t(n));
+        if (!used[size_t(j)]) used[size_t(j)] = 1, pick.push_back(j);
+      }
+      std::sort(pick.begin(), pick.end());
+    }
+    for (int64_t i = 0; i < k; ++i) h.ptr<int32_t>()[t * k + i] = i < int64_t(pick.size()) ? pick[size_t(i)] : -1;
+  }
+  return be.upload(h);
+}
+
+std::string kfmt(int64_t L) { return L >= 1024 ? std::to_string(L / 1024) + "K" : std::to_string(L); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  std::string md;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--md") && i + 1 < argc) md = argv[++i];
+  }
+  cuda::CudaBackend be(0);
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("device: %s, %d SMs, %.0f MB L2\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
+
+  {  // copy roofline: 2 GiB device-to-device, bytes read + written
+    const size_t n = size_t(2) << 30;
+    Tensor a = be.alloc(DType::U8, {int64_t(n)}), b = be.alloc(DType::U8, {int64_t(n)});
+    cudaMemset(a.data, 1, n);
+    const double ms = time_ms([&](int) { cudaMemcpyAsync(b.data, a.data, n, cudaMemcpyDeviceToDevice, 0); }, 20);
+    report("copy (roofline)", "2 GiB d2d", ms, 0, 2.0 * double(n), 100.0 * 2.0 * n / (ms * 1e-3) / 1e12 / kCopyTBs);
+  }
+
+  const int64_t H = 128, TOPK = 2048;
+  const float scale = 0.1352f;
+  // ---- sparse MLA decode (FlashMLA shape: h=128, s_q=2, topk=2048, s_kv=32K) ----------------
+  for (int64_t b : quick ? std::vector<int64_t>{128} : std::vector<int64_t>{2, 64, 128}) {
+    const int64_t L = 32768, s_q = 2, T = b * s_q;
+    int64_t blocks;
+    Batch B = decode_batch(b, L, s_q, &blocks);
+    Caches c = make_caches(be, blocks, true, false);
+    be.prepare_batch(B);
+    Tensor ql = rand_bf16_dev(be, {T, H, 512}, 1), qp = rand_bf16_dev(be, {T, H, 64}, 2), o = be.alloc(DType::BF16, {T, H, 512});
+    Tensor tk = rand_topk(be, T, TOPK, B);
+    const double ms = time_ms([&](int r) { be.attention_mqa(ql, qp, c.kv[size_t(r) % c.kv.size()], B, &tk, scale, o); });
+    const double flop = 2.0 * H * double(T) * TOPK * (576 + 512);
+    const double bytes = double(T) * H * (576 + 512) * 2 + double(b) * TOPK * 2 * kMlaTokenBytes;  // upper bound on unique
+    report("sparse MLA decode", "b=" + std::to_string(b) + " h=128 s_q=2 topk=2048 s_kv=32K", ms, flop, bytes,
+           100.0 * flop / (ms * 1e-3) / 1e12 / kBf16TF);
+  }
+  be.synchronize();
+
+  // ---- per-layer decode attention: dense MLA vs DSA (indexer + top-k + sparse MLA) ------------
+  struct Lat { int64_t b, L; double dense_us, idx_us, sparse_us; };
+  std::vector<Lat> lat;
+  const std::vector<int64_t> ctxs = quick ? std::vector<int64_t>{16384, 65536} : std::vector<int64_t>{4096, 16384, 32768, 65536, 131072};
+  const std::vector<int64_t> batches = quick ? std::vector<int64_t>{32} : std::vector<int64_t>{1, 32, 128};
+  for (int64_t b : batches)
+    for (int64_t L : ctxs) {
+      const int64_t T = b;  // s_q = 1
+      int64_t blocks;
+      Batch B = decode_batch(b, L, 1, &blocks);
+      Caches c = make_caches(be, blocks, true, true);
+      be.prepare_batch(B);
+      Tensor ql = rand_bf16_dev(be, {T, H, 512}, 3), qp = rand_bf16_dev(be, {T, H, 64}, 4), o = be.alloc(DType::BF16, {T, H, 512});
+      // dense decode over the whole context (skip the slowest shapes of the CUDA-core kernel)
+      double dense_ms = -1;
+      const double dense_flop = 2.0 * H * double(T) * L * (576 + 512);
+      if (dense_flop < 6e12) {
+        dense_ms = time_ms([&](int r) { be.attention_mqa(ql, qp, c.kv[size_t(r) % c.kv.size()], B, nullptr, scale, o); }, 10);
+        report("dense MLA decode", "b=" + std::to_string(b) + " h=128 L=" + kfmt(L), dense_ms, dense_flop,
+               double(b) * L * kMlaTokenBytes, 100.0 * dense_flop / (dense_ms * 1e-3) / 1e12 / kBf16TF);
+      }
+      // indexer: scores over the 132-byte cache + exact top-2048
+      Tensor iq = be.alloc(DType::E4M3, {T, 64, 128}), iw = be.alloc(DType::F32, {T, 64}), tk = be.alloc(DType::I32, {T, TOPK});
+      fill_random<<<256, 256>>>(iq.ptr<uint8_t>(), iq.nbytes(), 7);
+      fill_random<<<256, 256>>>(static_cast<uint8_t*>(iw.data), iw.nbytes(), 8);  // arbitrary finite-ish floats
+      cudaMemset(iw.data, 0x3c, iw.nbytes());                                      // w = 0.0115 (finite)
+      const double idx_ms = time_ms([&](int r) { be.indexer_topk(iq, iw, c.kv[size_t(r) % c.kv.size()], B, TOPK, tk); }, 10);
+      const double idx_bytes = double(b) * L * kIndexTokenBytes;
+      report("indexer decode + top-k", "b=" + std::to_string(b) + " Hi=64 L=" + kfmt(L), idx_ms, 2.0 * 64 * 128 * double(b) * L,
+             idx_bytes, 100.0 * idx_bytes / (idx_ms * 1e-3) / 1e12 / kCopyTBs);
+      // sparse attention on the indexer's selection
+      be.indexer_topk(iq, iw, c.kv[0], B, TOPK, tk);
+      const double sp_ms = time_ms([&](int r) { be.attention_mqa(ql, qp, c.kv[size_t(r) % c.kv.size()], B, &tk, scale, o); }, 10);
+      const double sp_flop = 2.0 * H * double(T) * std::min<int64_t>(TOPK, L) * (576 + 512);
+      report("sparse MLA decode", "b=" + std::to_string(b) + " h=128 s_q=1 L=" + kfmt(L), sp_ms, sp_flop,
+             double(T) * std::min<int64_t>(TOPK, L) * kMlaTokenBytes, 100.0 * sp_flop / (sp_ms * 1e-3) / 1e12 / kBf16TF);
+      lat.push_back({b, L, dense_ms * 1e3, idx_ms * 1e3, sp_ms * 1e3});
+      be.synchronize();
+    }
+
+  std::printf("\nper-layer attention decode latency (us), h=128, topk=2048 (projections excluded)\n");
+  std::printf("| batch | context | dense MLA | DSA (indexer+top-k / sparse MLA) | DSA total | dense / DSA |\n|---|---|---|---|---|---|\n");
+  std::string table = "| batch | context | dense MLA (us) | DSA indexer+top-k (us) | DSA sparse MLA (us) | DSA total (us) | dense / DSA |\n|---|---|---|---|---|---|---|\n";
+  for (const Lat& l : lat) {
+    char line[256];
+    const double dsa = l.idx_us + l.sparse_us;
+    std::snprintf(line, sizeof line, "| %ld | %s | %s | %.1f | %.1f | %.1f | %s |\n", long(l.b), kfmt(l.L).c_str(),
+                  l.dense_us < 0 ? "skipped" : std::to_string(int64_t(l.dense_us)).c_str(), l.idx_us, l.sparse_us, dsa,
+                  l.dense_us < 0 ? "-" : (std::to_string(l.dense_us / dsa).substr(0, 5) + "x").c_str());
+    std::printf("%s", line);
+    table += line;
+  }
+  if (!md.empty()) {
+    FILE* f = std::fopen(md.c_str(), "w");
+    if (f) {
+      std::fprintf(f, "device: %s\n\n| kernel | shape | us | TFLOP/s | GB/s | %% of roofline |\n|---|---|---|---|---|---|\n", prop.name);
+      for (const Row& r : rows)
+        std::fprintf(f, "| %s | %s | %.1f | %.2f | %.1f | %.1f |\n", r.what.c_str(), r.shape.c_str(), r.us, r.tflops, r.gbs, r.pct);
+      std::fprintf(f, "\n%s", table.c_str());
+      std::fclose(f);
+    }
+  }
+  be.synchronize();
+  return 0;
+}
