@@ -4,12 +4,15 @@
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config g++ clang
       libgtest-dev libgmock-dev libbenchmark-dev
-      nlohmann-json3-dev libcli11-dev libpcre2-dev libcpp-httplib-dev
-      nodejs npm)
+      nlohmann-json3-dev libcli11-dev libpcre2-dev libcpp-httplib-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+# Node.js and npm (for the JS tokenizer reference): any install will do (a machine may carry a
+# non-Debian Node.js, with which Debian's npm package conflicts); Debian's packages otherwise.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
   SUDO=""
