@@ -62,26 +62,26 @@ declare -a SUMMARY
 note() { SUMMARY+=("$1"); echo "== $1"; }
 left() { echo $((BUDGET - SECONDS)); }
 
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-cat "$OUT/gpu.txt"
+GPU=$(nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.total,driver_version --format=csv,noheader 2>&1)
+echo "$GPU"
 S=$DEV/sysroot/usr
 export PKG_CONFIG_PATH=$S/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
 B=$ROOT/build-gpu
 t0=$SECONDS
 cmake -S "$ROOT" -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="80-virtual;90a-real" \
-  -DCMAKE_PREFIX_PATH="$S" -DDSA_GPU_SHARED_DIR="$DEV/shared" > "$OUT/configure.log" 2>&1 \
-  && ninja -C "$B" -j"$(nproc)" dsa_gpu_tests dsa_gpu_bench dsa > "$OUT/build.log" 2>&1
+  -DCMAKE_PREFIX_PATH="$S" -DDSA_GPU_SHARED_DIR="$DEV/shared" > "$OUT/build.log" 2>&1 \
+  && ninja -C "$B" -j"$(nproc)" dsa_gpu_tests dsa_gpu_bench dsa >> "$OUT/build.log" 2>&1
 rc=$?
 note "build: rc=$rc in $((SECONDS - t0)) s"
 if [[ $rc != 0 ]]; then
-  tail -40 "$OUT/configure.log" "$OUT/build.log"
+  tail -60 "$OUT/build.log"
   printf '%s\n' "${SUMMARY[@]}"
   exit 1
 fi
 T=$B/tests/gpu/dsa_gpu_tests
 
 t0=$SECONDS
-timeout 240 "$T" --gtest_output=xml:"$OUT/tests.xml" > "$OUT/tests.log" 2>&1
+timeout 240 "$T" > "$OUT/tests.log" 2>&1
 rc=$?
 note "gpu tests (sm_90a SASS): rc=$rc in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests.log") failed lines"
 grep -E "^\[  FAILED|Failure|error|\[ (prefill|decode|ppl)" "$OUT/tests.log" | head -40
@@ -96,15 +96,16 @@ fi
 if [[ $SAN == 1 ]] && (( $(left) > 200 )); then
   t0=$SECONDS
   timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$T" \
-    --gtest_filter='GpuOps.*-GpuOps.InvalidInputsRaiseErrors' > "$OUT/memcheck.log" 2>&1
+    --gtest_filter='GpuOps.*-GpuOps.InvalidInputsRaiseErrors' > "$OUT/sanitizer.log" 2>&1
   rc=$?
-  note "compute-sanitizer memcheck (GpuOps): rc=$rc in $((SECONDS - t0)) s; $(grep -m1 'ERROR SUMMARY' "$OUT/memcheck.log")"
+  note "compute-sanitizer memcheck (GpuOps): rc=$rc in $((SECONDS - t0)) s; $(grep -m1 'ERROR SUMMARY' "$OUT/sanitizer.log")"
   if (( $(left) > 180 )); then
     t0=$SECONDS
     timeout 100 compute-sanitizer --tool racecheck --error-exitcode 9 "$T" \
-      --gtest_filter='GpuOps.AttentionMqa*:GpuOps.Topk*:GpuOps.IndexerCache*:GpuOps.Linears*' > "$OUT/racecheck.log" 2>&1
+      --gtest_filter='GpuOps.AttentionMqa*:GpuOps.Topk*:GpuOps.IndexerCache*:GpuOps.Linears*' > "$OUT/racecheck.tmp" 2>&1
     rc=$?
-    note "compute-sanitizer racecheck (MQA, top-k, indexer, GEMM): rc=$rc in $((SECONDS - t0)) s; $(grep -m1 'RACECHECK SUMMARY\|ERROR SUMMARY' "$OUT/racecheck.log")"
+    note "compute-sanitizer racecheck (MQA, top-k, indexer, GEMM): rc=$rc in $((SECONDS - t0)) s; $(grep -m1 'RACECHECK SUMMARY\|ERROR SUMMARY' "$OUT/racecheck.tmp")"
+    cat "$OUT/racecheck.tmp" >> "$OUT/sanitizer.log"; rm -f "$OUT/racecheck.tmp"
   fi
 fi
 
@@ -120,13 +121,13 @@ if [[ $PPL == 1 ]] && (( $(left) > 90 )); then
     (( $(left) > 60 )) || break
     t0=$SECONDS
     timeout $(( $(left) - 30 )) "$B/dsa" perplexity -m "$DEV/shared/models/dsa-mini" --device cuda --attention $att \
-      --manifest "$DEV/shared/data/dev/MANIFEST.txt" --ctx 8192 > "$OUT/ppl_$att.log" 2>&1
-    note "dsa-mini ppl ctx 8192 on cuda, $att: rc=$? in $((SECONDS - t0)) s: $(grep -i -m1 'perplexity\|ppl' "$OUT/ppl_$att.log")"
+      --manifest "$DEV/shared/data/dev/MANIFEST.txt" --ctx 8192 > "$OUT/ppl.tmp" 2>&1
+    note "dsa-mini ppl ctx 8192 on cuda, $att: rc=$? in $((SECONDS - t0)) s: $(grep -m1 '^perplexity' "$OUT/ppl.tmp")"
+    cat "$OUT/ppl.tmp" >> "$OUT/ppl.log"; rm -f "$OUT/ppl.tmp"
   done
 fi
 
 echo
 echo "================ summary ================"
-cat "$OUT/gpu.txt" | tail -1
-printf '%s\n' "${SUMMARY[@]}"
+{ echo "$GPU"; printf '%s\n' "${SUMMARY[@]}"; } | tee "$OUT/summary.txt"
 [[ -f $OUT/bench.md ]] && cat "$OUT/bench.md"
