@@ -40,7 +40,9 @@ TEST(GpuOps, EmbedNormsSiluRopeHadamard) {
     og = be.poisoned(DType::BF16, {T, d});
     be.cpu.layer_norm(x, w, b, 1e-6f, oc);
     be.gpu.layer_norm(be.up(x), be.up(w), be.up(b), 1e-6f, og);
-    expect_bf16_near(be.down(og), oc, 0.01, "layer_norm");
+    // The bias can cancel (x - mean) * r * w: an fp32 difference in the mean (summation order) is
+    // then many ulps of the small result. Relative L2 instead of per-element ulps.
+    expect_close(be.down(og), oc, 2e-3, "layer_norm");
     // in place (the model normalises lat in place)
     Tensor xg = be.up(x);
     be.gpu.rms_norm(xg, be.up(w), 1e-6f, xg);
