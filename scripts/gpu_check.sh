@@ -73,6 +73,10 @@ cmake -S "$ROOT" -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSA_CUDA=ON -DCMA
   && ninja -C "$B" -j"$(nproc)" dsa_gpu_tests dsa_gpu_bench dsa >> "$OUT/build.log" 2>&1
 rc=$?
 note "build: rc=$rc in $((SECONDS - t0)) s"
+if [[ $rc == 0 ]] && command -v cuobjdump > /dev/null; then
+  { echo "== resource usage"; cuobjdump -res-usage "$B/libdsa_lib.a" 2>&1 | grep -A1 "Function" | grep -v "^--"; } >> "$OUT/build.log"
+  note "SASS sm_90a: $(cuobjdump -sass "$B/libdsa_lib.a" 2>/dev/null | grep -c HMMA) HMMA instructions in libdsa_lib"
+fi
 if [[ $rc != 0 ]]; then
   tail -60 "$OUT/build.log"
   printf '%s\n' "${SUMMARY[@]}"
@@ -88,9 +92,9 @@ grep -E "^\[  FAILED|Failure|error|\[ (prefill|decode|ppl)" "$OUT/tests.log" | h
 
 if (( $(left) > 200 )); then
   t0=$SECONDS
-  CUDA_FORCE_PTX_JIT=1 timeout 120 "$T" --gtest_filter='GpuOps.*' > "$OUT/tests_ptx.log" 2>&1
+  CUDA_FORCE_PTX_JIT=1 DSA_CUDA_INDEXER_EXACT=1 timeout 120 "$T" --gtest_filter='GpuOps.*' > "$OUT/tests_ptx.log" 2>&1
   rc=$?
-  note "gpu op tests, compute_80 PTX forced (CUDA_FORCE_PTX_JIT=1): rc=$rc in $((SECONDS - t0)) s; $(grep -c '^\[  FAILED' "$OUT/tests_ptx.log") failed lines"
+  note "gpu op tests, compute_80 PTX forced (CUDA_FORCE_PTX_JIT=1) + exact CUDA-core indexer: rc=$rc in $((SECONDS - t0)) s; $(grep -c '^\[  FAILED' "$OUT/tests_ptx.log") failed lines"
 fi
 
 if [[ $SAN == 1 ]] && (( $(left) > 200 )); then

@@ -243,6 +243,18 @@ int main(int argc, char** argv) {
       const double idx_bytes = double(b) * L * kIndexTokenBytes;
       report("indexer decode + top-k", "b=" + std::to_string(b) + " Hi=64 L=" + kfmt(L), idx_ms, 2.0 * 64 * 128 * double(b) * L,
              idx_bytes, 100.0 * idx_bytes / (idx_ms * 1e-3) / 1e12 / kCopyTBs);
+      {  // the two stages apart: scores alone (into a [b, L] buffer: benchmark only) and top-k alone
+        Tensor sc = be.alloc(DType::F32, {T, L});
+        const double s_ms = time_ms([&](int r) { be.indexer_scores(iq, iw, c.kv[size_t(r) % c.kv.size()], B, sc); }, 10);
+        report("indexer scores only", "b=" + std::to_string(b) + " Hi=64 L=" + kfmt(L), s_ms, 2.0 * 64 * 128 * double(b) * L,
+               idx_bytes + double(b) * L * 4, 100.0 * (idx_bytes + double(b) * L * 4) / (s_ms * 1e-3) / 1e12 / kCopyTBs);
+        Tensor nn_h = host_tensor(DType::I32, {T});
+        for (int64_t i = 0; i < T; ++i) nn_h.ptr<int32_t>()[i] = int32_t(L);
+        Tensor nn = be.upload(nn_h);
+        const double k_ms = time_ms([&](int) { be.topk_rows(sc, nn.ptr<int32_t>(), TOPK, tk); }, 10);
+        report("top-k only (k=2048)", "b=" + std::to_string(b) + " L=" + kfmt(L), k_ms, 0, double(b) * L * 4,
+               100.0 * double(b) * L * 4 / (k_ms * 1e-3) / 1e12 / kCopyTBs);
+      }
       // sparse attention on the indexer's selection
       be.indexer_topk(iq, iw, c.kv[0], B, TOPK, tk);
       const double sp_ms = time_ms([&](int r) { be.attention_mqa(ql, qp, c.kv[size_t(r) % c.kv.size()], B, &tk, scale, o); }, 10);

@@ -1,10 +1,12 @@
 // Lightning indexer on CUDA (portable sm_80+, CUDA cores): the 132-byte FP8 key cache, the scores
 //   I[t, j] = k_scale[j] * sum_h w[t, h] * relu(q[t, h, :] . k[j, :])
-// computed in the CPU reference's order (per head a sequential fma chain over the 128 dims, heads
+// computed by tensor cores (mma.sync, f16 operands exact for e4m3, fp32 accumulation) — or, with
+// DSA_CUDA_INDEXER_EXACT=1, on CUDA cores in the CPU reference's order (per head a sequential fma chain over the 128 dims, heads
 // summed in order with fma, the key scale applied after the sum) — so the scores match the CPU's
 // bit for bit where its compiler fuses multiply-adds (x86-64-v3/v4) — and exact top-k over tiles of
 // at most score_tile_floats_ scores: never a full [T x L] matrix beyond that bound.
 #include <algorithm>
+#include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
 
@@ -126,6 +128,125 @@ __global__ void __launch_bounds__(64) indexer_score_kernel(ScoreP p) {
   }
 }
 
+
+// ---- tensor-core scores (mma.sync m16n8k16, f16 operands, fp32 accumulate; sm_80+) -----------
+// e4m3 values are exact in f16 and their products exact in fp32, so only the fp32 summation order
+// differs from the CPU (the exact CUDA-core kernel above stays available: DSA_CUDA_INDEXER_EXACT=1).
+// Block: 4 warps = one 64-key cache block per step; warp w owns keys 16w..16w+15 as the A operand
+// (keys x dims), the token's heads are the B operand (dims x heads) from shared memory; ReLU, the
+// head weights and the sum over heads run on the accumulators in registers, then across the quad.
+constexpr int QW = 68;    // words per f16 head row in shared memory (64 + 4 pad: conflict-free)
+constexpr int KB = 144;   // bytes per key row in shared memory (128 + 16 pad)
+
+__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint16_t v) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(v), __NV_E4M3);
+  return uint32_t(h.x) | (uint32_t(h.y) << 16);
+}
+
+__global__ void __launch_bounds__(128) indexer_score_mma_kernel(ScoreP p) {
+  extern __shared__ __align__(16) uint8_t smraw[];
+  const int HP = (p.Hi + 7) / 8 * 8;
+  uint32_t* qh = reinterpret_cast<uint32_t*>(smraw);          // [HP][QW] f16 pairs
+  float* wf = reinterpret_cast<float*>(qh + HP * QW);          // [HP]
+  uint8_t* ks = reinterpret_cast<uint8_t*>(wf + HP);           // [64][KB] e4m3
+  float* ksc = reinterpret_cast<float*>(ks + 64 * KB);         // [64]
+  const int64_t t = p.t0 + blockIdx.y;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gid = lane / 4, tq = lane % 4;
+  const int posn = p.pos[t], s = p.tseq[t];
+  const int nblk = (posn + kKvBlock) / kKvBlock;
+  float* orow = p.out + int64_t(blockIdx.y) * p.ld;
+  if (p.fill_ninf)
+    for (int64_t c = int64_t(posn) + 1 + int64_t(blockIdx.x) * 128 + tid; c < p.ld; c += int64_t(gridDim.x) * 128)
+      orow[c] = -INFINITY;
+  if (int(blockIdx.x) >= nblk) return;
+  const uint8_t* qsrc = p.q + t * p.Hi * 128;
+  for (int i = tid; i < HP * 64; i += 128) {
+    const int h = i / 64, c = i % 64;
+    qh[h * QW + c] = h < p.Hi ? e4m3x2_to_f16x2(*reinterpret_cast<const uint16_t*>(qsrc + h * 128 + 2 * c)) : 0u;
+  }
+  for (int i = tid; i < HP; i += 128) wf[i] = i < p.Hi ? p.w[t * p.Hi + i] : 0.f;
+  for (int kb = blockIdx.x; kb < nblk; kb += gridDim.x) {
+    const int blk = p.bt[int64_t(s) * p.mb + kb];
+    __syncthreads();
+    if (blk >= 0) {
+      const uint8_t* base = p.cache + int64_t(blk) * kKvBlock * kIndexTokenBytes;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = tid + 128 * e, r = i / 8, c = (i % 8) * 16;
+        *reinterpret_cast<uint4*>(ks + r * KB + c) = *reinterpret_cast<const uint4*>(base + r * 128 + c);
+      }
+      if (tid < 64) ksc[tid] = reinterpret_cast<const float*>(base + kBlockKeyBytes)[tid];
+    }
+    __syncthreads();
+    const int j0 = warp * 16 + gid, j1 = j0 + 8;
+    const int64_t col0 = int64_t(kb) * 64 + j0, col1 = int64_t(kb) * 64 + j1;
+    if (blk < 0) {
+      if (tq == 0) {
+        if (col0 <= posn) orow[col0] = -INFINITY;
+        if (col1 <= posn) orow[col1] = -INFINITY;
+      }
+      continue;
+    }
+    if (int64_t(kb) * 64 + warp * 16 > posn) {  // the whole warp's keys are in the future
+      if (tq == 0) {
+        if (col0 < p.ld) orow[col0] = -INFINITY;
+        if (col1 < p.ld) orow[col1] = -INFINITY;
+      }
+      continue;
+    }
+    uint32_t a[8][4];
+    const uint8_t* r0 = ks + j0 * KB + 2 * tq;
+    const uint8_t* r1 = ks + j1 * KB + 2 * tq;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      a[k][0] = e4m3x2_to_f16x2(*reinterpret_cast<const uint16_t*>(r0 + 16 * k));
+      a[k][1] = e4m3x2_to_f16x2(*reinterpret_cast<const uint16_t*>(r1 + 16 * k));
+      a[k][2] = e4m3x2_to_f16x2(*reinterpret_cast<const uint16_t*>(r0 + 16 * k + 8));
+      a[k][3] = e4m3x2_to_f16x2(*reinterpret_cast<const uint16_t*>(r1 + 16 * k + 8));
+    }
+    float lo = 0.f, hi = 0.f;
+    for (int nt = 0; nt < HP / 8; ++nt) {
+      float c0 = 0.f, c1 = 0.f, c2 = 0.f, c3 = 0.f;
+      const uint32_t* qb = qh + (nt * 8 + gid) * QW + tq;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const uint32_t b0 = qb[8 * k], b1 = qb[8 * k + 4];
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c0), "+f"(c1), "+f"(c2), "+f"(c3)
+            : "r"(a[k][0]), "r"(a[k][1]), "r"(a[k][2]), "r"(a[k][3]), "r"(b0), "r"(b1));
+      }
+      const float w0 = wf[nt * 8 + 2 * tq], w1 = wf[nt * 8 + 2 * tq + 1];
+      lo = fmaf(w0, fmaxf(c0, 0.f), lo);
+      lo = fmaf(w1, fmaxf(c1, 0.f), lo);
+      hi = fmaf(w0, fmaxf(c2, 0.f), hi);
+      hi = fmaf(w1, fmaxf(c3, 0.f), hi);
+    }
+    lo += __shfl_xor_sync(0xffffffffu, lo, 1);
+    lo += __shfl_xor_sync(0xffffffffu, lo, 2);
+    hi += __shfl_xor_sync(0xffffffffu, hi, 1);
+    hi += __shfl_xor_sync(0xffffffffu, hi, 2);
+    if (tq == 0) {
+      if (col0 < p.ld) orow[col0] = col0 <= posn ? __fmul_rn(lo, ksc[j0]) : -INFINITY;
+      if (col1 < p.ld) orow[col1] = col1 <= posn ? __fmul_rn(hi, ksc[j1]) : -INFINITY;
+    }
+  }
+}
+
+size_t score_mma_smem(int Hi) {
+  const int HP = (Hi + 7) / 8 * 8;
+  return size_t(HP) * QW * 4 + size_t(HP) * 4 + 64 * KB + 64 * 4;
+}
+
+bool use_exact_indexer() {
+  static const bool exact = [] {
+    const char* e = std::getenv("DSA_CUDA_INDEXER_EXACT");
+    return e && *e && *e != '0';
+  }();
+  return exact;
+}
+
 size_t score_smem(int Hi) { return size_t(Hi * 128 + ((Hi + 3) / 4) * 4 + 64 * KLDF + 64) * 4; }
 
 void launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms) {
@@ -141,7 +262,16 @@ void launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms) {
   int64_t gx = std::max<int64_t>(1, (8 * int64_t(sms) + rows - 1) / rows);
   gx = std::min<int64_t>(gx, std::max<int64_t>(1, (max_nblk + 1) / 2));
   DSA_CHECK(rows <= 65535, "indexer: tile of ", rows, " rows");
-  indexer_score_kernel<<<dim3(unsigned(gx), unsigned(rows)), 64, smem>>>(p);
+  if (use_exact_indexer()) {
+    indexer_score_kernel<<<dim3(unsigned(gx), unsigned(rows)), 64, smem>>>(p);
+  } else {
+    static bool attr2 = false;
+    if (!attr2) {
+      DSA_CUDA_CHECK(cudaFuncSetAttribute(indexer_score_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+      attr2 = true;
+    }
+    indexer_score_mma_kernel<<<dim3(unsigned(gx), unsigned(rows)), 128, score_mma_smem(p.Hi)>>>(p);
+  }
   DSA_LAUNCH_CHECK();
 }
 

@@ -59,9 +59,16 @@ __global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, i
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
     __syncthreads();
-    for (int64_t i = tid; i < n; i += blockDim.x) {
-      const uint32_t key = order_key(row[i]);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xff], 1);
+    for (int64_t i0 = 0; i0 < n; i0 += blockDim.x) {  // warp-aggregated: one atomic per distinct digit
+      const int64_t i = i0 + tid;
+      const uint32_t key = i < n ? order_key(row[i]) : 0u;
+      const bool match = i < n && (key & mask) == prefix;
+      const unsigned bal = __ballot_sync(0xffffffffu, match);
+      if (match) {
+        const uint32_t digit = (key >> shift) & 0xff;
+        const unsigned peers = __match_any_sync(bal, digit);
+        if ((threadIdx.x % 32) == unsigned(__ffs(peers) - 1)) atomicAdd(&hist[digit], __popc(peers));
+      }
     }
     __syncthreads();
     if (tid == 0) {
