@@ -57,9 +57,14 @@ TEST(Ops, YarnTableForDsaMiniAnd671B) {
   std::vector<float> f = rope_frequencies(mini);
   for (int i = 0; i < 32; ++i) {
     const float base = 1.0f / std::pow(10000.0f, float(2 * i) / 64.0f);
-    if (i <= 8) EXPECT_EQ(f[size_t(i)], base) << i;
-    if (i >= 21) EXPECT_FLOAT_EQ(f[size_t(i)], base / 4) << i;
-    if (i > 8 && i < 21) { EXPECT_LT(f[size_t(i)], base); EXPECT_GT(f[size_t(i)], base / 4); }
+    if (i <= 8) {
+      EXPECT_EQ(f[size_t(i)], base) << i;
+    } else if (i >= 21) {
+      EXPECT_FLOAT_EQ(f[size_t(i)], base / 4) << i;
+    } else {
+      EXPECT_LT(f[size_t(i)], base);
+      EXPECT_GT(f[size_t(i)], base / 4);
+    }
   }
   // 671B: factor 40, original 4096 -> dims 10 and 23; scale 0.135234; i = 16 blends 0.01 -> 0.0055.
   ModelConfig big = preset_model_config("v32-real-attn");
