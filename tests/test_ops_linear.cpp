@@ -78,7 +78,7 @@ static Fp8Weight rand_fp8_weight(int64_t n, int64_t k) {
 TEST(Ops, LinearFp8MatchesFloat64WithPer128Promotion) {
   CpuBackend be(2);
   // Shapes from spec §11: N = 576 (wkv_a, not a multiple of 128), 64, and a wide one; T = 1 (decode) and many.
-  for (auto [T, N, K] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 576, 384}, {37, 576, 384}, {5, 64, 512}, {3, 1000, 256}, {64, 256, 1536}}) {
+  for (auto [T, N, K] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 576, 384}, {37, 576, 384}, {5, 64, 512}, {2, 8192, 128}, {3, 1000, 256}, {64, 256, 1536}}) {
     Tensor x = rand_bf16({T, K}, 2.0f);
     Fp8Weight w = rand_fp8_weight(N, K);
     Tensor out = host_tensor(DType::BF16, {T, N});
