@@ -41,6 +41,8 @@ int run(int argc, char** argv) {
   auto eng = Engine::load(ef.model, ef.options());
   const auto& cfg = eng->model().config();
   for (int32_t id : ids) DSA_CHECK(id >= 0 && id < cfg.vocab_size, "prompt token id ", id, " is outside the vocabulary [0, ", cfg.vocab_size, ")");
+  DSA_CHECK(int64_t(ids.size()) < cfg.max_position_embeddings, "prompt too long: ", ids.size(),
+            " tokens; the model's context is ", cfg.max_position_embeddings, " tokens (max_position_embeddings)");
   std::fprintf(stderr, "model %s on %s, attention: %s, prompt %zu tokens\n", ef.model.c_str(), eng->backend().name().c_str(),
                tools::attention_label(ef.options().attention).c_str(), ids.size());
   std::unique_ptr<StreamDecoder> sd;
