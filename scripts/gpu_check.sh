@@ -97,6 +97,13 @@ if (( $(left) > 200 )); then
   note "gpu op tests, compute_80 PTX forced (CUDA_FORCE_PTX_JIT=1) + exact CUDA-core indexer: rc=$rc in $((SECONDS - t0)) s; $(grep -c '^\[  FAILED' "$OUT/tests_ptx.log") failed lines"
 fi
 
+if (( $(left) > 200 )); then
+  t0=$SECONDS
+  DSA_CUDA_MQA_SIMPLE=1 timeout 60 "$T" --gtest_filter='GpuOps.AttentionMqa*:GpuModel.Greedy*' >> "$OUT/tests_ptx.log" 2>&1
+  rc=$?
+  note "decode attention on the CUDA-core kernel (DSA_CUDA_MQA_SIMPLE=1): rc=$rc in $((SECONDS - t0)) s"
+fi
+
 if [[ $SAN == 1 ]] && (( $(left) > 200 )); then
   t0=$SECONDS
   timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$T" \

@@ -6,6 +6,7 @@
 // after normalising, the kernels make two passes over the candidates: pass 1 finds each row's max
 // and sum, pass 2 recomputes the scores and accumulates P.V (scores are never stored).
 #include <cfloat>
+#include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
 
@@ -242,6 +243,226 @@ __global__ void __launch_bounds__(256) mqa_kernel(MqaP p) {
   }
 }
 
+
+// ---- decode on tensor cores (mma.sync m16n8k16 bf16, fp32 accumulate; sm_80+) -----------------
+// Same two passes and rounding points as mqa_kernel. CTA: one token x 64 heads x one split, 8 warps.
+// Per 64-candidate chunk: gather + dequantise into shared memory (bf16 is exact for e4m3 x 2^k);
+// S = Q K^T with warp w owning heads 16(w%4).. and keys 32(w/4)..; pass 2 writes bf16 P to shared
+// memory and computes O = P V with warp w owning heads 16(w%4).. and dims 256(w/4)...
+constexpr int MH = 64, MK = 64, SLD = 584, PLD = 72;  // row strides in halves (16-byte aligned, conflict-free)
+constexpr size_t kMqaMmaSmem = size_t(MH + MK) * SLD * 2 + size_t(MH) * PLD * 2 + 6 * MH * 4 + MK * 8;
+
+__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const uint16_t* p) {
+  const uint32_t a = uint32_t(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], const uint16_t* p) {
+  const uint32_t a = uint32_t(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void stat_merge(float& m, float& s, float m2, float s2) {
+  const float mm = fmaxf(m, m2);
+  if (mm == -INFINITY) return;
+  s = (m > -INFINITY ? s * expf(m - mm) : 0.f) + (m2 > -INFINITY ? s2 * expf(m2 - mm) : 0.f);
+  m = mm;
+}
+
+template <int PASS>
+__global__ void __launch_bounds__(256, 1) mqa_mma_kernel(MqaP p) {
+  extern __shared__ __align__(16) uint8_t smraw[];
+  uint16_t* qs = reinterpret_cast<uint16_t*>(smraw);
+  uint16_t* kvs = qs + MH * SLD;
+  uint16_t* ps = kvs + MK * SLD;
+  float* rowM = reinterpret_cast<float*>(ps + MH * PLD);
+  float* rowI = rowM + MH;
+  float* redm = rowI + MH;   // [2][MH]
+  float* reds = redm + 2 * MH;
+  int64_t* slots = reinterpret_cast<int64_t*>(reds + 2 * MH);
+  const int t = blockIdx.x, h0 = blockIdx.y * MH, split = blockIdx.z, tid = threadIdx.x;
+  const int warp = tid / 32, lane = tid % 32, gid = lane / 4, tq = lane % 4;
+  const int posn = p.pos[t];
+  const int64_t n = p.topk ? p.K : int64_t(posn) + 1;
+  const int64_t per = ((n + p.NS - 1) / p.NS + MK - 1) / MK * MK;
+  const int64_t c_begin = split * per, c_end = min(n, c_begin + per);
+  for (int i = tid; i < MH * 72; i += 256) {  // Q: 72 x 16 bytes per head row
+    const int h = i / 72, c = i % 72;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (h0 + h < p.H) {
+      const int64_t row = int64_t(t) * p.H + h0 + h;
+      v = c < 64 ? reinterpret_cast<const uint4*>(p.qlat + row * 512)[c] : reinterpret_cast<const uint4*>(p.qpe + row * 64)[c - 64];
+    }
+    *reinterpret_cast<uint4*>(qs + h * SLD + c * 8) = v;
+  }
+  if (PASS == 2 && tid < MH) {
+    const bool ok = h0 + tid < p.H;
+    rowM[tid] = ok ? p.stat[(int64_t(t) * p.H + h0 + tid) * 2] : 0.f;
+    rowI[tid] = ok ? p.stat[(int64_t(t) * p.H + h0 + tid) * 2 + 1] : 0.f;
+  }
+  const int wh = (warp % 4) * 16, wk = (warp / 4) * 32, wd = (warp / 4) * 256;
+  float m0 = -INFINITY, s0 = 0.f, m1 = -INFINITY, s1 = 0.f;  // pass 1: rows gid, gid + 8
+  float acc[PASS == 2 ? 32 : 1][4] = {};
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += MK) {
+    __syncthreads();
+    if (tid < MK) slots[tid] = c0 + tid < c_end ? mqa_slot(p, t, c0 + tid, posn) : -1;
+    __syncthreads();
+    {  // gather + dequantise: 4 threads per row, thread g takes latent group g and 16 RoPE values
+      const int r = tid / 4, g = tid % 4;
+      const int64_t slot = slots[r];
+      uint16_t* dst = kvs + r * SLD;
+      if (slot >= 0) {
+        const uint8_t* row = p.cache + slot * kMlaTokenBytes;
+        const float sc = reinterpret_cast<const float*>(row + kScalesOff)[g];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const uint4 v = reinterpret_cast<const uint4*>(row + g * 128)[e];
+          const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+          uint32_t o[8];
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            const uint32_t lo = f2bf(__fmul_rn(e4m3_to_float((w[i / 2] >> (16 * (i % 2))) & 0xff), sc));
+            const uint32_t hi = f2bf(__fmul_rn(e4m3_to_float((w[i / 2] >> (16 * (i % 2) + 8)) & 0xff), sc));
+            o[i] = lo | (hi << 16);
+          }
+          *reinterpret_cast<uint4*>(dst + g * 128 + e * 16) = make_uint4(o[0], o[1], o[2], o[3]);
+          *reinterpret_cast<uint4*>(dst + g * 128 + e * 16 + 8) = make_uint4(o[4], o[5], o[6], o[7]);
+        }
+        const uint4* pe = reinterpret_cast<const uint4*>(row + kRopeOff + g * 32);
+        *reinterpret_cast<uint4*>(dst + 512 + g * 16) = pe[0];
+        *reinterpret_cast<uint4*>(dst + 512 + g * 16 + 8) = pe[1];
+      } else {
+        for (int e = 0; e < 16; ++e) *reinterpret_cast<uint4*>(dst + g * 128 + e * 8) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(dst + 512 + g * 16) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(dst + 512 + g * 16 + 8) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    __syncthreads();
+    float cl[4][4] = {}, cp[4][4] = {};
+    {
+      const uint16_t* qa = qs + (wh + lane % 16) * SLD + (lane / 16) * 8;
+      const uint16_t* kb = kvs + (wk + lane % 8 + 8 * (lane / 16)) * SLD + ((lane / 8) % 2) * 8;
+#pragma unroll 4
+      for (int ks = 0; ks < 32; ++ks) {
+        uint32_t a[4], b[4], b2[4];
+        ldsm4(a, qa + ks * 16);
+        ldsm4(b, kb + ks * 16);
+        ldsm4(b2, kb + 16 * SLD + ks * 16);
+        mma16816(cl[0], a, b[0], b[1]);
+        mma16816(cl[1], a, b[2], b[3]);
+        mma16816(cl[2], a, b2[0], b2[1]);
+        mma16816(cl[3], a, b2[2], b2[3]);
+      }
+#pragma unroll
+      for (int ks = 32; ks < 36; ++ks) {
+        uint32_t a[4], b[4], b2[4];
+        ldsm4(a, qa + ks * 16);
+        ldsm4(b, kb + ks * 16);
+        ldsm4(b2, kb + 16 * SLD + ks * 16);
+        mma16816(cp[0], a, b[0], b[1]);
+        mma16816(cp[1], a, b[2], b[3]);
+        mma16816(cp[2], a, b2[0], b2[1]);
+        mma16816(cp[3], a, b2[2], b2[3]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = wk + nt * 8 + 2 * tq + (e & 1), row = gid + 8 * (e >> 1);
+        const bool valid = slots[key] >= 0;
+        const float sc = rbf(__fmul_rn(rbf(__fadd_rn(rbf(cl[nt][e]), rbf(cp[nt][e]))), p.scale));
+        if (PASS == 1) {
+          if (valid) {
+            float& m = row ? m1 : m0;
+            float& su = row ? s1 : s0;
+            if (sc > m) {
+              su = (m > -INFINITY ? su * expf(m - sc) : 0.f) + 1.0f;
+              m = sc;
+            } else {
+              su += expf(sc - m);
+            }
+          }
+        } else {
+          const float pr = valid ? rbf(__fmul_rn(expf(__fsub_rn(sc, rowM[wh + row])), rowI[wh + row])) : 0.f;
+          ps[(wh + row) * PLD + key] = f2bf(pr);
+        }
+      }
+    if (PASS == 2) {
+      __syncthreads();
+      const uint16_t* pa = ps + (wh + lane % 16) * PLD + (lane / 16) * 8;
+      const uint16_t* vb = kvs + (lane % 8 + 8 * ((lane / 8) % 2)) * SLD + wd + 8 * (lane / 16);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        uint32_t a[4];
+        ldsm4(a, pa + kk * 16);
+#pragma unroll
+        for (int np = 0; np < 16; ++np) {
+          uint32_t b[4];
+          ldsm4t(b, vb + kk * 16 * SLD + np * 16);
+          mma16816(acc[(2 * np) % (PASS == 2 ? 32 : 1)], a, b[0], b[1]);
+          mma16816(acc[(2 * np + 1) % (PASS == 2 ? 32 : 1)], a, b[2], b[3]);
+        }
+      }
+    }
+  }
+  if (PASS == 1) {
+#pragma unroll
+    for (int o = 1; o <= 2; o <<= 1) {
+      const float mo0 = __shfl_xor_sync(0xffffffffu, m0, o), so0 = __shfl_xor_sync(0xffffffffu, s0, o);
+      const float mo1 = __shfl_xor_sync(0xffffffffu, m1, o), so1 = __shfl_xor_sync(0xffffffffu, s1, o);
+      stat_merge(m0, s0, mo0, so0);
+      stat_merge(m1, s1, mo1, so1);
+    }
+    __syncthreads();
+    if (tq == 0) {
+      redm[(warp / 4) * MH + wh + gid] = m0;
+      reds[(warp / 4) * MH + wh + gid] = s0;
+      redm[(warp / 4) * MH + wh + gid + 8] = m1;
+      reds[(warp / 4) * MH + wh + gid + 8] = s1;
+    }
+    __syncthreads();
+    if (tid < MH && h0 + tid < p.H) {
+      float m = redm[tid], su = reds[tid];
+      stat_merge(m, su, redm[MH + tid], reds[MH + tid]);
+      float* o = p.ms + ((int64_t(t) * p.H + h0 + tid) * p.NS + split) * 2;
+      o[0] = m;
+      o[1] = su;
+    }
+  } else {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int h = h0 + wh + gid + 8 * half;
+      if (h >= p.H) continue;
+#pragma unroll
+      for (int nt = 0; nt < 32; ++nt) {
+        const int d = wd + nt * 8 + 2 * tq;
+        const float x0 = acc[nt % (PASS == 2 ? 32 : 1)][2 * half], x1 = acc[nt % (PASS == 2 ? 32 : 1)][2 * half + 1];
+        if (p.NS == 1) {
+          *reinterpret_cast<uint32_t*>(p.out + (int64_t(t) * p.H + h) * 512 + d) = uint32_t(f2bf(x0)) | (uint32_t(f2bf(x1)) << 16);
+        } else {
+          float* o = p.part + ((int64_t(t) * p.H + h) * p.NS + split) * 512 + d;
+          o[0] = x0;
+          o[1] = x1;
+        }
+      }
+    }
+  }
+}
+
+bool use_simple_mqa() {
+  static const bool simple = [] {
+    const char* e = std::getenv("DSA_CUDA_MQA_SIMPLE");
+    return e && *e && *e != '0';
+  }();
+  return simple;
+}
+
 __global__ void mqa_stat_kernel(const float* ms, int64_t rows, int NS, float* stat) {
   const int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (r >= rows) return;
@@ -379,10 +600,12 @@ void CudaBackend::attention_mqa(const Tensor& q_lat, const Tensor& q_pe, const K
   if (topk) DSA_CHECK(topk->dim(0) == T, "top-k rows ", topk->dim(0), " != batch tokens ", T);
   const DevBatch& d = dev(b);
   const int64_t n_max = topk ? topk->dim(1) : int64_t(d.max_end);
-  const int64_t HG = (H + HB - 1) / HB;
+  const bool mma = !use_simple_mqa();
+  const int64_t hb = mma ? MH : HB;
+  const int64_t HG = (H + hb - 1) / hb;
   // Splits: enough blocks to fill the GPU twice over, at least 64 candidates per split.
   int64_t NS = std::max<int64_t>(1, (2 * sms_ + T * HG - 1) / (T * HG));
-  NS = std::min<int64_t>(NS, std::max<int64_t>(1, n_max / 64));
+  NS = std::min<int64_t>(NS, std::max<int64_t>(1, n_max / (mma ? 256 : 64)));
   NS = std::min<int64_t>(NS, 64);
   Tensor ms = alloc(DType::F32, {T, H, NS, 2}), stat = alloc(DType::F32, {T, H, 2});
   Tensor part;
@@ -396,11 +619,22 @@ void CudaBackend::attention_mqa(const Tensor& q_lat, const Tensor& q_pe, const K
   p.ms = ms.ptr<float>(); p.stat = stat.ptr<float>(); p.part = NS > 1 ? part.ptr<float>() : nullptr;
   p.out = out_lat.ptr<uint16_t>(); p.err = err_;
   const dim3 grid{unsigned(T), unsigned(HG), unsigned(NS)};
-  mqa_kernel<1><<<grid, 256>>>(p);
+  if (mma) {
+    static bool attr = false;
+    if (!attr) {
+      DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_mma_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMqaMmaSmem)));
+      DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_mma_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMqaMmaSmem)));
+      attr = true;
+    }
+    mqa_mma_kernel<1><<<grid, 256, kMqaMmaSmem>>>(p);
+  } else {
+    mqa_kernel<1><<<grid, 256>>>(p);
+  }
   DSA_LAUNCH_CHECK();
   mqa_stat_kernel<<<cdiv(T * H, 128), 128>>>(p.ms, T * H, int(NS), p.stat);
   DSA_LAUNCH_CHECK();
-  mqa_kernel<2><<<grid, 256>>>(p);
+  if (mma) mqa_mma_kernel<2><<<grid, 256, kMqaMmaSmem>>>(p);
+  else mqa_kernel<2><<<grid, 256>>>(p);
   DSA_LAUNCH_CHECK();
   if (NS > 1) {
     mqa_reduce_kernel<<<cdiv(T * H * 512, 256), 256>>>(p.part, T * H, int(NS), p.out);
