@@ -93,7 +93,9 @@ TEST(Ops, RopeBothLayoutsOnDistinctValues) {
         const uint16_t* o = orig.ptr<uint16_t>() + (t * H + h) * W;
         const uint16_t* r = x.ptr<uint16_t>() + (t * H + h) * W;
         for (int64_t c = 0; c < W; ++c)
-          if (c < col || c >= col + 64) ASSERT_EQ(r[c], o[c]) << "outside the rotated slice";
+          if (c < col || c >= col + 64) {
+            ASSERT_EQ(r[c], o[c]) << "outside the rotated slice";
+          }
         for (int i = 0; i < 32; ++i) {
           const int a = layout == RopeLayout::Interleaved ? 2 * i : i, bb = layout == RopeLayout::Interleaved ? 2 * i + 1 : i + 32;
           const double cs = tab.ptr<float>()[(b.positions[size_t(t)] * 32 + i) * 2], sn = tab.ptr<float>()[(b.positions[size_t(t)] * 32 + i) * 2 + 1];
