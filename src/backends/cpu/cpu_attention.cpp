@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backends/cpu/cpu_backend.h"
+#include "backends/cpu/simd.h"
 
 namespace dsa {
 
@@ -23,37 +24,11 @@ uint8_t* mla_slot(const KvLayer& c, int64_t slot) { return c.mla.ptr<uint8_t>() 
 
 // Dequantise one cached latent row to fp32 (values are bf16-exact: e4m3 x power of two).
 void read_latent(const uint8_t* row, float* kv, float* pe) {
+  const auto& kn = cpu::kernels();
   float sc[4];
   std::memcpy(sc, row + kLatentScalesOff, 16);
-  for (int64_t i = 0; i < kMlaLatent; ++i) kv[i] = e4m3_to_f32(row[i]) * sc[i / 128];
-  if (pe) {
-    const uint16_t* p = reinterpret_cast<const uint16_t*>(row + kRopeOff);
-    for (int64_t i = 0; i < kMlaRope; ++i) pe[i] = bf16_to_f32(p[i]);
-  }
-}
-
-DSA_KERNEL float dot(const float* a, const float* b, int64_t n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-DSA_KERNEL void axpy(float a, const float* x, float* y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-
-// scores (fp32 values already rounded to bf16 and scaled) -> bf16-rounded probabilities, in place.
-void softmax_bf16(float* s, int64_t n) {
-  float m = -std::numeric_limits<float>::infinity();
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, s[i]);
-  float sum = 0.f;
-  for (int64_t i = 0; i < n; ++i) {
-    s[i] = std::exp(s[i] - m);
-    sum += s[i];
-  }
-  const float inv = 1.0f / sum;
-  for (int64_t i = 0; i < n; ++i) s[i] = round_bf16(s[i] * inv);
+  for (int64_t g = 0; g < 4; ++g) kn.e4m3_to_f32(row + g * 128, kv + g * 128, 128, sc[g]);
+  if (pe) kn.bf16_to_f32(reinterpret_cast<const uint16_t*>(row + kRopeOff), pe, kMlaRope);
 }
 
 // The reference's score rounding: bf16(q.k), then bf16(that * scale).
@@ -91,21 +66,20 @@ void check_topk(const Tensor* topk, const Batch& b) {
 
 void CpuBackend::mla_cache_write(const Tensor& kv, const Tensor& k_pe, KvLayer& cache, const Batch& b) {
   const int64_t T = b.n_tokens();
-#pragma omp parallel for if (T > 16)
+  const auto& kn = cpu::kernels();
+#pragma omp parallel for if (T > 64)
   for (int64_t t = 0; t < T; ++t) {
     const int64_t s = b.token_seq[size_t(t)], p = b.positions[size_t(t)];
     uint8_t* row = mla_slot(cache, cpu::slot_of(b, s, p));
-    float v[128], sc[4];
-    for (int g = 0; g < 4; ++g) {
-      for (int i = 0; i < 128; ++i) v[i] = bf16_to_f32(kv.ptr<uint16_t>()[t * kMlaLatent + g * 128 + i]);
-      sc[g] = cpu::quant_group128(v, row + g * 128);
-    }
+    float sc[4];
+    for (int g = 0; g < 4; ++g) sc[g] = kn.quant128_bf16_codes(kv.ptr<uint16_t>() + t * kMlaLatent + g * 128, row + g * 128);
     std::memcpy(row + kLatentScalesOff, sc, 16);
     std::memcpy(row + kRopeOff, k_pe.ptr<uint16_t>() + t * kMlaRope, kMlaRope * 2);
   }
 }
 
 void CpuBackend::mla_cache_read(const KvLayer& cache, const Batch& b, Tensor& kv, Tensor& pe) {
+  const auto& kn = cpu::kernels();
   for (size_t s = 0; s < b.seqs.size(); ++s) {
     const BatchSeq& q = b.seqs[s];
 #pragma omp parallel for if (q.end_pos() > 64)
@@ -113,58 +87,129 @@ void CpuBackend::mla_cache_read(const KvLayer& cache, const Batch& b, Tensor& kv
       float lat[kMlaLatent], r[kMlaRope];
       read_latent(mla_slot(cache, cpu::slot_of(b, int64_t(s), j)), lat, r);
       const int64_t row = q.ctx_offset + j;
-      for (int64_t i = 0; i < kMlaLatent; ++i) kv.ptr<uint16_t>()[row * kMlaLatent + i] = f32_to_bf16(lat[i]);
-      for (int64_t i = 0; i < kMlaRope; ++i) pe.ptr<uint16_t>()[row * kMlaRope + i] = f32_to_bf16(r[i]);
+      kn.f32_to_bf16(lat, kv.ptr<uint16_t>() + row * kMlaLatent, kMlaLatent);
+      kn.f32_to_bf16(r, pe.ptr<uint16_t>() + row * kMlaRope, kMlaRope);
     }
   }
 }
 
+// Prefill, MHA form. Dense causal: work items (sequence, 32-query tile, head); the tile's scores
+// against keys [0, last position] are one register-blocked GEMM over head-major transposed keys,
+// then an exact two-pass softmax per row (bf16 probabilities, zero beyond the row's position) and a
+// register-blocked P.V. Sparse: work items are tokens; each head gathers its selected rows.
 void CpuBackend::attention_mha(const Tensor& q, const Tensor& kv_up, const Tensor& pe, const Batch& b,
                                const Tensor* topk, float scale, Tensor& out) {
   const int64_t T = q.dim(0), H = q.dim(1), DQK = q.dim(2), NOPE = DQK - kMlaRope, DV = kv_up.dim(2) - NOPE;
-  const int64_t NC = kv_up.dim(0);
+  const int64_t NC = kv_up.dim(0), RW = NOPE + DV;
   DSA_CHECK(kv_up.dim(1) == H && pe.dim(0) == NC, "attention_mha: shapes ", q.str(), " ", kv_up.str(), " ", pe.str());
+  DSA_CHECK(DV % 64 == 0 && DQK % 16 == 0, "attention_mha: head dims ", DQK, "/", DV, " not supported");
   check_topk(topk, b);
-  // Head-major fp32 copies: K[h][row] = (k_nope | pe), V[h][row]; one conversion per call.
-  std::vector<float> K(static_cast<size_t>(H * NC * DQK)), V(static_cast<size_t>(H * NC * DV)), Q(static_cast<size_t>(T * H * DQK));
-#pragma omp parallel for
-  for (int64_t r = 0; r < NC; ++r)
-    for (int64_t h = 0; h < H; ++h) {
-      const uint16_t* src = kv_up.ptr<uint16_t>() + (r * H + h) * (NOPE + DV);
-      float* k = K.data() + (h * NC + r) * DQK;
-      for (int64_t i = 0; i < NOPE; ++i) k[i] = bf16_to_f32(src[i]);
-      for (int64_t i = 0; i < kMlaRope; ++i) k[NOPE + i] = bf16_to_f32(pe.ptr<uint16_t>()[r * kMlaRope + i]);
-      float* v = V.data() + (h * NC + r) * DV;
-      for (int64_t i = 0; i < DV; ++i) v[i] = bf16_to_f32(src[NOPE + i]);
-    }
-  for (int64_t i = 0; i < T * H * DQK; ++i) Q[size_t(i)] = bf16_to_f32(q.ptr<uint16_t>()[i]);
+  const auto& kn = cpu::kernels();
+  const uint16_t* kvp = kv_up.ptr<uint16_t>();
+  const uint16_t* pep = pe.ptr<uint16_t>();
+  uint16_t* op = out.ptr<uint16_t>();
+  std::vector<float> Q(static_cast<size_t>(T * H * DQK));
 
-  // Work items: (token block, head). A block's score rows are a bounded tile [kQB x end_pos].
-  constexpr int64_t kQB = 16;
-  const int64_t nqb = (T + kQB - 1) / kQB;
+  if (topk) {
+    // Row-major fp32 copies: KV [NC][H][NOPE + DV], PE [NC][64].
+    std::vector<float> KV(static_cast<size_t>(NC * H * RW)), PE(static_cast<size_t>(NC * kMlaRope));
+    const int64_t K = topk->dim(1);
 #pragma omp parallel
-  {
-    std::vector<float> S, acc(static_cast<size_t>(DV));
-    std::vector<int32_t> cand;
-#pragma omp for schedule(dynamic, 1) collapse(2)
-    for (int64_t qb = 0; qb < nqb; ++qb)
-      for (int64_t h = 0; h < H; ++h) {
-        for (int64_t t = qb * kQB; t < std::min(T, (qb + 1) * kQB); ++t) {
-          const BatchSeq& sq = b.seqs[size_t(b.token_seq[size_t(t)])];
-          const int64_t p = b.positions[size_t(t)];
-          const int64_t n = candidates(topk, t, p, cand);
-          S.resize(size_t(n));
-          const float* qv = Q.data() + (t * H + h) * DQK;
-          const float* Kh = K.data() + (h * NC + sq.ctx_offset) * DQK;
-          const float* Vh = V.data() + (h * NC + sq.ctx_offset) * DV;
-          for (int64_t i = 0; i < n; ++i) S[size_t(i)] = score_round(dot(qv, Kh + int64_t(cand[size_t(i)]) * DQK, DQK), scale);
-          softmax_bf16(S.data(), n);
-          std::fill(acc.begin(), acc.end(), 0.f);
-          for (int64_t i = 0; i < n; ++i) axpy(S[size_t(i)], Vh + int64_t(cand[size_t(i)]) * DV, acc.data(), DV);
-          uint16_t* o = out.ptr<uint16_t>() + (t * H + h) * DV;
-          for (int64_t i = 0; i < DV; ++i) o[i] = f32_to_bf16(acc[size_t(i)]);
+    {
+#pragma omp for schedule(static) nowait
+      for (int64_t r = 0; r < NC; ++r) {
+        kn.bf16_to_f32(kvp + r * H * RW, KV.data() + r * H * RW, H * RW);
+        kn.bf16_to_f32(pep + r * kMlaRope, PE.data() + r * kMlaRope, kMlaRope);
+      }
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < T; ++t) kn.bf16_to_f32(q.ptr<uint16_t>() + t * H * DQK, Q.data() + t * H * DQK, H * DQK);
+      // Same kernels and per-element order as the dense path (a sparse row that selects every
+      // position equals the dense row bit for bit): gathered keys transposed into KT [DQK][KP].
+      const int64_t KP = (K + 15) / 16 * 16;
+      float* KTg = cpu::thread_work(DQK * KP + KP + DV + KP);
+      float* S = KTg + DQK * KP;
+      float* O = S + KP;
+      int32_t* cand = reinterpret_cast<int32_t*>(O + DV);
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t t = 0; t < T; ++t) {
+        const BatchSeq& sq = b.seqs[size_t(b.token_seq[size_t(t)])];
+        const int64_t p = b.positions[size_t(t)];
+        const int32_t* r = topk->ptr<int32_t>() + t * K;
+        int64_t n = 0;
+        for (int64_t i = 0; i < K; ++i)
+          if (r[i] >= 0 && r[i] <= p) cand[n++] = r[i];
+        const int64_t np = (n + 15) / 16 * 16;
+        for (int64_t i = n; i < np; ++i) cand[i] = n ? cand[0] : 0;  // padding: probability 0
+        const float* kvs = KV.data() + sq.ctx_offset * H * RW;
+        const float* pes = PE.data() + sq.ctx_offset * kMlaRope;
+        kn.gather_t(pes, kMlaRope, cand, n, kMlaRope, KTg + NOPE * KP, KP);
+        for (int64_t h = 0; h < H; ++h) {
+          kn.gather_t(kvs + h * RW, H * RW, cand, n, NOPE, KTg, KP);
+          kn.att_scores(Q.data() + (t * H + h) * DQK, DQK, 1, KTg, KP, DQK, np, scale, S, KP);
+          kn.softmax_bf16(S, n, np);
+          kn.att_pv(S, KP, 1, kvs + h * RW + NOPE, H * RW, cand, np, DV, O, DV);
+          kn.f32_to_bf16(O, op + (t * H + h) * DV, DV);
         }
       }
+    }
+    return;
+  }
+
+  // Dense: KT [H][DQK][NCP] (keys transposed, zero padded), V [H][NCP][DV].
+  constexpr int64_t kQB = 32;
+  const int64_t NCP = (NC + 64 + 15) / 16 * 16;
+  std::vector<float> KT(static_cast<size_t>(H * DQK * NCP)), V(static_cast<size_t>(H * NCP * DV));
+  struct Item { int64_t s, t0, t1, h; };
+  std::vector<Item> items;
+  for (size_t s = 0; s < b.seqs.size(); ++s) {
+    const BatchSeq& sq = b.seqs[s];
+    for (int64_t t0 = sq.token_offset + sq.n_new; t0 > sq.token_offset; t0 -= kQB)  // longest tiles first
+      for (int64_t h = 0; h < H; ++h) items.push_back({int64_t(s), std::max(sq.token_offset, t0 - kQB), t0, h});
+  }
+  int64_t maxk = 0;
+  for (auto& sq : b.seqs) maxk = std::max(maxk, sq.end_pos());
+  const int64_t ldS = (maxk + 15) / 16 * 16;
+#pragma omp parallel
+  {
+    // Transposed keys: blocks of 16 context rows.
+#pragma omp for schedule(static) nowait
+    for (int64_t r0 = 0; r0 < NCP; r0 += 16) {
+      float tmp[16][256];
+      for (int64_t h = 0; h < H; ++h) {
+        for (int64_t i = 0; i < 16; ++i) {
+          const int64_t r = r0 + i;
+          if (r < NC) {
+            kn.bf16_to_f32(kvp + (r * H + h) * RW, tmp[i], NOPE);
+            kn.bf16_to_f32(pep + r * kMlaRope, tmp[i] + NOPE, kMlaRope);
+            kn.bf16_to_f32(kvp + (r * H + h) * RW + NOPE, V.data() + (h * NCP + r) * DV, DV);
+          } else {
+            std::fill(tmp[i], tmp[i] + DQK, 0.f);
+            std::fill(V.data() + (h * NCP + r) * DV, V.data() + (h * NCP + r + 1) * DV, 0.f);
+          }
+        }
+        float* kt = KT.data() + h * DQK * NCP;
+        for (int64_t d = 0; d < DQK; ++d)
+          for (int64_t i = 0; i < 16 && r0 + i < NCP; ++i) kt[d * NCP + r0 + i] = tmp[i][d];
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; ++t) kn.bf16_to_f32(q.ptr<uint16_t>() + t * H * DQK, Q.data() + t * H * DQK, H * DQK);
+    float* S = cpu::thread_work(kQB * ldS + kQB * DV);
+    float* O = S + kQB * ldS;
+#pragma omp for schedule(dynamic, 1)
+    for (size_t it = 0; it < items.size(); ++it) {
+      const Item& w = items[it];
+      const BatchSeq& sq = b.seqs[size_t(w.s)];
+      const int64_t m = w.t1 - w.t0, h = w.h;
+      int64_t pmax = 0;
+      for (int64_t t = w.t0; t < w.t1; ++t) pmax = std::max<int64_t>(pmax, b.positions[size_t(t)]);
+      const int64_t nk = (pmax + 1 + 15) / 16 * 16;
+      kn.att_scores(Q.data() + (w.t0 * H + h) * DQK, H * DQK, m, KT.data() + h * DQK * NCP + sq.ctx_offset, NCP, DQK, nk,
+                    scale, S, ldS);
+      for (int64_t i = 0; i < m; ++i) kn.softmax_bf16(S + i * ldS, b.positions[size_t(w.t0 + i)] + 1, nk);
+      kn.att_pv(S, ldS, m, V.data() + (h * NCP + sq.ctx_offset) * DV, DV, nullptr, nk, DV, O, DV);
+      for (int64_t i = 0; i < m; ++i) kn.f32_to_bf16(O + i * DV, op + ((w.t0 + i) * H + h) * DV, DV);
+    }
   }
 }
 
@@ -172,70 +217,71 @@ void CpuBackend::attention_mqa(const Tensor& q_lat, const Tensor& q_pe, const Kv
                                const Tensor* topk, float scale, Tensor& out_lat) {
   const int64_t T = q_lat.dim(0), H = q_lat.dim(1);
   check_topk(topk, b);
+  const auto& kn = cpu::kernels();
+  constexpr int64_t RW = kMlaLatent + kMlaRope;
   std::vector<float> ql(static_cast<size_t>(H * kMlaLatent)), qp(static_cast<size_t>(H * kMlaRope));
   std::vector<int32_t> cand;
   std::vector<float> rows, S;  // dequantised candidate rows [n][512 + 64], scores [H][n]
   for (int64_t t = 0; t < T; ++t) {
     const int64_t s = b.token_seq[size_t(t)], p = b.positions[size_t(t)];
     const int64_t n = candidates(topk, t, p, cand);
-    for (int64_t i = 0; i < H * kMlaLatent; ++i) ql[size_t(i)] = bf16_to_f32(q_lat.ptr<uint16_t>()[t * H * kMlaLatent + i]);
-    for (int64_t i = 0; i < H * kMlaRope; ++i) qp[size_t(i)] = bf16_to_f32(q_pe.ptr<uint16_t>()[t * H * kMlaRope + i]);
-    rows.resize(size_t(n * (kMlaLatent + kMlaRope)));
+    kn.bf16_to_f32(q_lat.ptr<uint16_t>() + t * H * kMlaLatent, ql.data(), H * kMlaLatent);
+    kn.bf16_to_f32(q_pe.ptr<uint16_t>() + t * H * kMlaRope, qp.data(), H * kMlaRope);
+    rows.resize(size_t(n * RW));
     S.resize(size_t(H * n));
-    constexpr int64_t RW = kMlaLatent + kMlaRope;
-    // Pass 1: gather + dequantise each selected row once, score it for every head.
-#pragma omp parallel for schedule(static) if (n > 32)
-    for (int64_t i = 0; i < n; ++i) {
-      float* r = rows.data() + i * RW;
-      read_latent(mla_slot(cache, cpu::slot_of(b, s, cand[size_t(i)])), r, r + kMlaLatent);
-      for (int64_t h = 0; h < H; ++h) {
-        const float a = round_bf16(dot(ql.data() + h * kMlaLatent, r, kMlaLatent));
-        const float c = round_bf16(dot(qp.data() + h * kMlaRope, r + kMlaLatent, kMlaRope));
-        S[size_t(h * n + i)] = round_bf16(round_bf16(a + c) * scale);
+    const int64_t nch = (n + 15) / 16;
+#pragma omp parallel if (n * H > 4096)
+    {
+      // Pass 1: gather + dequantise each selected row once, score it for every head.
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < nch; ++c) {
+        const int64_t i0 = c * 16, i1 = std::min(n, i0 + 16);
+        for (int64_t i = i0; i < i1; ++i) {
+          float* r = rows.data() + i * RW;
+          read_latent(mla_slot(cache, cpu::slot_of(b, s, cand[size_t(i)])), r, r + kMlaLatent);
+        }
+        kn.mqa_scores(ql.data(), qp.data(), H, rows.data() + i0 * RW, i1 - i0, scale, S.data() + i0, n);
       }
-    }
-    // Pass 2: per head softmax and P.V over the latent rows.
-#pragma omp parallel for schedule(static) if (H > 1 && n > 32)
-    for (int64_t h = 0; h < H; ++h) {
-      float* sh = S.data() + h * n;
-      softmax_bf16(sh, n);
-      float acc[kMlaLatent] = {};
-      for (int64_t i = 0; i < n; ++i) axpy(sh[i], rows.data() + i * RW, acc, kMlaLatent);
-      uint16_t* o = out_lat.ptr<uint16_t>() + (t * H + h) * kMlaLatent;
-      for (int64_t c = 0; c < kMlaLatent; ++c) o[c] = f32_to_bf16(acc[c]);
+      // Pass 2: per head softmax and P.V over the latent rows.
+#pragma omp for schedule(static)
+      for (int64_t h = 0; h < H; ++h) {
+        float* sh = S.data() + h * n;
+        kn.softmax_bf16(sh, n, n);
+        alignas(64) float acc[kMlaLatent] = {};
+        kn.axpys(sh, rows.data(), RW, nullptr, n, kMlaLatent, acc);
+        kn.f32_to_bf16(acc, out_lat.ptr<uint16_t>() + (t * H + h) * kMlaLatent, kMlaLatent);
+      }
     }
   }
 }
 
 void CpuBackend::mla_absorb_q(const Tensor& q, const Tensor& wkv_b, Tensor& q_lat) {
   const int64_t T = q.dim(0), H = q.dim(1), QS = q.dim(2), NOPE = wkv_b.dim(1) / 2, C = wkv_b.dim(2);
-#pragma omp parallel for collapse(2) if (T * H > 4)
+  const auto& kn = cpu::kernels();
+  DSA_CHECK(C <= kMlaLatent && NOPE <= 256, "mla_absorb_q: shapes");
+#pragma omp parallel for collapse(2) if (T * H > 32)
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < H; ++h) {
-      float acc[kMlaLatent] = {};
-      std::vector<float> wrow(static_cast<size_t>(C));
-      for (int64_t d = 0; d < NOPE; ++d) {
-        const float qd = bf16_to_f32(q.ptr<uint16_t>()[(t * H + h) * QS + d]);
-        const uint16_t* w = wkv_b.ptr<uint16_t>() + (h * 2 * NOPE + d) * C;
-        for (int64_t c = 0; c < C; ++c) wrow[size_t(c)] = bf16_to_f32(w[c]);
-        axpy(qd, wrow.data(), acc, C);
-      }
-      for (int64_t c = 0; c < C; ++c) q_lat.ptr<uint16_t>()[(t * H + h) * C + c] = f32_to_bf16(acc[c]);
+      alignas(64) float acc[kMlaLatent] = {};
+      float qf[256];
+      kn.bf16_to_f32(q.ptr<uint16_t>() + (t * H + h) * QS, qf, NOPE);
+      kn.axpys_bf16(qf, wkv_b.ptr<uint16_t>() + h * 2 * NOPE * C, C, NOPE, C, acc);
+      kn.f32_to_bf16(acc, q_lat.ptr<uint16_t>() + (t * H + h) * C, C);
     }
 }
 
 void CpuBackend::mla_absorb_out(const Tensor& o_lat, const Tensor& wkv_b, Tensor& out) {
   const int64_t T = o_lat.dim(0), H = o_lat.dim(1), NOPE = wkv_b.dim(1) / 2, C = wkv_b.dim(2), DV = NOPE;
-#pragma omp parallel for collapse(2) if (T * H > 4)
+  const auto& kn = cpu::kernels();
+  DSA_CHECK(C <= kMlaLatent && DV <= 256, "mla_absorb_out: shapes");
+#pragma omp parallel for collapse(2) if (T * H > 32)
   for (int64_t t = 0; t < T; ++t)
     for (int64_t h = 0; h < H; ++h) {
-      float o[kMlaLatent], wrow[kMlaLatent];
-      for (int64_t c = 0; c < C; ++c) o[c] = bf16_to_f32(o_lat.ptr<uint16_t>()[(t * H + h) * C + c]);
-      for (int64_t d = 0; d < DV; ++d) {
-        const uint16_t* w = wkv_b.ptr<uint16_t>() + (h * 2 * NOPE + NOPE + d) * C;
-        for (int64_t c = 0; c < C; ++c) wrow[c] = bf16_to_f32(w[c]);
-        out.ptr<uint16_t>()[(t * H + h) * DV + d] = f32_to_bf16(dot(o, wrow, C));
-      }
+      alignas(64) float o[kMlaLatent];
+      float r[256];
+      kn.bf16_to_f32(o_lat.ptr<uint16_t>() + (t * H + h) * C, o, C);
+      kn.dots_bf16(o, wkv_b.ptr<uint16_t>() + (h * 2 * NOPE + NOPE) * C, C, DV, C, r);
+      kn.f32_to_bf16(r, out.ptr<uint16_t>() + (t * H + h) * DV, DV);
     }
 }
 

@@ -75,6 +75,8 @@ inline int64_t slot_of(const Batch& b, int64_t s, int64_t pos) {
 float quant_group128(const float* x, uint8_t* q);
 // Select the top k of scores[0..n) (ties -> lower index); writes indices ascending, -1 padded to k.
 void topk_select(const float* scores, int64_t n, int64_t k, int32_t* out);
+// Per-thread scratch of at least `floats` floats, 64-byte aligned (reused across calls).
+float* thread_work(int64_t floats);
 }  // namespace cpu
 
 }  // namespace dsa

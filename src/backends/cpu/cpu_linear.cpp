@@ -1,5 +1,8 @@
 // CPU linears: act_quant (1x128, ue8m0), the FP8 block-scaled GEMM with per-128 promotion
 // (architecture.md §5.1–5.2), fp32 linears and weight dequantisation.
+// The GEMMs run on the dispatched kernels of simd.h (docs/cpu-kernels.md): one OpenMP region per
+// call; work items are (row block, 64-column panel); the weights of a panel are decoded from e4m3
+// once per item (packed, k-major) or, for 1..4 rows (decode), streamed straight from the weight.
 #include <omp.h>
 
 #include <algorithm>
@@ -7,49 +10,63 @@
 #include <vector>
 
 #include "backends/cpu/cpu_backend.h"
+#include "backends/cpu/simd.h"
 
 namespace dsa {
 
-float cpu::quant_group128(const float* x, uint8_t* q) {
-  float amax = 0.f;
-  for (int i = 0; i < 128; ++i) amax = std::max(amax, std::fabs(x[i]));
-  const float s = ue8m0_scale(amax);
-  const float inv = 1.0f / s;  // exact: s is a power of two
-  for (int i = 0; i < 128; ++i) q[i] = f32_to_e4m3(std::clamp(x[i] * inv, -kE4m3Max, kE4m3Max));
-  return s;
-}
+float cpu::quant_group128(const float* x, uint8_t* q) { return cpu::kernels().quant128_f32_codes(x, q); }
 
 void CpuBackend::act_quant(const Tensor& x, Tensor& q, Tensor& s) {
   const int64_t K = x.dim(-1), R = x.numel() / K;
   DSA_CHECK(K % 128 == 0, "act_quant: last dim ", K, " is not a multiple of 128");
   const int64_t G = K / 128;
-#pragma omp parallel for if (R * G > 64)
-  for (int64_t g = 0; g < R * G; ++g) {
-    float v[128];
-    const uint16_t* xp = x.ptr<uint16_t>() + g * 128;
-    for (int i = 0; i < 128; ++i) v[i] = bf16_to_f32(xp[i]);
-    s.ptr<float>()[g] = cpu::quant_group128(v, q.ptr<uint8_t>() + g * 128);
-  }
+  const auto& kn = cpu::kernels();
+  const uint16_t* xp = x.ptr<uint16_t>();
+  uint8_t* qp = q.ptr<uint8_t>();
+  float* sp = s.ptr<float>();
+#pragma omp parallel for schedule(static) if (R * G > 4096)
+  for (int64_t g = 0; g < R * G; ++g) sp[g] = kn.quant128_bf16_codes(xp + g * 128, qp + g * 128);
 }
+
+namespace cpu {
+float* thread_work(int64_t floats) {
+  static thread_local std::vector<float> buf;
+  if (int64_t(buf.size()) < floats + 16) buf.resize(size_t(floats + 16));
+  float* p = buf.data();
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t(63));
+}
+}  // namespace cpu
 
 namespace {
 
-DSA_KERNEL float dot128(const float* a, const float* b) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int i = 0; i < 128; ++i) s += a[i] * b[i];
-  return s;
-}
+// Below this many multiply-adds an op runs on the calling thread: a parallel region costs a wake-up
+// and a barrier, which on a loaded machine can be a whole scheduler slice (decode steps are full of
+// small ops).
+constexpr int64_t kParMacs = int64_t(1) << 22;
 
-DSA_KERNEL float dot_n(const float* a, const float* b, int64_t n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
+// Rows per GEMM work item: all of them when few (decode streams every weight once), otherwise
+// blocks of 192 (a multiple of every micro-kernel's row count).
+int64_t row_block(int64_t T) { return T <= 4 ? T : std::min<int64_t>(T, 192); }
 
-void decode_e4m3_row(const uint8_t* src, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = e4m3_to_f32(src[i]);
+// Runs the GEMM items of out = A . W^T inside an enclosing parallel region (omp for, no wait).
+void gemm_items(const cpu::GemmItem& proto, int64_t T, int64_t N) {
+  const auto& kn = cpu::kernels();
+  const int64_t mb = row_block(T), nmb = (T + mb - 1) / mb, np = (N + 63) / 64;
+  float* work = cpu::thread_work(cpu::gemm_work_floats(mb));
+#pragma omp for schedule(dynamic, 1) nowait
+  for (int64_t item = 0; item < nmb * np; ++item) {
+    const int64_t p = item % np, b = item / np;  // consecutive items share a row block
+    cpu::GemmItem it = proto;
+    const int64_t r0 = b * mb;
+    it.m = std::min(mb, T - r0);
+    it.a = proto.a + r0 * proto.lda;
+    if (it.as) it.as = proto.as + r0 * proto.ldas;
+    if (it.out_bf16) it.out_bf16 = proto.out_bf16 + r0 * proto.ldo;
+    if (it.out_f32) it.out_f32 = proto.out_f32 + r0 * proto.ldo;
+    it.n0 = p * 64;
+    it.nc = std::min<int64_t>(64, N - it.n0);
+    kn.gemm(it, work);
+  }
 }
 
 }  // namespace
@@ -59,76 +76,67 @@ void CpuBackend::linear_fp8(const Tensor& x, const Fp8Weight& w, Tensor& out) {
   DSA_CHECK(w.k() == K, "linear_fp8: input ", x.str(), " does not match weight ", w.w.str());
   DSA_CHECK(K % 128 == 0, "linear_fp8: K = ", K, " is not a multiple of 128");
   const int64_t KB = K / 128;
-  // 1. Activations: per-token 1x128 ue8m0 quantisation, decoded back to exact fp32 values.
+  const auto& kn = cpu::kernels();
+  // Activations: per-token 1x128 ue8m0 quantisation, kept as the exact fp32 values of the codes.
   std::vector<float> af(static_cast<size_t>(T * K)), as(static_cast<size_t>(T * KB));
+  cpu::GemmItem proto;
+  proto.a = af.data();
+  proto.lda = K;
+  proto.as = as.data();
+  proto.ldas = KB;
+  proto.w = w.w.ptr<uint8_t>();
+  proto.wtype = cpu::WType::E4M3;
+  proto.K = K;
+  proto.ws = w.scale.ptr<float>();
+  proto.ldws = w.scale.dim(1);
+  proto.out_bf16 = out.ptr<uint16_t>();
+  proto.ldo = N;
+  const uint16_t* xp = x.ptr<uint16_t>();
+#pragma omp parallel if (T * N * K > kParMacs)
   {
-    std::vector<uint8_t> aq(static_cast<size_t>(T * K));
-    Tensor q{aq.data(), DType::E4M3, {T, K}}, s{as.data(), DType::F32, {T, KB}};
-    act_quant(x.view({T, K}), q, s);
-#pragma omp parallel for if (T * K > 65536)
-    for (int64_t i = 0; i < T * K; ++i) af[i] = e4m3_to_f32(aq[i]);
-  }
-  // 2. Blocked GEMM: rows of W in chunks, decoded once per chunk and reused for every token.
-  const uint8_t* wq = w.w.ptr<uint8_t>();
-  const float* ws = w.scale.ptr<float>();
-  uint16_t* o = out.ptr<uint16_t>();
-  constexpr int64_t NB = 16;
-  const int64_t chunks = (N + NB - 1) / NB;
-#pragma omp parallel
-  {
-    std::vector<float> wf(static_cast<size_t>(NB * K));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t n0 = c * NB, n1 = std::min(N, n0 + NB);
-      for (int64_t n = n0; n < n1; ++n) decode_e4m3_row(wq + n * K, K, wf.data() + (n - n0) * K);
-      for (int64_t t = 0; t < T; ++t) {
-        const float* a = af.data() + t * K;
-        const float* sa = as.data() + t * KB;
-        for (int64_t n = n0; n < n1; ++n) {
-          const float* wr = wf.data() + (n - n0) * K;
-          const float* sw = ws + (n / 128) * KB;
-          float acc = 0.f;
-          for (int64_t kb = 0; kb < KB; ++kb)  // promotion: each 128-K partial is scaled, then added
-            acc += dot128(a + kb * 128, wr + kb * 128) * (sa[kb] * sw[kb]);
-          o[t * N + n] = f32_to_bf16(acc);
-        }
-      }
-    }
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < T * KB; ++g) as[size_t(g)] = kn.quant128_bf16_vals(xp + g * 128, af.data() + g * 128);
+    gemm_items(proto, T, N);
   }
 }
 
 void CpuBackend::linear_f32(const Tensor& x, const Tensor& w, Tensor& out) {
   const int64_t K = x.dim(-1), T = x.numel() / K, N = w.dim(0);
   DSA_CHECK(w.dim(1) == K, "linear_f32: input ", x.str(), " does not match weight ", w.str());
+  const auto& kn = cpu::kernels();
   std::vector<float> xf(static_cast<size_t>(T * K));
-  for (int64_t i = 0; i < T * K; ++i) xf[i] = bf16_to_f32(x.ptr<uint16_t>()[i]);
-  float* o = out.ptr<float>();
-  constexpr int64_t NB = 16;
-  const int64_t chunks = (N + NB - 1) / NB;
-#pragma omp parallel
+  cpu::GemmItem proto;
+  proto.a = xf.data();
+  proto.lda = K;
+  proto.w = w.data;
+  proto.wtype = w.dtype == DType::F32 ? cpu::WType::F32 : cpu::WType::BF16;
+  proto.K = K;
+  proto.out_f32 = out.ptr<float>();
+  proto.ldo = N;
+  const uint16_t* xp = x.ptr<uint16_t>();
+#pragma omp parallel if (T * N * K > kParMacs)
   {
-    std::vector<float> wf(static_cast<size_t>(NB * K));
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t n0 = c * NB, n1 = std::min(N, n0 + NB);
-      for (int64_t n = n0; n < n1; ++n) {
-        float* dst = wf.data() + (n - n0) * K;
-        if (w.dtype == DType::F32) std::copy_n(w.ptr<float>() + n * K, K, dst);
-        else for (int64_t k = 0; k < K; ++k) dst[k] = bf16_to_f32(w.ptr<uint16_t>()[n * K + k]);
-      }
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t n = n0; n < n1; ++n) o[t * N + n] = dot_n(xf.data() + t * K, wf.data() + (n - n0) * K, K);
-    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; ++t) kn.bf16_to_f32(xp + t * K, xf.data() + t * K, K);
+    gemm_items(proto, T, N);
   }
 }
 
 void CpuBackend::dequant_fp8(const Fp8Weight& w, Tensor& out) {
   const int64_t N = w.n(), K = w.k(), KB = w.scale.dim(1);
-#pragma omp parallel for
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t k = 0; k < K; ++k)
-      out.ptr<uint16_t>()[n * K + k] =
-          f32_to_bf16(e4m3_to_f32(w.w.ptr<uint8_t>()[n * K + k]) * w.scale.ptr<float>()[(n / 128) * KB + k / 128]);
+  const auto& kn = cpu::kernels();
+#pragma omp parallel
+  {
+    std::vector<float> row(static_cast<size_t>(K));
+#pragma omp for
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t kb = 0; kb * 128 < K; ++kb) {
+        const int64_t k0 = kb * 128, kc = std::min<int64_t>(128, K - k0);
+        kn.e4m3_to_f32(w.w.ptr<uint8_t>() + n * K + k0, row.data() + k0, kc, w.scale.ptr<float>()[(n / 128) * KB + kb]);
+      }
+      kn.f32_to_bf16(row.data(), out.ptr<uint16_t>() + n * K, K);
+    }
+  }
 }
 
 }  // namespace dsa
