@@ -155,10 +155,13 @@ void CpuBackend::attention_mha(const Tensor& q, const Tensor& kv_up, const Tenso
     return;
   }
 
-  // Dense: KT [H][DQK][NCP] (keys transposed, zero padded), V [H][NCP][DV].
-  constexpr int64_t kQB = 32;
-  const int64_t NCP = (NC + 64 + 15) / 16 * 16;
-  std::vector<float> KT(static_cast<size_t>(H * DQK * NCP)), V(static_cast<size_t>(H * NCP * DV));
+  // Dense. Keys per sequence in 64-key blocks, each block contiguous and transposed:
+  // KT [H][blocks][DQK][64]; values V [H][blocks * 64][DV]; rows past a sequence's end are zero.
+  constexpr int64_t kQB = 36, kKB = 64;  // query tile (a multiple of the micro-kernel's 6 rows)
+  std::vector<int64_t> boff(b.seqs.size() + 1, 0);
+  for (size_t s = 0; s < b.seqs.size(); ++s) boff[s + 1] = boff[s] + (b.seqs[s].end_pos() + kKB - 1) / kKB;
+  const int64_t NB = boff.back();
+  std::vector<float> KT(static_cast<size_t>(H * NB * DQK * kKB)), V(static_cast<size_t>(H * NB * kKB * DV));
   struct Item { int64_t s, t0, t1, h; };
   std::vector<Item> items;
   for (size_t s = 0; s < b.seqs.size(); ++s) {
@@ -168,28 +171,31 @@ void CpuBackend::attention_mha(const Tensor& q, const Tensor& kv_up, const Tenso
   }
   int64_t maxk = 0;
   for (auto& sq : b.seqs) maxk = std::max(maxk, sq.end_pos());
-  const int64_t ldS = (maxk + 15) / 16 * 16;
+  const int64_t ldS = (maxk + kKB - 1) / kKB * kKB;
+  int32_t iota[kKB];
+  for (int i = 0; i < kKB; ++i) iota[i] = i;
 #pragma omp parallel
   {
-    // Transposed keys: blocks of 16 context rows.
+    float* tmp = cpu::thread_work(kKB * 256);
 #pragma omp for schedule(static) nowait
-    for (int64_t r0 = 0; r0 < NCP; r0 += 16) {
-      float tmp[16][256];
+    for (int64_t blk = 0; blk < NB; ++blk) {
+      const int64_t s = std::upper_bound(boff.begin(), boff.end(), blk) - boff.begin() - 1;
+      const BatchSeq& sq = b.seqs[size_t(s)];
+      const int64_t j0 = (blk - boff[size_t(s)]) * kKB;
       for (int64_t h = 0; h < H; ++h) {
-        for (int64_t i = 0; i < 16; ++i) {
-          const int64_t r = r0 + i;
-          if (r < NC) {
-            kn.bf16_to_f32(kvp + (r * H + h) * RW, tmp[i], NOPE);
-            kn.bf16_to_f32(pep + r * kMlaRope, tmp[i] + NOPE, kMlaRope);
-            kn.bf16_to_f32(kvp + (r * H + h) * RW + NOPE, V.data() + (h * NCP + r) * DV, DV);
+        for (int64_t i = 0; i < kKB; ++i) {
+          float* vr = V.data() + ((h * NB + blk) * kKB + i) * DV;
+          if (j0 + i < sq.end_pos()) {
+            const int64_t r = sq.ctx_offset + j0 + i;
+            kn.bf16_to_f32(kvp + (r * H + h) * RW, tmp + i * DQK, NOPE);
+            kn.bf16_to_f32(pep + r * kMlaRope, tmp + i * DQK + NOPE, kMlaRope);
+            kn.bf16_to_f32(kvp + (r * H + h) * RW + NOPE, vr, DV);
           } else {
-            std::fill(tmp[i], tmp[i] + DQK, 0.f);
-            std::fill(V.data() + (h * NCP + r) * DV, V.data() + (h * NCP + r + 1) * DV, 0.f);
+            std::fill(tmp + i * DQK, tmp + (i + 1) * DQK, 0.f);
+            std::fill(vr, vr + DV, 0.f);
           }
         }
-        float* kt = KT.data() + h * DQK * NCP;
-        for (int64_t d = 0; d < DQK; ++d)
-          for (int64_t i = 0; i < 16 && r0 + i < NCP; ++i) kt[d * NCP + r0 + i] = tmp[i][d];
+        kn.gather_t(tmp, DQK, iota, kKB, DQK, KT.data() + (h * NB + blk) * DQK * kKB, kKB);
       }
     }
 #pragma omp for schedule(static)
@@ -199,15 +205,16 @@ void CpuBackend::attention_mha(const Tensor& q, const Tensor& kv_up, const Tenso
 #pragma omp for schedule(dynamic, 1)
     for (size_t it = 0; it < items.size(); ++it) {
       const Item& w = items[it];
-      const BatchSeq& sq = b.seqs[size_t(w.s)];
       const int64_t m = w.t1 - w.t0, h = w.h;
       int64_t pmax = 0;
       for (int64_t t = w.t0; t < w.t1; ++t) pmax = std::max<int64_t>(pmax, b.positions[size_t(t)]);
-      const int64_t nk = (pmax + 1 + 15) / 16 * 16;
-      kn.att_scores(Q.data() + (w.t0 * H + h) * DQK, H * DQK, m, KT.data() + h * DQK * NCP + sq.ctx_offset, NCP, DQK, nk,
-                    scale, S, ldS);
+      const int64_t nkb = pmax / kKB + 1, nk = nkb * kKB;
+      const float* kt = KT.data() + (h * NB + boff[size_t(w.s)]) * DQK * kKB;
+      for (int64_t kb = 0; kb < nkb; ++kb)
+        kn.att_scores(Q.data() + (w.t0 * H + h) * DQK, H * DQK, m, kt + kb * DQK * kKB, kKB, DQK, kKB, scale,
+                      S + kb * kKB, ldS);
       for (int64_t i = 0; i < m; ++i) kn.softmax_bf16(S + i * ldS, b.positions[size_t(w.t0 + i)] + 1, nk);
-      kn.att_pv(S, ldS, m, V.data() + (h * NCP + sq.ctx_offset) * DV, DV, nullptr, nk, DV, O, DV);
+      kn.att_pv(S, ldS, m, V.data() + (h * NB + boff[size_t(w.s)]) * kKB * DV, DV, nullptr, nk, DV, O, DV);
       for (int64_t i = 0; i < m; ++i) kn.f32_to_bf16(O + i * DV, op + ((w.t0 + i) * H + h) * DV, DV);
     }
   }
