@@ -116,9 +116,10 @@ TEST(GpuModel, GreedyTokensMatchCpuFor32Steps) {
     for (int64_t v = 0; v < V; ++v) ss += double(lc[size_t(v)] - lg[size_t(v)]) * double(lc[size_t(v)] - lg[size_t(v)]);
     const double rms = std::sqrt(ss / double(V));
     const double gap_c = lc[size_t(out[0][i])] - lc[size_t(out[1][i])], gap_g = lg[size_t(out[1][i])] - lg[size_t(out[0][i])];
-    std::printf("[ greedy, prompt %zu ] tokens equal up to %zu of 32; at token %zu cpu picks %d (margin %.4f over %d), "
-                "cuda picks %d (margin %.4f); CPU/GPU logit rms difference there %.4f\n",
-                plen, i, i, out[0][i], gap_c, out[1][i], out[1][i], gap_g, rms);
+    std::printf("[ greedy, prompt %zu ] tokens equal up to %zu of 32; at token %zu cpu decode picks %d, cuda decode picks "
+                "%d; on a prefill of that context the CPU prefers %d by %.4f and the GPU prefers %d by %.4f (CPU/GPU "
+                "logit rms difference %.4f)\n",
+                plen, i, i, out[0][i], out[1][i], out[0][i], gap_c, out[1][i], gap_g, rms);
     EXPECT_LE(gap_c, 4 * rms) << "divergence at token " << i << " is not a near-tie";
     EXPECT_LE(gap_g, 4 * rms) << "divergence at token " << i << " is not a near-tie";
     EXPECT_GE(i, 8u) << "divergence too early";

@@ -1,7 +1,8 @@
 // Every CUDA op against the CPU reference on fresh random inputs, with poisoned outputs.
 // Tolerances: exact where the op is a pure function of its inputs with one rounding (quantisers,
 // cache layout, Hadamard, RoPE, embedding); one bf16 ulp in a small fraction of elements where only
-// the fp32 summation order differs (norms, GEMMs); relative L2 of 1e-2 for attention, whose bf16
+// the fp32 summation order differs and nothing cancels (RMSNorm, SiLU); relative L2 2e-3 (one bf16
+// rounding is 2^-9) where sums can cancel (GEMMs, LayerNorm's bias); relative L2 of 1e-2 for attention, whose bf16
 // scores and probabilities can flip by one ulp when the fp32 order changes (METHOD.md: bf16
 // operands land between 1e-3 and 1e-2).
 #include <algorithm>
@@ -118,7 +119,7 @@ TEST(GpuOps, LinearsAndDequant) {
       Tensor oc = host_tensor(DType::BF16, {T, N}), og = be.poisoned(DType::BF16, {T, N});
       be.cpu.linear_fp8(x, w, oc);
       be.gpu.linear_fp8(be.up(x), wg, og);
-      expect_bf16_near(be.down(og), oc, 0.02, "linear_fp8");
+      expect_close(be.down(og), oc, 2e-3, "linear_fp8");  // sums can cancel: relative L2, not ulps
       Tensor dc = host_tensor(DType::BF16, {N, K}), dg = be.poisoned(DType::BF16, {N, K});
       be.cpu.dequant_fp8(w, dc);
       be.gpu.dequant_fp8(wg, dg);
@@ -142,11 +143,11 @@ TEST(GpuOps, MlaAbsorb) {
     Tensor qc = host_tensor(DType::BF16, {T, H, 512}), qg = be.poisoned(DType::BF16, {T, H, 512});
     be.cpu.mla_absorb_q(q, w, qc);
     be.gpu.mla_absorb_q(be.up(q), be.up(w), qg);
-    expect_bf16_near(be.down(qg), qc, 0.02, "mla_absorb_q");
+    expect_close(be.down(qg), qc, 2e-3, "mla_absorb_q");
     Tensor oc = host_tensor(DType::BF16, {T, H, 128}), og = be.poisoned(DType::BF16, {T, H, 128});
     be.cpu.mla_absorb_out(ol, w, oc);
     be.gpu.mla_absorb_out(be.up(ol), be.up(w), og);
-    expect_bf16_near(be.down(og), oc, 0.02, "mla_absorb_out");
+    expect_close(be.down(og), oc, 2e-3, "mla_absorb_out");
   }
 }
 

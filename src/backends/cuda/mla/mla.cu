@@ -318,11 +318,16 @@ __global__ void __launch_bounds__(256, 1) mqa_mma_kernel(MqaP p) {
       uint16_t* dst = kvs + r * SLD;
       if (slot >= 0) {
         const uint8_t* row = p.cache + slot * kMlaTokenBytes;
+        // all loads first (10 x 16 bytes in flight per thread), then convert
+        uint4 v[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[e] = reinterpret_cast<const uint4*>(row + g * 128)[e];
+        const uint4 pe0 = reinterpret_cast<const uint4*>(row + kRopeOff + g * 32)[0];
+        const uint4 pe1 = reinterpret_cast<const uint4*>(row + kRopeOff + g * 32)[1];
         const float sc = reinterpret_cast<const float*>(row + kScalesOff)[g];
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          const uint4 v = reinterpret_cast<const uint4*>(row + g * 128)[e];
-          const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+          const uint32_t w[4] = {v[e].x, v[e].y, v[e].z, v[e].w};
           uint32_t o[8];
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
@@ -333,9 +338,8 @@ __global__ void __launch_bounds__(256, 1) mqa_mma_kernel(MqaP p) {
           *reinterpret_cast<uint4*>(dst + g * 128 + e * 16) = make_uint4(o[0], o[1], o[2], o[3]);
           *reinterpret_cast<uint4*>(dst + g * 128 + e * 16 + 8) = make_uint4(o[4], o[5], o[6], o[7]);
         }
-        const uint4* pe = reinterpret_cast<const uint4*>(row + kRopeOff + g * 32);
-        *reinterpret_cast<uint4*>(dst + 512 + g * 16) = pe[0];
-        *reinterpret_cast<uint4*>(dst + 512 + g * 16 + 8) = pe[1];
+        *reinterpret_cast<uint4*>(dst + 512 + g * 16) = pe0;
+        *reinterpret_cast<uint4*>(dst + 512 + g * 16 + 8) = pe1;
       } else {
         for (int e = 0; e < 16; ++e) *reinterpret_cast<uint4*>(dst + g * 128 + e * 8) = make_uint4(0, 0, 0, 0);
         *reinterpret_cast<uint4*>(dst + 512 + g * 16) = make_uint4(0, 0, 0, 0);
@@ -605,7 +609,7 @@ void CudaBackend::attention_mqa(const Tensor& q_lat, const Tensor& q_pe, const K
   const int64_t HG = (H + hb - 1) / hb;
   // Splits: enough blocks to fill the GPU twice over, at least 64 candidates per split.
   int64_t NS = std::max<int64_t>(1, (2 * sms_ + T * HG - 1) / (T * HG));
-  NS = std::min<int64_t>(NS, std::max<int64_t>(1, n_max / (mma ? 256 : 64)));
+  NS = std::min<int64_t>(NS, std::max<int64_t>(1, n_max / 64));  // at least one 64-candidate chunk per split
   NS = std::min<int64_t>(NS, 64);
   Tensor ms = alloc(DType::F32, {T, H, NS, 2}), stat = alloc(DType::F32, {T, H, 2});
   Tensor part;

@@ -87,20 +87,27 @@ __global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, i
     __syncthreads();
   }
   const uint32_t thr = prefix;  // exact key of the k-th largest; take krem of the keys equal to it
-  // Ordered compaction over positions.
-  int base_sel = 0, base_eq = 0;
-  for (int64_t c0 = 0; c0 < n; c0 += blockDim.x) {
-    const int64_t i = c0 + tid;
-    uint32_t key = 0;
-    if (i < n) key = order_key(row[i]);
-    const int is_eq = (i < n && key == thr) ? 1 : 0;
-    int tot_eq, tot_sel;
-    const int eq_before = block_excl_scan(is_eq, warp_tot, &tot_eq);
-    const int sel = (i < n && (key > thr || (is_eq && base_eq + eq_before < krem))) ? 1 : 0;
-    const int sel_before = block_excl_scan(sel, warp_tot, &tot_sel);
-    if (sel) o[base_sel + sel_before] = int32_t(i);
-    base_sel += tot_sel;
-    base_eq += tot_eq;
+  // Ordered compaction: each thread owns a contiguous segment of positions; two block scans give
+  // how many tied keys precede it (the lowest positions win the ties) and where its output starts.
+  const int64_t seg = (n + blockDim.x - 1) / blockDim.x;
+  const int64_t b0 = min(n, int64_t(tid) * seg), b1 = min(n, b0 + seg);
+  int gt = 0, eq = 0;
+  for (int64_t i = b0; i < b1; ++i) {
+    const uint32_t key = order_key(row[i]);
+    gt += key > thr;
+    eq += key == thr;
+  }
+  int tot;
+  const int eq_before = block_excl_scan(eq, warp_tot, &tot);
+  const int take_eq = max(0, min(eq, krem - eq_before));
+  int pos = block_excl_scan(gt + take_eq, warp_tot, &tot);
+  int taken = 0;
+  for (int64_t i = b0; i < b1; ++i) {
+    const uint32_t key = order_key(row[i]);
+    if (key > thr || (key == thr && taken < take_eq)) {
+      o[pos++] = int32_t(i);
+      taken += key == thr;
+    }
   }
 }
 
