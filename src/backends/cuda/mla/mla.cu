@@ -250,7 +250,7 @@ __global__ void __launch_bounds__(256) mqa_kernel(MqaP p) {
 // S = Q K^T with warp w owning heads 16(w%4).. and keys 32(w/4)..; pass 2 writes bf16 P to shared
 // memory and computes O = P V with warp w owning heads 16(w%4).. and dims 256(w/4)...
 constexpr int MH = 64, MK = 64, SLD = 584, PLD = 72;  // row strides in halves (16-byte aligned, conflict-free)
-constexpr size_t kMqaMmaSmem = size_t(MH + MK) * SLD * 2 + size_t(MH) * PLD * 2 + 6 * MH * 4 + MK * 8;
+constexpr size_t kMqaMmaSmem = size_t(MH + MK) * SLD * 2 + size_t(MH) * PLD * 2 + 6 * MH * 4 + 2 * MK * 8;
 
 __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const uint16_t* p) {
   const uint32_t a = uint32_t(__cvta_generic_to_shared(p));
@@ -308,45 +308,60 @@ __global__ void __launch_bounds__(256, 1) mqa_mma_kernel(MqaP p) {
   const int wh = (warp % 4) * 16, wk = (warp / 4) * 32, wd = (warp / 4) * 256;
   float m0 = -INFINITY, s0 = 0.f, m1 = -INFINITY, s1 = 0.f;  // pass 1: rows gid, gid + 8
   float acc[PASS == 2 ? 32 : 1][4] = {};
-  for (int64_t c0 = c_begin; c0 < c_end; c0 += MK) {
-    __syncthreads();
-    if (tid < MK) slots[tid] = c0 + tid < c_end ? mqa_slot(p, t, c0 + tid, posn) : -1;
-    __syncthreads();
-    {  // gather + dequantise: 4 threads per row, thread g takes latent group g and 16 RoPE values
-      const int r = tid / 4, g = tid % 4;
-      const int64_t slot = slots[r];
-      uint16_t* dst = kvs + r * SLD;
-      if (slot >= 0) {
-        const uint8_t* row = p.cache + slot * kMlaTokenBytes;
-        // all loads first (10 x 16 bytes in flight per thread), then convert
-        uint4 v[8];
+  // Software pipeline: the next chunk's rows are loaded into registers (10 x 16 bytes per thread)
+  // while the current chunk is multiplied; thread (r = tid/4, g = tid%4) owns latent group g and 16
+  // RoPE values of row r.
+  const int gr = tid / 4, gg = tid % 4;
+  uint4 v[8], pe0 = make_uint4(0, 0, 0, 0), pe1 = make_uint4(0, 0, 0, 0);
+  float gsc = 0.f;
+  bool have = false;
+  auto fetch = [&](int64_t slot) {
+    have = slot >= 0;
+    if (have) {
+      const uint8_t* row = p.cache + slot * kMlaTokenBytes;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) v[e] = reinterpret_cast<const uint4*>(row + g * 128)[e];
-        const uint4 pe0 = reinterpret_cast<const uint4*>(row + kRopeOff + g * 32)[0];
-        const uint4 pe1 = reinterpret_cast<const uint4*>(row + kRopeOff + g * 32)[1];
-        const float sc = reinterpret_cast<const float*>(row + kScalesOff)[g];
+      for (int e = 0; e < 8; ++e) v[e] = reinterpret_cast<const uint4*>(row + gg * 128)[e];
+      pe0 = reinterpret_cast<const uint4*>(row + kRopeOff + gg * 32)[0];
+      pe1 = reinterpret_cast<const uint4*>(row + kRopeOff + gg * 32)[1];
+      gsc = reinterpret_cast<const float*>(row + kScalesOff)[gg];
+    }
+  };
+  if (c_begin < c_end) {
+    if (tid < MK) slots[tid] = c_begin + tid < c_end ? mqa_slot(p, t, c_begin + tid, posn) : -1;
+    __syncthreads();
+    fetch(slots[gr]);
+  }
+  int cur = 0;
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += MK, cur ^= 1) {
+    __syncthreads();  // every reader of the previous chunk (kvs, ps, slots) is done
+    {  // dequantise the fetched row part into shared memory (bf16 is exact for e4m3 x 2^k)
+      uint16_t* dst = kvs + gr * SLD;
+      if (have) {
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
           const uint32_t w[4] = {v[e].x, v[e].y, v[e].z, v[e].w};
           uint32_t o[8];
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
-            const uint32_t lo = f2bf(__fmul_rn(e4m3_to_float((w[i / 2] >> (16 * (i % 2))) & 0xff), sc));
-            const uint32_t hi = f2bf(__fmul_rn(e4m3_to_float((w[i / 2] >> (16 * (i % 2) + 8)) & 0xff), sc));
+            const uint32_t lo = f2bf(__fmul_rn(e4m3_to_float((w[i / 2] >> (16 * (i % 2))) & 0xff), gsc));
+            const uint32_t hi = f2bf(__fmul_rn(e4m3_to_float((w[i / 2] >> (16 * (i % 2) + 8)) & 0xff), gsc));
             o[i] = lo | (hi << 16);
           }
-          *reinterpret_cast<uint4*>(dst + g * 128 + e * 16) = make_uint4(o[0], o[1], o[2], o[3]);
-          *reinterpret_cast<uint4*>(dst + g * 128 + e * 16 + 8) = make_uint4(o[4], o[5], o[6], o[7]);
+          *reinterpret_cast<uint4*>(dst + gg * 128 + e * 16) = make_uint4(o[0], o[1], o[2], o[3]);
+          *reinterpret_cast<uint4*>(dst + gg * 128 + e * 16 + 8) = make_uint4(o[4], o[5], o[6], o[7]);
         }
-        *reinterpret_cast<uint4*>(dst + 512 + g * 16) = pe0;
-        *reinterpret_cast<uint4*>(dst + 512 + g * 16 + 8) = pe1;
+        *reinterpret_cast<uint4*>(dst + 512 + gg * 16) = pe0;
+        *reinterpret_cast<uint4*>(dst + 512 + gg * 16 + 8) = pe1;
       } else {
-        for (int e = 0; e < 16; ++e) *reinterpret_cast<uint4*>(dst + g * 128 + e * 8) = make_uint4(0, 0, 0, 0);
-        *reinterpret_cast<uint4*>(dst + 512 + g * 16) = make_uint4(0, 0, 0, 0);
-        *reinterpret_cast<uint4*>(dst + 512 + g * 16 + 8) = make_uint4(0, 0, 0, 0);
+        for (int e = 0; e < 16; ++e) *reinterpret_cast<uint4*>(dst + gg * 128 + e * 8) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(dst + 512 + gg * 16) = make_uint4(0, 0, 0, 0);
+        *reinterpret_cast<uint4*>(dst + 512 + gg * 16 + 8) = make_uint4(0, 0, 0, 0);
       }
     }
-    __syncthreads();
+    const int64_t c1 = c0 + MK;
+    if (tid < MK) slots[(cur ^ 1) * MK + tid] = c1 + tid < c_end ? mqa_slot(p, t, c1 + tid, posn) : -1;
+    __syncthreads();  // kvs holds chunk c0; the next chunk's slots are known
+    if (c1 < c_end) fetch(slots[(cur ^ 1) * MK + gr]);
     float cl[4][4] = {}, cp[4][4] = {};
     {
       const uint16_t* qa = qs + (wh + lane % 16) * SLD + (lane / 16) * 8;
@@ -379,7 +394,7 @@ __global__ void __launch_bounds__(256, 1) mqa_mma_kernel(MqaP p) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int key = wk + nt * 8 + 2 * tq + (e & 1), row = gid + 8 * (e >> 1);
-        const bool valid = slots[key] >= 0;
+        const bool valid = slots[cur * MK + key] >= 0;
         const float sc = rbf(__fmul_rn(rbf(__fadd_rn(rbf(cl[nt][e]), rbf(cp[nt][e]))), p.scale));
         if (PASS == 1) {
           if (valid) {
