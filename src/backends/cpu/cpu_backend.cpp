@@ -51,7 +51,9 @@ DSA_KERNEL void rms_row(const float* s, const float* w, float eps, int64_t D, ui
 }
 }  // namespace
 
-void CpuBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
+// RMSNorm of each row; with a residual, the fused add first (architecture.md §2.1): the norm
+// uses the fp32 sum, the carried residual is that sum rounded to bf16.
+static void rms_norm_rows(const Tensor& x, Tensor* residual, const Tensor& w, float eps, Tensor& out) {
   const int64_t D = x.dim(-1), T = x.numel() / D;
 #pragma omp parallel
   {
@@ -60,27 +62,22 @@ void CpuBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& o
     for (int64_t t = 0; t < T; ++t) {
       const uint16_t* xr = x.ptr<uint16_t>() + t * D;
       for (int64_t i = 0; i < D; ++i) s[i] = bf16_to_f32(xr[i]);
+      if (residual) {
+        uint16_t* rr = residual->ptr<uint16_t>() + t * D;
+        for (int64_t i = 0; i < D; ++i) {
+          s[i] += bf16_to_f32(rr[i]);
+          rr[i] = f32_to_bf16(s[i]);
+        }
+      }
       rms_row(s.data(), w.ptr<float>(), eps, D, out.ptr<uint16_t>() + t * D);
     }
   }
 }
 
+void CpuBackend::rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) { rms_norm_rows(x, nullptr, w, eps, out); }
+
 void CpuBackend::add_rms_norm(const Tensor& x, Tensor& residual, const Tensor& w, float eps, Tensor& out) {
-  const int64_t D = x.dim(-1), T = x.numel() / D;
-#pragma omp parallel
-  {
-    std::vector<float> s(static_cast<size_t>(D));
-#pragma omp for
-    for (int64_t t = 0; t < T; ++t) {
-      const uint16_t* xr = x.ptr<uint16_t>() + t * D;
-      uint16_t* rr = residual.ptr<uint16_t>() + t * D;
-      for (int64_t i = 0; i < D; ++i) {
-        s[i] = bf16_to_f32(xr[i]) + bf16_to_f32(rr[i]);
-        rr[i] = f32_to_bf16(s[i]);  // the carried residual is rounded; the norm uses the fp32 sum
-      }
-      rms_row(s.data(), w.ptr<float>(), eps, D, out.ptr<uint16_t>() + t * D);
-    }
-  }
+  rms_norm_rows(x, &residual, w, eps, out);
 }
 
 void CpuBackend::layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& out) {
