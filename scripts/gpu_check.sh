@@ -127,8 +127,17 @@ if (( $(left) > 60 )); then
   note "bench: rc=$? in $((SECONDS - t0)) s"
 fi
 
+if (( $(left) > 90 )); then  # end-to-end decode step latency on dsa-mini (dsa bench: DSA vs dense)
+  for bs in 1 8; do
+    t0=$SECONDS
+    timeout 60 "$B/dsa" bench -m "$DEV/shared/models/dsa-mini" --device cuda --ctx 8000 --steps 16 --batch $bs > "$OUT/e2e.tmp" 2>&1
+    note "dsa bench (dsa-mini, cuda, ctx 8000, batch $bs): rc=$? in $((SECONDS - t0)) s: $(grep -v '^\s*$' "$OUT/e2e.tmp" | tail -3 | tr '\n' ';')"
+    cat "$OUT/e2e.tmp" >> "$OUT/bench.log"; rm -f "$OUT/e2e.tmp"
+  done
+fi
+
 if [[ $PPL == 1 ]] && (( $(left) > 90 )); then
-  for att in dense sparse; do
+  for att in ${PPL_MODES:-dense sparse}; do
     (( $(left) > 60 )) || break
     t0=$SECONDS
     timeout $(( $(left) - 30 )) "$B/dsa" perplexity -m "$DEV/shared/models/dsa-mini" --device cuda --attention $att \

@@ -165,18 +165,36 @@ __global__ void __launch_bounds__(128) indexer_score_mma_kernel(ScoreP p) {
     qh[h * QW + c] = h < p.Hi ? e4m3x2_to_f16x2(*reinterpret_cast<const uint16_t*>(qsrc + h * 128 + 2 * c)) : 0u;
   }
   for (int i = tid; i < HP; i += 128) wf[i] = i < p.Hi ? p.w[t * p.Hi + i] : 0.f;
-  for (int kb = blockIdx.x; kb < nblk; kb += gridDim.x) {
+  // Software pipeline: the next cache block's 8 KB of keys (4 x 16 bytes per thread) and scales are
+  // loaded into registers while the current block is multiplied.
+  uint4 kr[4];
+  float kscale = 0.f;
+  auto fetch = [&](int kb) -> int {
     const int blk = p.bt[int64_t(s) * p.mb + kb];
-    __syncthreads();
     if (blk >= 0) {
       const uint8_t* base = p.cache + int64_t(blk) * kKvBlock * kIndexTokenBytes;
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int i = tid + 128 * e, r = i / 8, c = (i % 8) * 16;
-        *reinterpret_cast<uint4*>(ks + r * KB + c) = *reinterpret_cast<const uint4*>(base + r * 128 + c);
+        kr[e] = *reinterpret_cast<const uint4*>(base + r * 128 + c);
       }
-      if (tid < 64) ksc[tid] = reinterpret_cast<const float*>(base + kBlockKeyBytes)[tid];
+      if (tid < 64) kscale = reinterpret_cast<const float*>(base + kBlockKeyBytes)[tid];
     }
+    return blk;
+  };
+  int next_blk = fetch(blockIdx.x);
+  for (int kb = blockIdx.x; kb < nblk; kb += gridDim.x) {
+    const int blk = next_blk;
+    __syncthreads();
+    if (blk >= 0) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = tid + 128 * e, r = i / 8, c = (i % 8) * 16;
+        *reinterpret_cast<uint4*>(ks + r * KB + c) = kr[e];
+      }
+      if (tid < 64) ksc[tid] = kscale;
+    }
+    if (kb + int(gridDim.x) < nblk) next_blk = fetch(kb + gridDim.x);
     __syncthreads();
     const int j0 = warp * 16 + gid, j1 = j0 + 8;
     const int64_t col0 = int64_t(kb) * 64 + j0, col1 = int64_t(kb) * 64 + j1;

@@ -8,7 +8,7 @@ namespace dsa::cuda {
 
 namespace {
 
-constexpr int TK_THREADS = 512;
+constexpr int TK_THREADS = 1024;
 
 __device__ __forceinline__ uint32_t order_key(float v) {
   if (v != v) v = -INFINITY;  // NaN ranks as -inf
@@ -59,15 +59,24 @@ __global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, i
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
     __syncthreads();
-    for (int64_t i0 = 0; i0 < n; i0 += blockDim.x) {  // warp-aggregated: one atomic per distinct digit
-      const int64_t i = i0 + tid;
-      const uint32_t key = i < n ? order_key(row[i]) : 0u;
-      const bool match = i < n && (key & mask) == prefix;
-      const unsigned bal = __ballot_sync(0xffffffffu, match);
-      if (match) {
-        const uint32_t digit = (key >> shift) & 0xff;
-        const unsigned peers = __match_any_sync(bal, digit);
-        if ((threadIdx.x % 32) == unsigned(__ffs(peers) - 1)) atomicAdd(&hist[digit], __popc(peers));
+    constexpr int U = 8;  // 8 loads in flight per thread, then the warp-aggregated atomics
+    for (int64_t i0 = 0; i0 < n; i0 += int64_t(blockDim.x) * U) {
+      uint32_t keys[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t i = i0 + int64_t(u) * blockDim.x + tid;
+        keys[u] = i < n ? order_key(row[i]) : 0u;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t i = i0 + int64_t(u) * blockDim.x + tid;
+        const bool match = i < n && (keys[u] & mask) == prefix;
+        const unsigned bal = __ballot_sync(0xffffffffu, match);
+        if (match) {
+          const uint32_t digit = (keys[u] >> shift) & 0xff;
+          const unsigned peers = __match_any_sync(bal, digit);
+          if ((threadIdx.x % 32) == unsigned(__ffs(peers) - 1)) atomicAdd(&hist[digit], __popc(peers));
+        }
       }
     }
     __syncthreads();
@@ -92,22 +101,36 @@ __global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, i
   const int64_t seg = (n + blockDim.x - 1) / blockDim.x;
   const int64_t b0 = min(n, int64_t(tid) * seg), b1 = min(n, b0 + seg);
   int gt = 0, eq = 0;
-  for (int64_t i = b0; i < b1; ++i) {
-    const uint32_t key = order_key(row[i]);
-    gt += key > thr;
-    eq += key == thr;
+  for (int64_t i = b0; i < b1; i += 8) {
+    float x[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) x[u] = i + u < b1 ? row[i + u] : -INFINITY;
+#pragma unroll
+    for (int u = 0; u < 8; ++u)
+      if (i + u < b1) {
+        const uint32_t key = order_key(x[u]);
+        gt += key > thr;
+        eq += key == thr;
+      }
   }
   int tot;
   const int eq_before = block_excl_scan(eq, warp_tot, &tot);
   const int take_eq = max(0, min(eq, krem - eq_before));
   int pos = block_excl_scan(gt + take_eq, warp_tot, &tot);
   int taken = 0;
-  for (int64_t i = b0; i < b1; ++i) {
-    const uint32_t key = order_key(row[i]);
-    if (key > thr || (key == thr && taken < take_eq)) {
-      o[pos++] = int32_t(i);
-      taken += key == thr;
-    }
+  for (int64_t i = b0; i < b1; i += 8) {
+    float x[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) x[u] = i + u < b1 ? row[i + u] : -INFINITY;
+#pragma unroll
+    for (int u = 0; u < 8; ++u)
+      if (i + u < b1) {
+        const uint32_t key = order_key(x[u]);
+        if (key > thr || (key == thr && taken < take_eq)) {
+          o[pos++] = int32_t(i + u);
+          taken += key == thr;
+        }
+      }
   }
 }
 
