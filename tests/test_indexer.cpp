@@ -163,4 +163,31 @@ TEST(Indexer, TopkTiesGoToLowerPositions) {
   EXPECT_GT(zeros, 10) << "the test needs exact-zero ties (ReLU)";
 }
 
+TEST(Indexer, TopkDoesNotDependOnBatching) {
+  // A step of many tokens (prefill) and steps of one token (decode) must select the same keys for
+  // the same query: the selection of a token depends only on its own q, w and the cache.
+  CpuBackend be(2);
+  const int64_t L = 260, K = 48;
+  std::vector<int32_t> qpos;
+  for (int32_t p = 200; p < 260; ++p) qpos.push_back(p);
+  IndexerCase c = make_case(be, L, qpos);
+  const int64_t T = c.q.dim(0);
+  Tensor all = host_tensor(DType::I32, {T, K});
+  be.indexer_topk(c.q, c.w, c.kv, c.b, K, all);
+  for (int64_t t = 0; t < T; ++t) {
+    Batch one = c.b;
+    one.positions = {qpos[size_t(t)]};
+    one.token_seq = {0};
+    one.seqs[0].start_pos = qpos[size_t(t)];
+    one.seqs[0].n_new = 1;
+    one.seqs[0].token_offset = 0;
+    Tensor q1 = c.q.rows(t, t + 1), w1 = c.w.rows(t, t + 1), k1 = host_tensor(DType::I32, {1, K});
+    be.indexer_topk(q1, w1, c.kv, one, K, k1);
+    std::vector<int32_t> a(all.ptr<int32_t>() + t * K, all.ptr<int32_t>() + (t + 1) * K), b(k1.ptr<int32_t>(), k1.ptr<int32_t>() + K);
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    ASSERT_EQ(a, b) << "position " << qpos[size_t(t)];
+  }
+}
+
 }  // namespace dsa::test

