@@ -355,7 +355,7 @@ TEST(GpuOps, IndexerTopkExactWithTies) {
   REQUIRE_GPU();
   Both be;
   const int64_t k = 64;
-  for (int64_t L : {int64_t(40), int64_t(64), int64_t(65), int64_t(129), int64_t(1000)}) {
+  for (int64_t L : {int64_t(40), int64_t(64), int64_t(65), int64_t(129), int64_t(1000), int64_t(20000)}) {  // 20000: chunked top-k
     std::vector<int32_t> qpos;
     for (int64_t p : {L - 1, L / 2, int64_t(0), int64_t(63), int64_t(64), k - 1, k, k + 1})
       if (p >= 0 && p < L) qpos.push_back(int32_t(p));

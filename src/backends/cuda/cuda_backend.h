@@ -90,6 +90,10 @@ class CudaBackend : public Backend {
   // Raise (and clear) device-side error bits as an exception.
   void check_errors();
   int* err_flag() const { return err_; }
+  // Top-k of score rows r = 0..rows-1 (row r at scores + r*ld, valid length narr[row_base + r] + n_add),
+  // written to out[(row_base + r) * k ...] (positions ascending, -1 padded). Enqueued only.
+  void launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
+                   int64_t k, int32_t* out);
   const DevBatch& dev(const Batch& b);  // prepares on first use
   DevicePool& pool() { return *pool_; }
   int sm_count() const { return sms_; }
@@ -117,10 +121,5 @@ void launch_linear_fp8(const Fp8GemmArgs& a);
 // per expert in a device table: table[6*e + 2*which] = w, table[6*e + 2*which + 1] = ws (gate, up, down).
 void launch_linear_fp8_grouped(const uint8_t* a, const float* as, int64_t M, int64_t K, const void* const* table,
                                int which, const int32_t* offs, int64_t E, int64_t N, uint16_t* out);
-
-// Top-k of score rows r = 0..rows-1 (row r at scores + r*ld, valid length narr[row_base + r] + n_add),
-// written to out[(row_base + r) * k ...] (positions ascending, -1 padded).
-void launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
-                 int64_t k, int32_t* out);
 
 }  // namespace dsa::cuda

@@ -1,7 +1,12 @@
-// Exact top-k over score rows (portable sm_80+): one block per row; a 4-pass 8-bit radix select
-// finds the k-th largest score, then an ordered compaction writes the selected positions in
-// ascending order. Ties at the threshold go to the lower positions; NaN ranks as -inf; -0 == +0
-// (as the CPU's float comparisons). Rows with n <= k give 0..n-1 then -1.
+// Exact top-k over score rows (portable sm_80+). Core: one block selects the k largest of n keys —
+// a 4-pass 8-bit radix select finds the k-th largest key, then an ordered compaction (per-thread
+// segments + two block scans) emits the selected positions in ascending order. Ties at the
+// threshold go to the lower positions; NaN ranks as -inf; -0 == +0 (as the CPU's float
+// comparisons). Rows with n <= k give 0..n-1 then -1.
+// Few long rows (decode at small batch): each row is cut into chunks, one block per chunk keeps
+// the chunk's exact top-k (keys and positions), and a second pass selects the row's top-k among
+// those candidates — exact, because every member of the row's top-k is in its chunk's top-k under
+// the same (key, lower position) order, and candidates stay in ascending position order.
 #include "backends/cuda/cuda_backend.h"
 
 namespace dsa::cuda {
@@ -16,6 +21,8 @@ __device__ __forceinline__ uint32_t order_key(float v) {
   const uint32_t u = __float_as_uint(v);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
+// Padding candidates rank below every real key (the smallest real key, -inf, is 0x007fffff).
+constexpr uint32_t kPadKey = 0u;
 
 // Exclusive block scan of one int per thread; returns the block total in *total.
 __device__ int block_excl_scan(int v, int* warp_tot, int* total) {
@@ -38,22 +45,15 @@ __device__ int block_excl_scan(int v, int* warp_tot, int* total) {
   return off + x - v;
 }
 
-__global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, int64_t ld, const int32_t* narr,
-                                                          int n_add, int64_t row_base, int64_t k, int32_t* out) {
+// Select the k largest of key(0..n-1) (n > k), calling emit(out_position, i) for each, positions
+// ascending. Every thread of the block must call it.
+template <typename KeyFn, typename EmitFn>
+__device__ void select_core(KeyFn key_of, int64_t n, int64_t k, EmitFn emit) {
   __shared__ int hist[256];
   __shared__ int warp_tot[TK_THREADS / 32];
   __shared__ uint32_t s_prefix;
   __shared__ int s_krem;
-  const int64_t r = blockIdx.x;
-  const int64_t n = int64_t(narr[row_base + r]) + n_add;
-  const float* row = scores + r * ld;
-  int32_t* o = out + (row_base + r) * k;
   const int tid = threadIdx.x;
-  if (n <= k) {
-    for (int64_t i = tid; i < k; i += blockDim.x) o[i] = i < n ? int32_t(i) : -1;
-    return;
-  }
-  // Radix select: the k-th largest key, most significant digit first.
   uint32_t prefix = 0, mask = 0;
   int krem = int(k);
   for (int shift = 24; shift >= 0; shift -= 8) {
@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, i
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int64_t i = i0 + int64_t(u) * blockDim.x + tid;
-        keys[u] = i < n ? order_key(row[i]) : 0u;
+        keys[u] = i < n ? key_of(i) : 0u;
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -102,15 +102,14 @@ __global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, i
   const int64_t b0 = min(n, int64_t(tid) * seg), b1 = min(n, b0 + seg);
   int gt = 0, eq = 0;
   for (int64_t i = b0; i < b1; i += 8) {
-    float x[8];
+    uint32_t x[8];
 #pragma unroll
-    for (int u = 0; u < 8; ++u) x[u] = i + u < b1 ? row[i + u] : -INFINITY;
+    for (int u = 0; u < 8; ++u) x[u] = i + u < b1 ? key_of(i + u) : 0u;
 #pragma unroll
     for (int u = 0; u < 8; ++u)
       if (i + u < b1) {
-        const uint32_t key = order_key(x[u]);
-        gt += key > thr;
-        eq += key == thr;
+        gt += x[u] > thr;
+        eq += x[u] == thr;
       }
   }
   int tot;
@@ -119,26 +118,92 @@ __global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, i
   int pos = block_excl_scan(gt + take_eq, warp_tot, &tot);
   int taken = 0;
   for (int64_t i = b0; i < b1; i += 8) {
-    float x[8];
+    uint32_t x[8];
 #pragma unroll
-    for (int u = 0; u < 8; ++u) x[u] = i + u < b1 ? row[i + u] : -INFINITY;
+    for (int u = 0; u < 8; ++u) x[u] = i + u < b1 ? key_of(i + u) : 0u;
 #pragma unroll
     for (int u = 0; u < 8; ++u)
-      if (i + u < b1) {
-        const uint32_t key = order_key(x[u]);
-        if (key > thr || (key == thr && taken < take_eq)) {
-          o[pos++] = int32_t(i + u);
-          taken += key == thr;
-        }
+      if (i + u < b1 && (x[u] > thr || (x[u] == thr && taken < take_eq))) {
+        emit(pos++, i + u);
+        taken += x[u] == thr;
       }
   }
 }
 
+__global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, int64_t ld, const int32_t* narr,
+                                                          int n_add, int64_t row_base, int64_t k, int32_t* out) {
+  const int64_t r = blockIdx.x;
+  const int64_t n = int64_t(narr[row_base + r]) + n_add;
+  const float* row = scores + r * ld;
+  int32_t* o = out + (row_base + r) * k;
+  if (n <= k) {
+    for (int64_t i = threadIdx.x; i < k; i += blockDim.x) o[i] = i < n ? int32_t(i) : -1;
+    return;
+  }
+  select_core([&](int64_t i) { return order_key(row[i]); }, n, k,
+              [&](int pos, int64_t i) { o[pos] = int32_t(i); });
+}
+
+// Pass 1 of the chunked path: chunk blockIdx.x of row blockIdx.y keeps its top-k (ascending
+// positions), padded with kPadKey / -1.
+__global__ void __launch_bounds__(TK_THREADS) topk_chunk_kernel(const float* scores, int64_t ld, const int32_t* narr,
+                                                                int n_add, int64_t row_base, int64_t k, int64_t chunk,
+                                                                uint32_t* ckey, int32_t* cidx) {
+  const int64_t r = blockIdx.y, c = blockIdx.x, nch = gridDim.x;
+  const int64_t n = int64_t(narr[row_base + r]) + n_add;
+  const int64_t c0 = c * chunk, hi = min(n, c0 + chunk), m = hi > c0 ? hi - c0 : 0;
+  const float* row = scores + r * ld + c0;
+  uint32_t* ok = ckey + (r * nch + c) * k;
+  int32_t* oi = cidx + (r * nch + c) * k;
+  if (m <= k) {
+    for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+      ok[i] = i < m ? order_key(row[i]) : kPadKey;
+      oi[i] = i < m ? int32_t(c0 + i) : -1;
+    }
+    return;
+  }
+  select_core([&](int64_t i) { return order_key(row[i]); }, m, k, [&](int pos, int64_t i) {
+    ok[pos] = order_key(row[i]);
+    oi[pos] = int32_t(c0 + i);
+  });
+}
+
+// Pass 2: the row's top-k among its nch * k candidates.
+__global__ void __launch_bounds__(TK_THREADS) topk_merge_kernel(const uint32_t* ckey, const int32_t* cidx,
+                                                                int64_t nch, const int32_t* narr, int n_add,
+                                                                int64_t row_base, int64_t k, int32_t* out) {
+  const int64_t r = blockIdx.x;
+  const int64_t n = int64_t(narr[row_base + r]) + n_add;
+  int32_t* o = out + (row_base + r) * k;
+  if (n <= k) {
+    for (int64_t i = threadIdx.x; i < k; i += blockDim.x) o[i] = i < n ? int32_t(i) : -1;
+    return;
+  }
+  const uint32_t* keys = ckey + r * nch * k;
+  const int32_t* idx = cidx + r * nch * k;
+  select_core([&](int64_t i) { return keys[i]; }, nch * k, k, [&](int pos, int64_t i) { o[pos] = idx[i]; });
+}
+
 }  // namespace
 
-void launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
-                 int64_t k, int32_t* out) {
+void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
+                              int64_t rows, int64_t k, int32_t* out) {
   if (rows == 0) return;
+  // Few long rows: spread each row over several blocks (pass 1), then merge (pass 2).
+  const int64_t want = (2 * int64_t(sms_) + rows - 1) / rows;  // blocks per row to fill the GPU twice
+  int64_t chunk = std::max<int64_t>(4 * k, 8192);
+  chunk = std::max(chunk, (ld + want - 1) / want);
+  const int64_t nch = (ld + chunk - 1) / chunk;
+  if (nch >= 2 && nch <= 64 && rows <= 65535) {
+    Tensor ck = alloc(DType::I32, {rows, nch, k}), ci = alloc(DType::I32, {rows, nch, k});
+    topk_chunk_kernel<<<dim3(unsigned(nch), unsigned(rows)), TK_THREADS>>>(
+        scores, ld, narr, n_add, row_base, k, chunk, reinterpret_cast<uint32_t*>(ck.data), ci.ptr<int32_t>());
+    DSA_LAUNCH_CHECK();
+    topk_merge_kernel<<<unsigned(rows), TK_THREADS>>>(reinterpret_cast<const uint32_t*>(ck.data), ci.ptr<int32_t>(),
+                                                      nch, narr, n_add, row_base, k, out);
+    DSA_LAUNCH_CHECK();
+    return;
+  }
   topk_kernel<<<unsigned(rows), TK_THREADS>>>(scores, ld, narr, n_add, row_base, k, out);
   DSA_LAUNCH_CHECK();
 }
