@@ -63,23 +63,28 @@ TEST(Model, ChunkedPrefillMatchesOneShotBitExactly) {
 
 TEST(Model, DecodeAfterPrefillMatchesFullPrefill) {
   // Decode uses the absorbed MQA form with bf16-dequantised wkv_b, prefill the MHA form with an
-  // FP8 GEMM: the same function with different rounding (architecture.md §10.12).
+  // FP8 GEMM: the same function with different rounding (architecture.md §10.12). On this random
+  // model, rounding-level differences occasionally flip a near-tied MoE routing or top-k choice and
+  // move one prompt's logits a lot (seen: 1 prompt in ~15), so the check is the median over five
+  // prompts. A wrong position, cache slot or head mapping moves every prompt by O(1). The trained
+  // dsa-mini is held to 3 % on a single prompt (DsaMini.DecodeAfterPrefillMatchesFullPrefill).
   for (AttentionMode mode : {AttentionMode::Sparse, AttentionMode::Dense}) {
     auto eng = tiny_engine(mode);
-    const auto toks = random_tokens(90, 512);
-    Sequence full, inc;
-    std::vector<float> lf = eng->feed(full, toks, true);
-    std::vector<float> last(lf.end() - 512, lf.end());
-    std::vector<int32_t> head(toks.begin(), toks.end() - 3);
-    eng->feed(inc, head);
-    std::vector<float> ld;
-    for (size_t i = toks.size() - 3; i < toks.size(); ++i) ld = eng->feed(inc, {toks[i]});  // three decode steps
-    // A random model amplifies rounding differences (dsa-mini, a trained model, agrees to ~2%:
-    // see DsaMini.DecodeAfterPrefillMatchesFullPrefill); a wrong position, cache slot or head
-    // mapping gives O(1) differences.
-    EXPECT_LT(rel_l2(as_double(ld), as_double(last)), 0.15);
-    full.release(eng->kv());
-    inc.release(eng->kv());
+    std::vector<double> rels;
+    for (int trial = 0; trial < 5; ++trial) {
+      const auto toks = random_tokens(90, 512);
+      Sequence full, inc;
+      std::vector<float> lf = eng->feed(full, toks, true);
+      std::vector<float> last(lf.end() - 512, lf.end());
+      eng->feed(inc, std::vector<int32_t>(toks.begin(), toks.end() - 3));
+      std::vector<float> ld;
+      for (size_t i = toks.size() - 3; i < toks.size(); ++i) ld = eng->feed(inc, {toks[i]});  // three decode steps
+      rels.push_back(rel_l2(as_double(ld), as_double(last)));
+      full.release(eng->kv());
+      inc.release(eng->kv());
+    }
+    std::sort(rels.begin(), rels.end());
+    EXPECT_LT(rels[2], 0.1) << (mode == AttentionMode::Sparse ? "sparse" : "dense") << ": median of 5";
   }
 }
 

@@ -145,4 +145,26 @@ TEST(Ops, QuantizeFp8BlocksRoundTripsWithinE4m3Precision) {
     }
 }
 
+TEST(Ops, PreparedWeightLayoutGivesIdenticalResults) {
+  // prepare_weight may re-lay out the codes (CPU: 64-row k-major panels); values and arithmetic
+  // must not change: bit-identical outputs for decode and prefill shapes, and for dequant_fp8.
+  CpuBackend be(2);
+  for (auto [T, N, K] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1000, 384}, {3, 576, 512}, {50, 130, 256}}) {
+    Tensor x = rand_bf16({T, K});
+    Fp8Weight w = rand_fp8_weight(N, K), p = w;
+    be.prepare_weight(p);
+    EXPECT_NE(p.layout, 0);
+    Tensor a = host_tensor(DType::BF16, {T, N}), b = host_tensor(DType::BF16, {T, N});
+    poison(a);
+    poison(b);
+    be.linear_fp8(x, w, a);
+    be.linear_fp8(x, p, b);
+    EXPECT_EQ(std::memcmp(a.data, b.data, a.nbytes()), 0) << "T=" << T << " N=" << N;
+    Tensor da = host_tensor(DType::BF16, {N, K}), db = host_tensor(DType::BF16, {N, K});
+    be.dequant_fp8(w, da);
+    be.dequant_fp8(p, db);
+    EXPECT_EQ(std::memcmp(da.data, db.data, da.nbytes()), 0);
+  }
+}
+
 }  // namespace dsa::test

@@ -22,8 +22,9 @@ namespace dsa {
 // FP8 e4m3 weight W[n, k] with fp32 128x128 block scales S[ceil(n/128), ceil(k/128)];
 // the real weight is W_fp8[i,j] * S[i/128, j/128] (the checkpoint's `weight_scale_inv`).
 struct Fp8Weight {
-  Tensor w;      // E4M3 [n, k]
+  Tensor w;      // E4M3 [n, k] (row-major unless a backend re-laid it out: see prepare_weight)
   Tensor scale;  // F32  [ceil(n/128), ceil(k/128)]
+  uint8_t layout = 0;  // 0: row-major; other values are private to the backend that set them
   int64_t n() const { return w.dim(0); }
   int64_t k() const { return w.dim(1); }
 };
@@ -98,6 +99,9 @@ class Backend {
   virtual void synchronize() {}
   // Make the batch's device mirror (no-op on CPU).
   virtual void prepare_batch(Batch& b) {}
+  // Once per weight at load time: a backend may re-lay out the e4m3 data for its kernels (same
+  // values, same arithmetic). The weight is then only valid for this backend's ops.
+  virtual void prepare_weight(Fp8Weight& w) {}
 
   // ---- elementwise, norms -------------------------------------------------------------------
   // out[t] = table[ids[t]]  (ids I32[T], table BF16[V, D], out BF16[T, D])

@@ -38,6 +38,7 @@ struct Loader {
     w.w = put(get(prefix + ".weight", DType::E4M3, {n, k}));
     w.scale = put(get(prefix + ".weight_scale_inv", DType::F32,
                          {(n + cfg.weight_block_n - 1) / cfg.weight_block_n, (k + cfg.weight_block_k - 1) / cfg.weight_block_k}));
+    be.prepare_weight(w);
     return w;
   }
   MlpWeights mlp(const std::string& prefix, int64_t inter) {

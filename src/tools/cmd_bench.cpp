@@ -20,13 +20,14 @@ int run(int argc, char** argv) {
   app.add_option("--steps", steps, "decode steps per mode")->capture_default_str();
   app.add_option("--batch", batch, "sequences decoded together")->capture_default_str();
   if (int rc = tools::parse(app, argc, argv); rc >= 0) return rc;
+  DSA_CHECK(batch >= 1 && steps >= 1, "--batch and --steps must be at least 1");
   EngineOptions opt = ef.options();
-  auto eng = Engine::load(ef.model, opt);
-  const ModelConfig& cfg = eng->model().config();
+  const ModelConfig cfg = ModelConfig::from_file(ef.model + "/config.json");
   if (ctx == 0) ctx = 8 * cfg.index_topk;
-  DSA_CHECK(ctx + steps <= cfg.max_position_embeddings, "--ctx + --steps exceeds the model's context");
-  if (opt.kv_tokens == 0) opt.kv_tokens = batch * (ctx + steps + kKvBlock);
-  eng = Engine::load(ef.model, opt);
+  DSA_CHECK(ctx >= 1 && ctx + steps <= cfg.max_position_embeddings, "--ctx + --steps exceeds the model's context (",
+            cfg.max_position_embeddings, ")");
+  if (opt.kv_tokens == 0) opt.kv_tokens = batch * (ctx + steps + kKvBlock);  // room for every sequence
+  auto eng = Engine::load(ef.model, opt);
   std::mt19937 rng(1);
   std::vector<Sequence> seqs(static_cast<size_t>(batch));
   std::fprintf(stderr, "prefilling %ld x %ld tokens on %s ...\n", long(batch), long(ctx), eng->backend().name().c_str());

@@ -42,6 +42,7 @@ int64_t candidates(const Tensor* topk, int64_t t, int64_t p, std::vector<int32_t
     const int32_t* r = topk->ptr<int32_t>() + t * K;
     for (int64_t i = 0; i < K; ++i)
       if (r[i] >= 0 && r[i] <= p) out.push_back(r[i]);  // validated by check_topk
+    std::sort(out.begin(), out.end());  // ascending: the result must not depend on the top-k order
   } else {
     out.resize(size_t(p + 1));
     for (int64_t i = 0; i <= p; ++i) out[size_t(i)] = int32_t(i);
@@ -138,6 +139,9 @@ void CpuBackend::attention_mha(const Tensor& q, const Tensor& kv_up, const Tenso
         int64_t n = 0;
         for (int64_t i = 0; i < K; ++i)
           if (r[i] >= 0 && r[i] <= p) cand[n++] = r[i];
+        // Ascending, as the dense path sums: the result must not depend on the order the top-k
+        // op wrote the indices in (any order is allowed), and selecting every position == dense.
+        std::sort(cand, cand + n);
         const int64_t np = (n + 15) / 16 * 16;
         for (int64_t i = n; i < np; ++i) cand[i] = n ? cand[0] : 0;  // padding: probability 0
         const float* kvs = KV.data() + sq.ctx_offset * H * RW;

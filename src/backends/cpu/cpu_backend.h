@@ -25,6 +25,9 @@ class CpuBackend : public Backend {
   void fill_zero(Tensor& t) override;
   void copy(const Tensor& src, Tensor& dst) override;
   void copy_cols(const Tensor& src, int64_t col0, Tensor& dst) override;
+  // FP8 weights are re-laid out as k-major panels of 64 output rows, P[n/64][k][64] (rows past n
+  // zero), so the GEMM streams them without transposes (docs/cpu-kernels.md).
+  void prepare_weight(Fp8Weight& w) override;
 
   void embed(const Tensor& ids, const Tensor& table, Tensor& out) override;
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;

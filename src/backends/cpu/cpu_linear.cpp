@@ -86,6 +86,7 @@ void CpuBackend::linear_fp8(const Tensor& x, const Fp8Weight& w, Tensor& out) {
   proto.ldas = KB;
   proto.w = w.w.ptr<uint8_t>();
   proto.wtype = cpu::WType::E4M3;
+  proto.w_panels = w.layout == cpu::kLayoutPanels64;
   proto.K = K;
   proto.ws = w.scale.ptr<float>();
   proto.ldws = w.scale.dim(1);
@@ -122,17 +123,48 @@ void CpuBackend::linear_f32(const Tensor& x, const Tensor& w, Tensor& out) {
   }
 }
 
+void CpuBackend::prepare_weight(Fp8Weight& w) {
+  if (w.layout == cpu::kLayoutPanels64) return;
+  const int64_t N = w.n(), K = w.k(), NP = (N + 63) / 64;
+  Tensor p = host_tensor(DType::E4M3, {NP * 64, K});
+  const uint8_t* src = w.w.ptr<uint8_t>();
+  uint8_t* dst = p.ptr<uint8_t>();
+#pragma omp parallel for if (N * K > kParMacs)
+  for (int64_t pb = 0; pb < NP; ++pb)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < 64; ++j) {
+        const int64_t n = pb * 64 + j;
+        dst[(pb * K + k) * 64 + j] = n < N ? src[n * K + k] : 0;
+      }
+  p.shape = w.w.shape;  // the logical shape stays [n, k]
+  w.w = p;
+  w.layout = cpu::kLayoutPanels64;
+}
+
+// Element (n, k) of an FP8 weight in either layout.
+static inline uint8_t fp8_code(const Fp8Weight& w, int64_t n, int64_t k) {
+  const int64_t K = w.k();
+  return w.layout == cpu::kLayoutPanels64 ? w.w.ptr<uint8_t>()[((n / 64) * K + k) * 64 + n % 64]
+                                          : w.w.ptr<uint8_t>()[n * K + k];
+}
+
 void CpuBackend::dequant_fp8(const Fp8Weight& w, Tensor& out) {
   const int64_t N = w.n(), K = w.k(), KB = w.scale.dim(1);
   const auto& kn = cpu::kernels();
 #pragma omp parallel
   {
     std::vector<float> row(static_cast<size_t>(K));
+    std::vector<uint8_t> codes(static_cast<size_t>(K));
 #pragma omp for
     for (int64_t n = 0; n < N; ++n) {
+      const uint8_t* src = w.w.ptr<uint8_t>() + n * K;
+      if (w.layout != 0) {
+        for (int64_t k = 0; k < K; ++k) codes[size_t(k)] = fp8_code(w, n, k);
+        src = codes.data();
+      }
       for (int64_t kb = 0; kb * 128 < K; ++kb) {
         const int64_t k0 = kb * 128, kc = std::min<int64_t>(128, K - k0);
-        kn.e4m3_to_f32(w.w.ptr<uint8_t>() + n * K + k0, row.data() + k0, kc, w.scale.ptr<float>()[(n / 128) * KB + kb]);
+        kn.e4m3_to_f32(src + k0, row.data() + k0, kc, w.scale.ptr<float>()[(n / 128) * KB + kb]);
       }
       kn.f32_to_bf16(row.data(), out.ptr<uint16_t>() + n * K, K);
     }

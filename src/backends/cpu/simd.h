@@ -16,6 +16,8 @@ namespace dsa::cpu {
 // Weight element type of a packed GEMM operand.
 enum class WType : uint8_t { E4M3, BF16, F32 };
 
+constexpr uint8_t kLayoutPanels64 = 1;  // Fp8Weight::layout of CpuBackend::prepare_weight
+
 // One GEMM work item: rows [0, m) of A against output columns [n0, n0 + nc) (nc <= 64), all of K.
 //   out[r, n] = sum over 128-K blocks kb of  (sum_k a[r,k] * w[n,k]) * (as[r,kb] * ws[n/128, kb])
 // for E4M3 weights (the per-128 promotion of architecture.md §5.2; as/ws may not be null), and
@@ -29,6 +31,7 @@ struct GemmItem {
   int64_t ldas = 0;
   const void* w = nullptr;
   WType wtype = WType::E4M3;
+  bool w_panels = false;  // E4M3 only: w is in 64-row k-major panels, P[n/64][K][64]
   int64_t K = 0;
   const float* ws = nullptr;
   int64_t ldws = 0;
