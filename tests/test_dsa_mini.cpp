@@ -7,6 +7,7 @@
 
 #include "io/tokenizer.h"
 #include "runtime/engine.h"
+#include "runtime/perplexity.h"
 #include "test_util.h"
 
 namespace dsa::test {
@@ -56,6 +57,33 @@ TEST(DsaMini, GreedyGenerationIsEnglish) {
       common += w == c;
   }
   EXPECT_GE(common, 5) << text;
+}
+
+}  // namespace dsa::test
+
+namespace dsa::test {
+
+// The short-window version of the dev-set comparison (the full one — context 8192, 214,242
+// predicted tokens, README: dense 24.01, DSA 24.74 — takes ~30 min per mode on 2 cores and is
+// recorded in bench/RESULTS.md). At context 1024 over the first two windows the engine gave
+// dense 31.3879 / DSA 31.6348 (AVX-512; AVX2 31.6445, scalar 31.6305) at the commit whose full
+// run reproduced the README numbers; held here to the 0.5 %.
+TEST(DsaMini, ShortWindowPerplexityDenseAndDsa) {
+  const auto files = manifest_files(std::string(DSA_SHARED_DIR) + "/data/dev/MANIFEST.txt");
+  Tokenizer tok = Tokenizer::from_dir(mini_dir());
+  double ppl[2];
+  for (int m = 0; m < 2; ++m) {
+    EngineOptions o;
+    o.attention = m == 0 ? AttentionMode::Dense : AttentionMode::Sparse;
+    auto eng = Engine::load(mini_dir(), o);
+    PerplexityResult r = evaluate_perplexity(*eng, tok, files, 1024, 2);
+    EXPECT_EQ(r.stream_tokens, 214269) << "the README's token count (27 windows of 8192, 214,242 predicted)";
+    EXPECT_EQ(r.tokens, 2046);
+    ppl[m] = r.ppl();
+  }
+  EXPECT_NEAR(ppl[0], 31.3879, 31.3879 * 0.005) << "dense";
+  EXPECT_NEAR(ppl[1], 31.6348, 31.6348 * 0.005) << "DSA";
+  EXPECT_GT(ppl[1], ppl[0]) << "top-256 of up to 1024 keys loses a little against dense";
 }
 
 }  // namespace dsa::test
