@@ -84,23 +84,27 @@ void BM_MemCopy(benchmark::State& st) {
 }
 BENCHMARK(BM_MemCopy)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-// ---- FP8 linear: args T, N, K. GB/s counts weight bytes (the decode bound). -------------------
+// ---- FP8 linear: args T, N, K, layout (0: row-major as in the file; 1: prepare_weight's panels,
+// what the model uses). GB/s counts weight bytes (the decode bound). ---------------------------
 void BM_CpuLinearFp8(benchmark::State& st) {
   const int64_t T = st.range(0), N = st.range(1), K = st.range(2);
   Fp8Weight w{rand_e4m3({N, K}), rand_f32({(N + 127) / 128, K / 128}, 0.01f)};
+  if (st.range(3)) be().prepare_weight(w);
   Tensor x = rand_bf16({T, K}), out = host_tensor(DType::BF16, {T, N});
   for (auto _ : st) be().linear_fp8(x, w, out);
   st.SetBytesProcessed(st.iterations() * N * K);
   st.counters["GFLOP/s"] = benchmark::Counter(double(st.iterations()) * 2.0 * T * N * K * 1e-9, benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_CpuLinearFp8)
-    ->Args({1, 3072, 128})      // dsa-mini wq_b, decode
-    ->Args({1, 4096, 512})      // dsa-mini wkv_b
-    ->Args({1, 8192, 8192})     // 64 MiB weight, decode (bandwidth)
-    ->Args({1, 16384, 16384})   // 256 MiB weight, decode (DRAM bandwidth)
-    ->Args({4, 16384, 16384})
-    ->Args({1024, 4096, 512})   // dsa-mini wkv_b, prefill
-    ->Args({1024, 2048, 2048})  // prefill, compute bound
+    ->Args({1, 3072, 128, 1})      // dsa-mini wq_b, decode
+    ->Args({1, 4096, 512, 1})      // dsa-mini wkv_b
+    ->Args({1, 8192, 8192, 0})     // 64 MiB weight, decode (bandwidth), row-major
+    ->Args({1, 8192, 8192, 1})     //   ... panels
+    ->Args({1, 16384, 16384, 0})   // 256 MiB weight, decode (DRAM bandwidth), row-major
+    ->Args({1, 16384, 16384, 1})   //   ... panels
+    ->Args({4, 16384, 16384, 1})
+    ->Args({1024, 4096, 512, 1})   // dsa-mini wkv_b, prefill
+    ->Args({1024, 2048, 2048, 1})  // prefill, compute bound
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

@@ -19,5 +19,5 @@ if [ -d "$MINI" ]; then
   echo; echo "== 3. generation from dsa-mini (a small trained model in the same format)"
   $DSA generate -m "$MINI" -p "The President of the United States" -n 48 --temperature 0.7 --top-p 0.95 --seed 1
 fi
-echo; echo "== 4. DSA vs dense MLA decode at 8 x index_topk"
-$DSA bench -m "$MODEL" --ctx 2048 --steps 4
+echo; echo "== 4. DSA vs dense MLA decode at 16 x index_topk (same cache state, same model)"
+$DSA bench -m "$MODEL" --ctx 4096 --steps 8
