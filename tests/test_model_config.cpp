@@ -16,23 +16,13 @@
 #include "core/error.h"
 #include "io/model_config.h"
 
+#include "test_util.h"
+
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
 
-#define EXPECT_DSA_ERROR(stmt, ...)                                                        \
-  do {                                                                                     \
-    EXPECT_THROW(stmt, dsa::Error);                                                        \
-    try {                                                                                  \
-      stmt;                                                                                \
-    } catch (const dsa::Error& e_) {                                                       \
-      const std::string msg_ = e_.what();                                                  \
-      for (const std::string& s_ : std::initializer_list<std::string>{__VA_ARGS__})        \
-        EXPECT_NE(msg_.find(s_), std::string::npos) << "message: " << msg_ << "\nlacks: " << s_; \
-    } catch (...) {                                                                        \
-    }                                                                                      \
-  } while (0)
 
 // dsa-mini's config.json, inlined so the error tests do not depend on the shared folder.
 const char* kMini = R"({

@@ -19,6 +19,8 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 
+#include "test_util.h"
+
 namespace fs = std::filesystem;
 using dsa::DType;
 using dsa::Shape;
@@ -26,19 +28,6 @@ using dsa::Tensor;
 
 namespace {
 
-// Expect a dsa::Error whose message contains every one of the given substrings.
-#define EXPECT_DSA_ERROR(stmt, ...)                                                        \
-  do {                                                                                     \
-    EXPECT_THROW(stmt, dsa::Error);                                                        \
-    try {                                                                                  \
-      stmt;                                                                                \
-    } catch (const dsa::Error& e_) {                                                       \
-      const std::string msg_ = e_.what();                                                  \
-      for (const std::string& s_ : std::initializer_list<std::string>{__VA_ARGS__})        \
-        EXPECT_NE(msg_.find(s_), std::string::npos) << "message: " << msg_ << "\nlacks: " << s_; \
-    } catch (...) {                                                                        \
-    }                                                                                      \
-  } while (0)
 
 uint64_t fresh_seed() {
   std::random_device rd;

@@ -11,6 +11,20 @@
 #include "core/dtype.h"
 #include "core/tensor.h"
 
+// Expect a dsa::Error whose message contains every one of the given substrings.
+#define EXPECT_DSA_ERROR(stmt, ...)                                                        \
+  do {                                                                                     \
+    EXPECT_THROW(stmt, dsa::Error);                                                        \
+    try {                                                                                  \
+      stmt;                                                                                \
+    } catch (const dsa::Error& e_) {                                                       \
+      const std::string msg_ = e_.what();                                                  \
+      for (const std::string& s_ : std::initializer_list<std::string>{__VA_ARGS__})        \
+        EXPECT_NE(msg_.find(s_), std::string::npos) << "message: " << msg_ << "\nlacks: " << s_; \
+    } catch (...) {                                                                        \
+    }                                                                                      \
+  } while (0)
+
 namespace dsa::test {
 
 inline std::mt19937_64& rng() {

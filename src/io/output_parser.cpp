@@ -236,6 +236,34 @@ bool StreamParser::step(std::vector<StreamEvent>& ev) {
     warn(std::string("unexpected text ") + where + " ignored: " + dropped.substr(0, 80));
     buf_.erase(0, next);
   };
+  // Inside a tool-call block (V3.2 DSML or V3.1 tokens): the next call opens, the block closes, or
+  // EOS ends it early; held while the buffer may still become one of those tags; else dropped.
+  auto call_block = [&](std::string_view open, State next, std::string_view close, size_t finish_hold) {
+    skip_ws();
+    if (buf_.empty()) return false;
+    if (starts_with(buf_, open)) {
+      buf_.erase(0, open.size());
+      state_ = next;
+      return true;
+    }
+    if (starts_with(buf_, close)) {
+      buf_.erase(0, close.size());
+      state_ = State::kAfterTools;
+      return true;
+    }
+    if (starts_with(buf_, kEos)) {
+      buf_.erase(0, kEos.size());
+      saw_eos_ = true;
+      warn("tool-call block not closed before EOS");
+      state_ = State::kDone;
+      return true;
+    }
+    if (!finished_ && (is_proper_prefix(buf_, open) || is_proper_prefix(buf_, close) || is_proper_prefix(buf_, kEos)))
+      return false;
+    if (finished_ && buf_.size() < finish_hold) return false;
+    drop_garbage("in tool-call block");
+    return true;
+  };
   switch (state_) {
     case State::kStart: {
       if (starts_with(buf_, kThinkOpen)) {  // the model repeated the opener (§4.4 item 3)
@@ -297,33 +325,8 @@ bool StreamParser::step(std::vector<StreamEvent>& ev) {
       buf_.erase(0, buf_.size() - h);
       return false;
     }
-    case State::kToolBlock: {
-      skip_ws();
-      if (buf_.empty()) return false;
-      if (starts_with(buf_, kDsmlInvokeOpen)) {
-        buf_.erase(0, kDsmlInvokeOpen.size());
-        state_ = State::kInvokeHead;
-        return true;
-      }
-      if (starts_with(buf_, kDsmlCallsClose)) {
-        buf_.erase(0, kDsmlCallsClose.size());
-        state_ = State::kAfterTools;
-        return true;
-      }
-      if (starts_with(buf_, kEos)) {
-        buf_.erase(0, kEos.size());
-        saw_eos_ = true;
-        warn("tool-call block not closed before EOS");
-        state_ = State::kDone;
-        return true;
-      }
-      if (!finished_ && (is_proper_prefix(buf_, kDsmlInvokeOpen) ||
-                         is_proper_prefix(buf_, kDsmlCallsClose) || is_proper_prefix(buf_, kEos)))
-        return false;
-      if (finished_ && buf_.size() < kDsmlCallsClose.size()) return false;
-      drop_garbage("in tool-call block");
-      return true;
-    }
+    case State::kToolBlock:
+      return call_block(kDsmlInvokeOpen, State::kInvokeHead, kDsmlCallsClose, kDsmlCallsClose.size());
     case State::kInvokeHead:
     case State::kParamHead: {
       const bool invoke = state_ == State::kInvokeHead;
@@ -465,33 +468,8 @@ bool StreamParser::step(std::vector<StreamEvent>& ev) {
       state_ = state_ == State::kSkipInvoke ? State::kToolBlock : State::kParams;
       return true;
     }
-    case State::kV31Calls: {
-      skip_ws();
-      if (buf_.empty()) return false;
-      if (starts_with(buf_, kToolCallBegin)) {
-        buf_.erase(0, kToolCallBegin.size());
-        state_ = State::kV31Name;
-        return true;
-      }
-      if (starts_with(buf_, kToolCallsEnd)) {
-        buf_.erase(0, kToolCallsEnd.size());
-        state_ = State::kAfterTools;
-        return true;
-      }
-      if (starts_with(buf_, kEos)) {
-        buf_.erase(0, kEos.size());
-        saw_eos_ = true;
-        warn("tool-call block not closed before EOS");
-        state_ = State::kDone;
-        return true;
-      }
-      if (!finished_ && (is_proper_prefix(buf_, kToolCallBegin) ||
-                         is_proper_prefix(buf_, kToolCallsEnd) || is_proper_prefix(buf_, kEos)))
-        return false;
-      if (finished_ && buf_.size() < kToolCallBegin.size()) return false;
-      drop_garbage("in tool-call block");
-      return true;
-    }
+    case State::kV31Calls:
+      return call_block(kToolCallBegin, State::kV31Name, kToolCallsEnd, kToolCallBegin.size());
     case State::kV31Name: {
       size_t ps = buf_.find(kToolSep), pe = buf_.find(kToolCallEnd);
       if (pe != std::string::npos && (ps == std::string::npos || pe < ps)) {
