@@ -20,6 +20,7 @@ int run(int argc, char** argv) {
   app.add_option("--steps", steps, "decode steps per mode")->capture_default_str();
   app.add_option("--batch", batch, "sequences decoded together")->capture_default_str();
   if (int rc = tools::parse(app, argc, argv); rc >= 0) return rc;
+  ef.check_model_dir();
   DSA_CHECK(batch >= 1 && steps >= 1, "--batch and --steps must be at least 1");
   EngineOptions opt = ef.options();
   const ModelConfig cfg = ModelConfig::from_file(ef.model + "/config.json");

@@ -137,6 +137,7 @@ int run(int argc, char** argv) {
   app.add_option("--seed", sp.seed)->capture_default_str();
   app.add_flag("--no-color", no_color, "plain output");
   if (int rc = tools::parse(app, argc, argv); rc >= 0) return rc;
+  ef.check_model_dir();
   Tokenizer tok = Tokenizer::from_dir(ef.model);
   const chat::ChatFormat fmt = format.empty() ? chat::detect_chat_format(ef.model) : chat::chat_format_from_name(format);
   auto eng = Engine::load(ef.model, ef.options());

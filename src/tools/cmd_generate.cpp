@@ -26,6 +26,7 @@ int run(int argc, char** argv) {
   app.add_flag("--ignore-eos", ignore_eos, "keep generating after EOS");
   app.add_flag("-q,--quiet", quiet, "do not stream tokens");
   if (int rc = tools::parse(app, argc, argv); rc >= 0) return rc;
+  ef.check_model_dir();
   DSA_CHECK(!prompt.empty() || !prompt_ids.empty(), "give --prompt TEXT or --prompt-ids IDS");
 
   std::unique_ptr<Tokenizer> tok;

@@ -25,6 +25,7 @@ int run(int argc, char** argv) {
   app.add_option("--max-windows", max_windows, "score only the first N windows (0 = all)");
   app.add_flag("-v,--verbose", verbose, "print each window");
   if (int rc = tools::parse(app, argc, argv); rc >= 0) return rc;
+  ef.check_model_dir();
   if (!manifest.empty())
     for (auto& f : manifest_files(manifest)) files.push_back(f);
   DSA_CHECK(!files.empty(), "no input files (give files or --manifest)");

@@ -1,6 +1,7 @@
 #include "tools/common.h"
 
 #include <cstdio>
+#include <filesystem>
 #include <sstream>
 
 namespace dsa::tools {
@@ -32,6 +33,12 @@ int parse(CLI::App& app, int argc, char** argv) {
     return app.exit(e);
   }
   return -1;
+}
+
+void EngineFlags::check_model_dir() const {
+  namespace fs = std::filesystem;
+  DSA_CHECK(fs::is_directory(model), "model directory '", model, "' does not exist or is not a directory");
+  DSA_CHECK(fs::exists(fs::path(model) / "config.json"), model, ": no config.json (not a Hugging Face model directory)");
 }
 
 std::vector<int32_t> parse_ids(const std::string& s) {

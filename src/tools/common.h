@@ -17,6 +17,7 @@ struct EngineFlags {
   int64_t prefill_chunk = 0;
   std::string attention = "sparse";
   void add(CLI::App& app);
+  void check_model_dir() const;  // exists and has a config.json
   EngineOptions options() const;
 };
 
