@@ -61,6 +61,7 @@ int run(int argc, char** argv) {
   }, ignore_eos);
   if (!quiet && sd) std::fputs(sd->flush().c_str(), stdout);
   std::printf("\n");
+  std::fflush(stdout);  // the text ends before the stats line (stderr) in a combined log
   const int64_t ctx = st.prompt_tokens + st.new_tokens;
   std::fprintf(stderr,
                "prompt %ld tok | generated %ld tok | TTFT %.3f s | prefill %.1f tok/s | decode %.2f tok/s\n"
