@@ -18,9 +18,6 @@ std::string_view dtype_name(DType t);           // safetensors spelling: "F32", 
 bool dtype_from_name(std::string_view s, DType* out);
 
 // ---- bf16 -----------------------------------------------------------------------------
-struct bf16 {
-  uint16_t bits;
-};
 inline float bf16_to_f32(uint16_t b) {
   uint32_t u = uint32_t(b) << 16;
   float f;

@@ -16,10 +16,6 @@ enum class AttentionMode {
   Dense,   // dense causal MLA for comparison — NOT DSA (the indexer does not run)
 };
 
-struct ForwardStats {
-  double indexer_s = 0, attention_s = 0, total_s = 0;  // host wall time (synchronised), optional
-};
-
 class DeepseekV32 {
  public:
   DeepseekV32(ModelConfig cfg, ModelWeights w, Backend& be);

@@ -43,7 +43,7 @@ void CpuBackend::embed(const Tensor& ids, const Tensor& table, Tensor& out) {
 }
 
 namespace {
-DSA_KERNEL void rms_row(const float* s, const float* w, float eps, int64_t D, uint16_t* out) {
+void rms_row(const float* s, const float* w, float eps, int64_t D, uint16_t* out) {
   float ss = 0.f;
   for (int64_t i = 0; i < D; ++i) ss += s[i] * s[i];
   const float r = 1.0f / std::sqrt(ss / float(D) + eps);

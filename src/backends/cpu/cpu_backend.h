@@ -1,14 +1,8 @@
 #pragma once
 // CPU backend: the reference implementation of every op in backends/backend.h, multi-threaded with
-// OpenMP. Hot inner loops are plain C++ written so the compiler vectorises them, compiled for
-// AVX-512 / AVX2 / baseline and chosen at run time (DSA_KERNEL, GCC target_clones).
+// OpenMP. The hot loops live in the runtime-dispatched kernel tables of simd.h (AVX-512 / AVX2 /
+// scalar, docs/cpu-kernels.md).
 #include "backends/backend.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
-#define DSA_KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DSA_KERNEL
-#endif
 
 namespace dsa {
 
