@@ -1,5 +1,7 @@
 // Model-level behaviour on a tiny random model in the exact V3.2 checkpoint format: chunked
 // prefill == one-shot prefill, decode after prefill ~= full prefill, DSA vs dense, bad input.
+#include <omp.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -225,12 +227,23 @@ TEST(ModelLoad, BadConfigAndTruncatedShardAreClearErrors) {
 }
 
 TEST(ModelLoad, RandomModelIsDeterministicBySeed) {
-  auto a = random_model_tensors(preset_model_config("tiny"), 5), b = random_model_tensors(preset_model_config("tiny"), 5);
+  // Same seed -> same bytes, whatever the number of threads that generate it.
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  auto a = random_model_tensors(preset_model_config("tiny"), 5);
+  omp_set_num_threads(std::max(2, threads));
+  auto b = random_model_tensors(preset_model_config("tiny"), 5);
+  omp_set_num_threads(threads);
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) {
     ASSERT_EQ(a[i].name, b[i].name);
     ASSERT_EQ(std::memcmp(a[i].tensor.data, b[i].tensor.data, a[i].tensor.nbytes()), 0) << a[i].name;
   }
+}
+
+TEST(ModelLoad, RandomModelSeedsDiffer) {
+  auto a = random_model_tensors(preset_model_config("tiny"), 5), b = random_model_tensors(preset_model_config("tiny"), 6);
+  EXPECT_NE(std::memcmp(a[0].tensor.data, b[0].tensor.data, a[0].tensor.nbytes()), 0);
 }
 
 }  // namespace dsa::test
