@@ -3,11 +3,13 @@
 //   §1.7), dense MLA decode, indexer decode (scores + top-k), and per-layer attention decode
 //   latency dense vs DSA at contexts 4K..128K and batch 1/32/128.
 // Each number: warm-up, then the median of several timed calls; inputs rotate among copies when
-// they would fit in L2. Usage: dsa_gpu_bench [--quick] [--md FILE]
+// they would fit in L2. Usage: dsa_gpu_bench [--quick] [--md FILE] [--only mla|layer]
+//   [--batches 1,32] [--ctxs 16384,65536]   (--only: one section; the lists override the layer sweep)
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <numeric>
@@ -176,10 +178,23 @@ std::string kfmt(int64_t L) { return L >= 1024 ? std::to_string(L / 1024) + "K" 
 
 int main(int argc, char** argv) {
   bool quick = false;
-  std::string md;
+  std::string md, only;
+  std::vector<int64_t> batch_list, ctx_list;
+  auto parse_list = [](const char* s) {
+    std::vector<int64_t> v;
+    for (const char* p = s; *p;) {
+      v.push_back(std::strtoll(p, const_cast<char**>(&p), 10));
+      if (*p == ',') ++p;
+      else if (*p) break;
+    }
+    return v;
+  };
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--md") && i + 1 < argc) md = argv[++i];
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+    else if (!std::strcmp(argv[i], "--batches") && i + 1 < argc) batch_list = parse_list(argv[++i]);
+    else if (!std::strcmp(argv[i], "--ctxs") && i + 1 < argc) ctx_list = parse_list(argv[++i]);
   }
   cuda::CudaBackend be(0);
   cudaDeviceProp prop{};
@@ -197,7 +212,7 @@ int main(int argc, char** argv) {
   const int64_t H = 128, TOPK = 2048;
   const float scale = 0.1352f;
   // ---- sparse MLA decode (FlashMLA shape: h=128, s_q=2, topk=2048, s_kv=32K) ----------------
-  for (int64_t b : quick ? std::vector<int64_t>{128} : std::vector<int64_t>{2, 64, 128}) {
+  for (int64_t b : only == "layer" ? std::vector<int64_t>{} : quick ? std::vector<int64_t>{128} : std::vector<int64_t>{2, 64, 128}) {
     const int64_t L = 32768, s_q = 2, T = b * s_q;
     int64_t blocks;
     Batch B = decode_batch(b, L, s_q, &blocks);
@@ -216,8 +231,11 @@ int main(int argc, char** argv) {
   // ---- per-layer decode attention: dense MLA vs DSA (indexer + top-k + sparse MLA) ------------
   struct Lat { int64_t b, L; double dense_us, idx_us, sparse_us; };
   std::vector<Lat> lat;
-  const std::vector<int64_t> ctxs = quick ? std::vector<int64_t>{16384, 65536} : std::vector<int64_t>{4096, 16384, 32768, 65536, 131072};
-  const std::vector<int64_t> batches = quick ? std::vector<int64_t>{32} : std::vector<int64_t>{1, 32, 128};
+  std::vector<int64_t> ctxs = quick ? std::vector<int64_t>{16384, 65536} : std::vector<int64_t>{4096, 16384, 32768, 65536, 131072};
+  std::vector<int64_t> batches = quick ? std::vector<int64_t>{32} : std::vector<int64_t>{1, 32, 128};
+  if (!ctx_list.empty()) ctxs = ctx_list;
+  if (!batch_list.empty()) batches = batch_list;
+  if (only == "mla") batches.clear();
   for (int64_t b : batches)
     for (int64_t L : ctxs) {
       const int64_t T = b;  // s_q = 1
