@@ -7,7 +7,7 @@
 # (nothing when no args). Logs under $OUT.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-DEV=$ROOT/.device
+DEV=${DSA_DEVICE_DIR:-$ROOT/.device}   # helpers running from .wt/<name> point this at the repo's .device
 OUT=${OUT:-$ROOT/out/gpu_dev}
 mkdir -p "$OUT"
 FILTER=${1:-'GpuOps.*'}; shift || true
