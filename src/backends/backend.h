@@ -97,6 +97,8 @@ class Backend {
   // dst[r, :] = src[r, col0 : col0 + dst.cols]   (src [R, W], dst [R, n], same dtype)
   virtual void copy_cols(const Tensor& src, int64_t col0, Tensor& dst) = 0;
   virtual void synchronize() {}
+  // One line on device memory (allocator in use / peak / cached, device used / total); "" if n/a.
+  virtual std::string memory_report() const { return ""; }
   // Make the batch's device mirror (no-op on CPU).
   virtual void prepare_batch(Batch& b) {}
   // Once per weight at load time: a backend may re-lay out the e4m3 data for its kernels (same

@@ -1,11 +1,13 @@
 // CPU backend: memory, elementwise ops, norms, RoPE, Hadamard (the linears, attention, indexer
 // and MoE live in cpu_linear.cpp, cpu_attention.cpp, cpu_indexer.cpp and cpu_moe.cpp).
 #include "backends/cpu/cpu_backend.h"
+#include "backends/op_profiler.h"
 
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 namespace dsa {
@@ -162,7 +164,8 @@ void CpuBackend::hadamard128(Tensor& x) {
 
 std::unique_ptr<Backend> make_cuda_backend(int threads);  // backends/cuda (weak fallback below)
 
-std::unique_ptr<Backend> make_backend(const std::string& name, int threads) {
+namespace {
+std::unique_ptr<Backend> make_plain_backend(const std::string& name, int threads) {
   if (name == "cpu") return std::make_unique<CpuBackend>(threads);
   if (name == "cuda") {
 #ifdef DSA_HAVE_CUDA
@@ -172,6 +175,14 @@ std::unique_ptr<Backend> make_backend(const std::string& name, int threads) {
 #endif
   }
   fail("unknown device '", name, "' (expected cpu or cuda)");
+}
+}  // namespace
+
+std::unique_ptr<Backend> make_backend(const std::string& name, int threads) {
+  auto be = make_plain_backend(name, threads);
+  if (const char* p = std::getenv("DSA_PROFILE_OPS"); p && *p && *p != '0')
+    return std::make_unique<OpProfiler>(std::move(be));  // per-op times on stderr at exit
+  return be;
 }
 
 int64_t Batch::n_ctx() const {

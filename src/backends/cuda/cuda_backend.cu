@@ -1,5 +1,8 @@
 // CUDA backend: memory (caching allocator), batch mirror, elementwise ops, norms, RoPE, Hadamard.
 // The linears, MLA, indexer, top-k and MoE live in gemm/, mla/, indexer/, topk/ and moe/.
+#include <algorithm>
+#include <cstdio>
+
 #include "backends/cuda/cuda_backend.h"
 
 #include <cmath>
@@ -28,6 +31,7 @@ void* DevicePool::get(size_t bytes) {
       free_.erase(it);
       cached_ -= sz;
       in_use_ += sz;
+      peak_ = std::max(peak_, in_use_);
       return p;
     }
   }
@@ -44,6 +48,7 @@ void* DevicePool::get(size_t bytes) {
   }
   std::lock_guard<std::mutex> g(mu_);
   in_use_ += sz;
+  peak_ = std::max(peak_, in_use_);
   return p;
 }
 
@@ -258,6 +263,16 @@ Tensor CudaBackend::upload(const Tensor& host) {
 void CudaBackend::download(const Tensor& t, void* host) {
   if (t.nbytes()) DSA_CUDA_CHECK(cudaMemcpy(host, t.data, t.nbytes(), cudaMemcpyDeviceToHost));
   check_errors();
+}
+
+std::string CudaBackend::memory_report() const {
+  size_t free_b = 0, total_b = 0;
+  cudaMemGetInfo(&free_b, &total_b);
+  char buf[256];
+  const double G = 1024.0 * 1024.0 * 1024.0;
+  std::snprintf(buf, sizeof buf, "device memory: %.2f GiB in use (peak %.2f GiB), %.2f GiB cached; GPU %.2f of %.2f GiB used",
+                pool_->in_use() / G, pool_->peak() / G, pool_->cached() / G, (total_b - free_b) / G, total_b / G);
+  return buf;
 }
 
 void CudaBackend::synchronize() {

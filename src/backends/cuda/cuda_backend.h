@@ -22,13 +22,14 @@ class DevicePool {
   void put(void* p, size_t bytes);
   size_t in_use() const { return in_use_; }
   size_t cached() const { return cached_; }
+  size_t peak() const { return peak_; }
   void trim();  // cudaFree every cached block
 
  private:
   static size_t round(size_t bytes);
   std::mutex mu_;
   std::multimap<size_t, void*> free_;
-  size_t in_use_ = 0, cached_ = 0;
+  size_t in_use_ = 0, cached_ = 0, peak_ = 0;
 };
 
 class CudaBackend : public Backend {
@@ -45,6 +46,7 @@ class CudaBackend : public Backend {
   void copy(const Tensor& src, Tensor& dst) override;
   void copy_cols(const Tensor& src, int64_t col0, Tensor& dst) override;
   void synchronize() override;
+  std::string memory_report() const override;
   void prepare_batch(Batch& b) override;
 
   void embed(const Tensor& ids, const Tensor& table, Tensor& out) override;
