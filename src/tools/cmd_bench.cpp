@@ -38,7 +38,15 @@ int run(int argc, char** argv) {
     for (auto& t : toks) t = int32_t(rng() % uint32_t(cfg.vocab_size));
     eng->feed(s, toks);
   }
+  eng->backend().synchronize();
   const double prefill_s = std::chrono::duration<double>(clk::now() - tp).count();
+  std::printf("prefill: %ld x %ld tokens in %.2f s = %.0f tok/s (%s, chunk %ld)\n", long(batch), long(ctx), prefill_s,
+              double(batch * ctx) / prefill_s, tools::attention_label(opt.attention).c_str(), long(opt.prefill_chunk));
+  std::printf("memory: weights %s, KV cache %s for %ld tokens (%s/token over all layers)\n",
+              tools::human_bytes(double(eng->weight_bytes())).c_str(), tools::human_bytes(double(eng->kv().bytes())).c_str(),
+              long(opt.kv_tokens), tools::human_bytes(double(eng->kv().bytes()) / double(opt.kv_tokens)).c_str());
+  if (std::string m = eng->backend().memory_report(); !m.empty()) std::printf("%s (after prefill)\n", m.c_str());
+  std::fflush(stdout);
   double ms[2] = {0, 0};
   const AttentionMode modes[2] = {AttentionMode::Dense, AttentionMode::Sparse};
   for (int m = 0; m < 2; ++m) {
@@ -70,6 +78,7 @@ int run(int argc, char** argv) {
               double(batch) * 1e3 / ms[1]);
   std::printf("  DSA decode is %.2fx %s than dense at context %ld (%.1fx index_topk)\n", ms[0] > ms[1] ? ms[0] / ms[1] : ms[1] / ms[0],
               ms[0] > ms[1] ? "faster" : "SLOWER", long(ctx), double(ctx) / double(cfg.index_topk));
+  if (std::string m = eng->backend().memory_report(); !m.empty()) std::printf("%s (after decode)\n", m.c_str());
   for (auto& s : seqs) s.release(eng->kv());
   return 0;
 }
