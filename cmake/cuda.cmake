@@ -42,7 +42,12 @@ if(DSA_HAVE_CUDA AND DSA_CUDA_SOURCES)
       target_include_directories(dsa_lib PUBLIC "${inc}/cccl")
     endif()
   endforeach()
+  # --default-stream per-thread: launches without a stream go to the per-thread default stream, which
+  # (unlike the legacy stream) can be captured into CUDA graphs (decode steps, cuda_backend.cu).
+  # PUBLIC definition: host code of tests and benches then talks to the same stream.
   target_compile_options(dsa_lib PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20 --expt-relaxed-constexpr -lineinfo -Xcompiler=-fopenmp>)
+  target_compile_options(dsa_lib PUBLIC $<$<COMPILE_LANGUAGE:CUDA>:--default-stream=per-thread>)
+  target_compile_definitions(dsa_lib PUBLIC CUDA_API_PER_THREAD_DEFAULT_STREAM=1)
   target_link_libraries(dsa_lib PUBLIC CUDA::cudart CUDA::cublasLt)
   target_compile_definitions(dsa_lib PUBLIC DSA_HAVE_CUDA=1)
   message(STATUS "dsa: CUDA backend ON (${DSA_CUDA_ARCHS})")

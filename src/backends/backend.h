@@ -101,6 +101,13 @@ class Backend {
   virtual std::string memory_report() const { return ""; }
   // Make the batch's device mirror (no-op on CPU).
   virtual void prepare_batch(Batch& b) {}
+  // Decode-step graphs. Between begin_graph() and end_graph() a backend may record the enqueued ops
+  // instead of running them; end_graph() then runs the recording (CUDA: one graph launch instead of
+  // hundreds of kernel launches). Nothing in between may read device results on the host.
+  // cancel_graph() drops a recording after an exception. No-ops by default.
+  virtual void begin_graph() {}
+  virtual void end_graph() {}
+  virtual void cancel_graph() {}
   // Once per weight at load time: a backend may re-lay out the e4m3 data for its kernels (same
   // values, same arithmetic). The weight is then only valid for this backend's ops.
   virtual void prepare_weight(Fp8Weight& w) {}

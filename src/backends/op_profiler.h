@@ -33,6 +33,7 @@ class OpProfiler : public Backend {
   void synchronize() override { be_->synchronize(); }
   void prepare_batch(Batch& b) override;
   void prepare_weight(Fp8Weight& w) override { be_->prepare_weight(w); }
+  // No graphs while profiling: every op is synchronised on its own.
 
   void embed(const Tensor& ids, const Tensor& table, Tensor& out) override;
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;

@@ -92,6 +92,15 @@ Tensor DeepseekV32::forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionM
     DSA_CHECK(s.end_pos() <= cfg_.max_position_embeddings, "sequence of ", s.end_pos(),
               " tokens is longer than the model's context (max_position_embeddings = ", cfg_.max_position_embeddings, ")");
   be_.prepare_batch(b);
+  // Decode steps (one new token per sequence) are recorded and launched as one graph where the
+  // backend supports it; the recording is dropped if an op throws.
+  struct GraphScope {
+    Backend& be;
+    bool on, done = false;
+    GraphScope(Backend& be_, bool on_) : be(be_), on(on_) { if (on) be.begin_graph(); }
+    void finish() { if (on) be.end_graph(); done = true; }
+    ~GraphScope() { if (on && !done) be.cancel_graph(); }
+  } graph(be_, b.all_single_token());
   const float eps = float(cfg_.rms_norm_eps);
   Tensor h = be_.alloc(DType::BF16, {T, D}), x = be_.alloc(DType::BF16, {T, D}), residual = be_.alloc(DType::BF16, {T, D});
   be_.embed(ids, w_.embed, h);
@@ -130,6 +139,7 @@ Tensor DeepseekV32::forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionM
   }
   Tensor logits = be_.alloc(DType::F32, {NR, cfg_.vocab_size});
   be_.linear_f32(hs, w_.head, logits);
+  graph.finish();
   return logits;
 }
 

@@ -2,12 +2,14 @@
 // (prefill and decode, DSA and dense), the same greedy tokens for 32 steps, and the same
 // short-window perplexity. The shared folder comes from DSA_SHARED_DIR (a copy in .device/shared
 // on the device machine).
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "gpu_util.h"
 #include "io/tokenizer.h"
+#include "backends/cuda/cuda_backend.h"
 #include "runtime/engine.h"
 
 namespace dsa::test {
@@ -123,6 +125,43 @@ TEST(GpuModel, GreedyTokensMatchCpuFor32Steps) {
     EXPECT_LE(gap_c, 4 * rms) << "divergence at token " << i << " is not a near-tie";
     EXPECT_LE(gap_g, 4 * rms) << "divergence at token " << i << " is not a near-tie";
     EXPECT_GE(i, 8u) << "divergence too early";
+  }
+}
+
+// Decode steps run as CUDA graphs (captured, then updated in place step to step) must give exactly
+// the logits of eager launches: same kernels, same arguments, same order.
+TEST(GpuModel, DecodeGraphsMatchEagerBitForBit) {
+  REQUIRE_MINI();
+  Tokenizer tok = Tokenizer::from_dir(mini_dir());
+  const std::vector<int32_t> toks = dev_tokens(tok, 330);  // prompt 300 > index_topk: the indexer selects
+  for (auto mode : {AttentionMode::Sparse, AttentionMode::Dense}) {
+    SCOPED_TRACE(mode == AttentionMode::Sparse ? "sparse" : "dense");
+    EngineOptions o;
+    o.device = "cuda";
+    o.attention = mode;
+    o.kv_tokens = 1024;
+    auto eg = Engine::load(mini_dir(), o), ee = Engine::load(mini_dir(), o);
+    auto* bg = dynamic_cast<cuda::CudaBackend*>(&eg->backend());
+    auto* bn = dynamic_cast<cuda::CudaBackend*>(&ee->backend());
+    if (!bg || !bn) GTEST_SKIP() << "backend is wrapped (DSA_PROFILE_OPS?)";
+    bg->set_graphs(true);
+    bn->set_graphs(false);
+    Sequence sg, se;
+    std::vector<int32_t> prompt(toks.begin(), toks.begin() + 300);
+    auto lg = eg->feed(sg, prompt);
+    auto le = ee->feed(se, prompt);
+    ASSERT_EQ(lg, le) << "prefill (never graphed) differs";
+    for (size_t i = 300; i < toks.size(); ++i) {
+      lg = eg->feed(sg, {toks[i]});
+      le = ee->feed(se, {toks[i]});
+      ASSERT_EQ(lg.size(), le.size());
+      ASSERT_TRUE(std::memcmp(lg.data(), le.data(), lg.size() * sizeof(float)) == 0) << "decode step " << i - 300;
+    }
+    const auto& st = bg->graph_stats();
+    std::printf("[ graphs %s ] 30 decode steps: %ld captured, %ld updated in place, %ld instantiated\n",
+                mode == AttentionMode::Sparse ? "dsa" : "dense", long(st.captured), long(st.updated), long(st.instantiated));
+    EXPECT_GE(st.captured, 25);  // all but the eager warm-up steps
+    EXPECT_EQ(bn->graph_stats().captured, 0);
   }
 }
 

@@ -2,6 +2,7 @@
 // The linears, MLA, indexer, top-k and MoE live in gemm/, mla/, indexer/, topk/ and moe/.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
 
@@ -220,10 +221,73 @@ CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
   sms_ = prop.multiProcessorCount;
   DSA_CUDA_CHECK(cudaMalloc(&err_, sizeof(int)));
   DSA_CUDA_CHECK(cudaMemset(err_, 0, sizeof(int)));
+  if (const char* g = std::getenv("DSA_CUDA_GRAPHS")) graphs_on_ = !(g[0] == '0' && g[1] == 0);
+}
+
+// ---- decode-step graphs ------------------------------------------------------------------------
+// All work goes to the per-thread default stream (built with --default-stream per-thread), which can
+// be captured. A decode step is captured, then launched once: it replaces ~60 launches per layer by
+// one graph launch. The executable graph is kept and updated in place (cudaGraphExecUpdate) while
+// the step's topology is unchanged — only kernel arguments and grid sizes move from step to step
+// (positions, context lengths) — and re-instantiated otherwise. Because each recording runs exactly
+// once, right after it is made, its temporaries follow the same stream-ordered reuse as eager ops.
+void CudaBackend::begin_graph() {
+  if (!graphs_on_ || capturing_) return;
+  if (graph_warmup_ < 2) {  // the first decode steps run eagerly: one-time uploads (expert tables) happen there
+    ++graph_warmup_;
+    return;
+  }
+  DSA_CUDA_CHECK(cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeRelaxed));
+  capturing_ = true;
+}
+
+void CudaBackend::cancel_graph() {
+  if (!capturing_) return;
+  capturing_ = false;
+  cudaGraph_t g = nullptr;
+  cudaStreamEndCapture(cudaStreamPerThread, &g);
+  if (g) cudaGraphDestroy(g);
+  cudaGetLastError();
+}
+
+void CudaBackend::end_graph() {
+  if (!capturing_) return;
+  capturing_ = false;
+  cudaGraph_t g = nullptr;
+  const cudaError_t e = cudaStreamEndCapture(cudaStreamPerThread, &g);
+  if (e != cudaSuccess || !g) {
+    cudaGetLastError();
+    graphs_on_ = false;  // later steps run eagerly; this one's work was recorded, not run
+    fail("CUDA graph capture of a decode step failed (", cudaGetErrorString(e),
+         "); graphs are now off for this backend (DSA_CUDA_GRAPHS=0 avoids them)");
+  }
+  ++gstats_.captured;
+  bool ok = false;
+  if (graph_exec_) {
+    cudaGraphExecUpdateResultInfo info{};
+    ok = cudaGraphExecUpdate(graph_exec_, g, &info) == cudaSuccess;
+    if (ok) ++gstats_.updated;
+    else {
+      cudaGetLastError();
+      cudaGraphExecDestroy(graph_exec_);
+      graph_exec_ = nullptr;
+    }
+  }
+  if (!ok) {
+    const cudaError_t ie = cudaGraphInstantiate(&graph_exec_, g, 0);
+    cudaGraphDestroy(g);
+    DSA_CUDA_CHECK(ie);
+    ++gstats_.instantiated;
+  } else {
+    cudaGraphDestroy(g);
+  }
+  DSA_CUDA_CHECK(cudaGraphLaunch(graph_exec_, cudaStreamPerThread));
 }
 
 CudaBackend::~CudaBackend() {
+  cancel_graph();
   cudaDeviceSynchronize();
+  if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
   expert_tables_.clear();
   if (err_) cudaFree(err_);
 }

@@ -48,6 +48,13 @@ class CudaBackend : public Backend {
   void synchronize() override;
   std::string memory_report() const override;
   void prepare_batch(Batch& b) override;
+  void begin_graph() override;
+  void end_graph() override;
+  void cancel_graph() override;
+  // CUDA graphs for decode steps (DSA_CUDA_GRAPHS=0 turns them off); counters for tests and benches.
+  void set_graphs(bool on) { graphs_on_ = on; }
+  struct GraphStats { int64_t captured = 0, updated = 0, instantiated = 0; };
+  const GraphStats& graph_stats() const { return gstats_; }
 
   void embed(const Tensor& ids, const Tensor& table, Tensor& out) override;
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;
@@ -105,6 +112,10 @@ class CudaBackend : public Backend {
   int* err_ = nullptr;
   int sms_ = 0;
   int64_t score_tile_floats_ = int64_t(64) << 20;  // 256 MiB of fp32 scores at most
+  bool graphs_on_ = true, capturing_ = false;
+  int graph_warmup_ = 0;           // eager decode steps seen (first-use uploads happen there)
+  cudaGraphExec_t graph_exec_ = nullptr;
+  GraphStats gstats_;
   std::map<const void*, std::pair<std::vector<const void*>, Tensor>> expert_tables_;  // grouped-GEMM weight tables
  public:
   const Tensor& expert_table(const std::vector<MlpWeights>& experts);
