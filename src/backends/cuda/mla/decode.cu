@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/mla/decode.h"
@@ -27,7 +28,12 @@
 namespace dsa::cuda {
 
 MqaTuning& mqa_tuning() {
-  static MqaTuning t;
+  static MqaTuning t = [] {
+    MqaTuning d;
+    if (const char* e = std::getenv("DSA_CUDA_MQA_PATH")) d.path = std::atoi(e);
+    if (const char* e = std::getenv("DSA_CUDA_MQA_SPLITS")) d.force_splits = std::atoi(e);
+    return d;
+  }();
   return t;
 }
 
