@@ -104,6 +104,7 @@ struct Cfg {
   int path, splits;
   int64_t max_scratch;
   const char* name;
+  int ksplit = 2;
 };
 
 // CPU reference vs every GPU path; returns nothing, reports through gtest.
@@ -124,6 +125,8 @@ void check_all(Both& be, MlaCase& st, const Tensor* topk, int64_t H, const std::
       {1, 3, 512 << 20, "stored 3 splits"},
       {1, 64, 512 << 20, "stored max splits"},
       {1, 2, H * std::max<int64_t>(KP, 64 * 20) * 2 * 2, "stored 2 splits, token chunks"},
+      {1, 1, 512 << 20, "stored 1 split, 8-warp scores", 1},
+      {1, 0, 512 << 20, "stored auto-split, 8-warp scores", 1},
       {2, 1, 512 << 20, "two-pass 1 split"},
       {2, 0, 512 << 20, "two-pass auto-split"},
   };
@@ -133,6 +136,7 @@ void check_all(Both& be, MlaCase& st, const Tensor* topk, int64_t H, const std::
     cuda::mqa_tuning().path = c.path;
     cuda::mqa_tuning().force_splits = c.splits;
     cuda::mqa_tuning().max_scratch = c.max_scratch;
+    cuda::mqa_tuning().score_ksplit = c.ksplit;
     Tensor og = be.poisoned(DType::BF16, {T, H, 512});
     be.gpu.attention_mqa(dql, dqp, st.dkv, st.b, topk ? &dtk : nullptr, scale, og);
     Tensor g = be.down(og);
@@ -235,12 +239,13 @@ TEST(GpuMla, OneCandidateIsTheRowEmptyIsZero) {
         ASSERT_EQ(bf16_to_f32(oc.ptr<uint16_t>()[(t * H) * 512 + i]), want) << "CPU reference t=" << t << " i=" << i;
       }
     }
+    Tensor dtk = be.up(topk);
     for (int path : {1, 2}) {
       cuda::mqa_tuning().path = path;
       for (int splits : {0, 1, 2}) {
         cuda::mqa_tuning().force_splits = splits;
         Tensor og = be.poisoned(DType::BF16, {T, H, 512});
-        be.gpu.attention_mqa(be.up(ql), be.up(qp), st.dkv, b, &topk, 0.1f, og);
+        be.gpu.attention_mqa(be.up(ql), be.up(qp), st.dkv, b, &dtk, 0.1f, og);
         SCOPED_TRACE("H=" + std::to_string(H) + " path=" + std::to_string(path) + " splits=" + std::to_string(splits));
         expect_same_bytes(be.down(og), oc, "one candidate / none");
       }

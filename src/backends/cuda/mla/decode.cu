@@ -32,6 +32,7 @@ MqaTuning& mqa_tuning() {
     MqaTuning d;
     if (const char* e = std::getenv("DSA_CUDA_MQA_PATH")) d.path = std::atoi(e);
     if (const char* e = std::getenv("DSA_CUDA_MQA_SPLITS")) d.force_splits = std::atoi(e);
+    if (const char* e = std::getenv("DSA_CUDA_MQA_KSPLIT")) d.score_ksplit = std::atoi(e);
     return d;
   }();
   return t;
@@ -51,7 +52,10 @@ constexpr int RAW_A = int(kMlaTokenBytes);  // 656 = 41 x 16 B: latent, scales, 
 constexpr int RAW_B = int(kMlaLatent) + 16; // 528 = 33 x 16 B: latent, scales
 constexpr uint16_t kNegInfBf = 0xff80;
 
-constexpr size_t kSmemA = size_t(TM + TN) * QLD * 2 + size_t(TN) * RAW_A + size_t(TM) * PLD * 2 + 2 * TN * 8 + 4 * TM * 4;
+constexpr size_t smem_a(int ksplit) {
+  return size_t(TM + TN) * QLD * 2 + size_t(TN) * RAW_A + size_t(TM) * PLD * 2 + 2 * TN * 8 + 4 * TM * 4 +
+         (ksplit > 1 ? 8 * 32 * 16 * 4 : 0);
+}
 constexpr size_t kSmemB = size_t(TN) * VLD * 2 + 2 * size_t(TN) * RAW_B + size_t(TM) * PLD * 2 + 2 * TM * 4 + 3 * TN * 8;
 
 struct DecP {
@@ -120,8 +124,12 @@ __device__ __forceinline__ void stat_merge(float& m, float& s, float m2, float s
 }
 
 // ---- kernel A: scores + per-split statistics ----------------------------------------------
-// Warp w: heads 16 (w % 4).., candidates 32 (w / 4).. of each 64 x 64 score tile.
-__global__ void __launch_bounds__(256, 1) mqa_score_kernel(DecP p) {
+// Warp w: heads 16 (w % 4).., candidates 32 (w / 4 % 2).. of each 64 x 64 score tile. KS = 2: 16 warps,
+// warps 0-7 multiply latent dims 0..287, warps 8-15 dims 288..511 and the RoPE part (18 k-steps each);
+// the first half hands its fp32 partial sums over through shared memory.
+template <int KS>
+__global__ void __launch_bounds__(256 * KS, 1) mqa_score_kernel(DecP p) {
+  constexpr int NT = 256 * KS;
   extern __shared__ __align__(16) uint8_t smraw[];
   uint16_t* qs = reinterpret_cast<uint16_t*>(smraw);  // [TM][QLD]
   uint16_t* ks = qs + TM * QLD;                       // [TN][QLD]
@@ -130,12 +138,13 @@ __global__ void __launch_bounds__(256, 1) mqa_score_kernel(DecP p) {
   int64_t* slots = reinterpret_cast<int64_t*>(ss + TM * PLD);    // [2][TN]
   float* redm = reinterpret_cast<float*>(slots + 2 * TN);        // [2][TM]
   float* reds = redm + 2 * TM;                                   // [2][TM]
+  float4* kred = reinterpret_cast<float4*>(reds + 2 * TM);       // KS = 2: [8 warps][4][32 lanes]
   const int t = blockIdx.x, h0 = blockIdx.y * TM, split = blockIdx.z, tid = threadIdx.x;
   const int warp = tid / 32, lane = tid % 32, gid = lane / 4, tq = lane % 4;
   const int posn = p.pos[t];
   const int64_t n = p.topk ? p.K : int64_t(posn) + 1;
   const int64_t c_begin = int64_t(split) * p.tiles_per * TN, c_end = min(n, c_begin + int64_t(p.tiles_per) * TN);
-  for (int i = tid; i < TM * 72; i += 256) {  // Q: 72 x 16 bytes per head row
+  for (int i = tid; i < TM * 72; i += NT) {  // Q: 72 x 16 bytes per head row
     const int h = i / 72, c = i % 72;
     uint16_t* dst = qs + h * QLD + c * 8;
     if (h0 + h < p.H) {
@@ -146,7 +155,7 @@ __global__ void __launch_bounds__(256, 1) mqa_score_kernel(DecP p) {
     }
   }
   auto gather = [&](const int64_t* sl) {
-    for (int i = tid; i < TN * (RAW_A / 16); i += 256) {
+    for (int i = tid; i < TN * (RAW_A / 16); i += NT) {
       const int r = i / (RAW_A / 16), c = i - r * (RAW_A / 16);
       const int64_t s = sl[r];
       if (s >= 0) cp16(raw + r * RAW_A + c * 16, p.cache + s * kMlaTokenBytes + c * 16);
@@ -156,7 +165,9 @@ __global__ void __launch_bounds__(256, 1) mqa_score_kernel(DecP p) {
   __syncthreads();
   if (c_begin < c_end) gather(slots);
   cp_commit();
-  const int wh = (warp % 4) * 16, wk = (warp / 4) * 32;
+  const int ws = warp / 8, w8 = warp % 8;  // k-set, warp within the set
+  const int wh = (w8 % 4) * 16, wk = (w8 / 4) * 32;
+  const bool last = ws == KS - 1;          // this warp finishes the scores
   float m0 = -INFINITY, s0 = 0.f, m1 = -INFINITY, s1 = 0.f;  // rows gid, gid + 8 of this warp
   int cur = 0;
   for (int64_t c0 = c_begin; c0 < c_end; c0 += TN, cur ^= 1) {
@@ -165,7 +176,7 @@ __global__ void __launch_bounds__(256, 1) mqa_score_kernel(DecP p) {
     {  // dequantise: 64 rows x 32 chunks of 16 latents, then 64 rows x 8 chunks of RoPE
       const int64_t* sl = slots + cur * TN;
 #pragma unroll 2
-      for (int i = tid; i < TN * 32; i += 256) {
+      for (int i = tid; i < TN * 32; i += NT) {
         const int r = i / 32, c = i % 32;
         uint16_t* dst = ks + r * QLD + c * 16;
         if (sl[r] >= 0) {
@@ -176,7 +187,7 @@ __global__ void __launch_bounds__(256, 1) mqa_score_kernel(DecP p) {
           reinterpret_cast<uint4*>(dst)[1] = make_uint4(0, 0, 0, 0);
         }
       }
-      for (int i = tid; i < TN * 8; i += 256) {
+      for (int i = tid; i < TN * 8; i += NT) {
         const int r = i / 8, c = i % 8;
         *reinterpret_cast<uint4*>(ks + r * QLD + 512 + c * 8) =
             sl[r] >= 0 ? *reinterpret_cast<const uint4*>(raw + r * RAW_A + kRopeOff + c * 16) : make_uint4(0, 0, 0, 0);
@@ -191,8 +202,9 @@ __global__ void __launch_bounds__(256, 1) mqa_score_kernel(DecP p) {
     {
       const uint16_t* qa = qs + (wh + lane % 16) * QLD + (lane / 16) * 8;
       const uint16_t* kb = ks + (wk + lane % 8 + 8 * (lane / 16)) * QLD + ((lane / 8) % 2) * 8;
-#pragma unroll 4
-      for (int kk = 0; kk < 32; ++kk) {
+      const int klo = KS == 1 ? 0 : (ws == 0 ? 0 : 18), khi = KS == 1 ? 32 : (ws == 0 ? 18 : 32);
+#pragma unroll 2
+      for (int kk = klo; kk < khi; ++kk) {
         uint32_t a[4], b[4], b2[4];
         ldsm4(a, qa + kk * 16);
         ldsm4(b, kb + kk * 16);
@@ -203,7 +215,7 @@ __global__ void __launch_bounds__(256, 1) mqa_score_kernel(DecP p) {
         mma16816(cl[3], a, b2[2], b2[3]);
       }
 #pragma unroll
-      for (int kk = 32; kk < 36; ++kk) {
+      for (int kk = 32; kk < (last ? 36 : 32); ++kk) {
         uint32_t a[4], b[4], b2[4];
         ldsm4(a, qa + kk * 16);
         ldsm4(b, kb + kk * 16);
@@ -214,7 +226,20 @@ __global__ void __launch_bounds__(256, 1) mqa_score_kernel(DecP p) {
         mma16816(cr[3], a, b2[2], b2[3]);
       }
     }
+    if (KS == 2) {  // hand the latent partial sums of dims 0..287 to the warps of dims 288..
+      if (!last)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) kred[(w8 * 4 + nt) * 32 + lane] = make_float4(cl[nt][0], cl[nt][1], cl[nt][2], cl[nt][3]);
+      __syncthreads();
+      if (last)
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          const float4 o = kred[(w8 * 4 + nt) * 32 + lane];
+          cl[nt][0] = o.x + cl[nt][0]; cl[nt][1] = o.y + cl[nt][1]; cl[nt][2] = o.z + cl[nt][2]; cl[nt][3] = o.w + cl[nt][3];
+        }
+    }
     // Exact rounding steps of the reference, online (max, sum) per row, bf16 scores to ss.
+    if (last)
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
@@ -241,7 +266,7 @@ __global__ void __launch_bounds__(256, 1) mqa_score_kernel(DecP p) {
         *reinterpret_cast<uint32_t*>(ss + row * PLD + key) = pair;
       }
     __syncthreads();  // the score tile is complete
-    for (int i = tid; i < TM * 8; i += 256) {  // 64 heads x 8 chunks of 8 scores, coalesced
+    for (int i = tid; i < TM * 8; i += NT) {  // 64 heads x 8 chunks of 8 scores, coalesced
       const int h = i / 8, c = i % 8;
       if (h0 + h < p.H)
         *reinterpret_cast<uint4*>(p.S + (int64_t(t) * p.H + h0 + h) * p.KP + c0 + c * 8) =
@@ -257,11 +282,11 @@ __global__ void __launch_bounds__(256, 1) mqa_score_kernel(DecP p) {
     stat_merge(m1, s1, mo1, so1);
   }
   __syncthreads();
-  if (tq == 0) {
-    redm[(warp / 4) * TM + wh + gid] = m0;
-    reds[(warp / 4) * TM + wh + gid] = s0;
-    redm[(warp / 4) * TM + wh + gid + 8] = m1;
-    reds[(warp / 4) * TM + wh + gid + 8] = s1;
+  if (tq == 0 && last) {
+    redm[(w8 / 4) * TM + wh + gid] = m0;
+    reds[(w8 / 4) * TM + wh + gid] = s0;
+    redm[(w8 / 4) * TM + wh + gid + 8] = m1;
+    reds[(w8 / 4) * TM + wh + gid + 8] = s1;
   }
   __syncthreads();
   if (tid < TM && h0 + tid < p.H) {
@@ -274,8 +299,9 @@ __global__ void __launch_bounds__(256, 1) mqa_score_kernel(DecP p) {
 }
 
 // ---- kernel B: P = bf16(exp(s - m) / l), O += P.V -----------------------------------------
-// Warp w: all 64 heads x latent dims 64w..64w+63 (4 x 8 mma tiles, 128 fp32 accumulators).
-__global__ void __launch_bounds__(256, 1) mqa_pv_kernel(DecP p) {
+// 16 warps; warp w: all 64 heads x latent dims 32w..32w+31 (4 x 4 mma tiles, 64 fp32 accumulators).
+constexpr int kPvThreads = 512;
+__global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
   extern __shared__ __align__(16) uint8_t smraw[];
   uint16_t* vs = reinterpret_cast<uint16_t*>(smraw);                // [TN][VLD]
   uint8_t* raw = reinterpret_cast<uint8_t*>(vs + TN * VLD);         // [2][TN][528]
@@ -305,7 +331,7 @@ __global__ void __launch_bounds__(256, 1) mqa_pv_kernel(DecP p) {
   }
   __syncthreads();
   auto gather = [&](int buf, const int64_t* sl) {
-    for (int i = tid; i < TN * (RAW_B / 16); i += 256) {
+    for (int i = tid; i < TN * (RAW_B / 16); i += kPvThreads) {
       const int r = i / (RAW_B / 16), c = i - r * (RAW_B / 16);
       const int64_t s = sl[r];
       if (s >= 0) cp16(raw + (buf * TN + r) * RAW_B + c * 16, p.cache + s * kMlaTokenBytes + c * 16);
@@ -315,16 +341,16 @@ __global__ void __launch_bounds__(256, 1) mqa_pv_kernel(DecP p) {
   cp_commit();
   if (c_begin + TN < c_end) gather(1, slots + TN);
   cp_commit();
-  float acc[4][8][4] = {};
-  const int wd = warp * 64;
-  // this thread's score chunks: heads sh and sh + 32, candidates 8 sc .. 8 sc + 7
+  float acc[4][4][4] = {};
+  const int wd = warp * 32;
+  // this thread's score chunk: head sh, candidates sc8 .. sc8 + 7
   const int sh = tid / 8, sc8 = (tid % 8) * 8;
   int j = 0;
   for (int64_t c0 = c_begin; c0 < c_end; c0 += TN, ++j) {
-    uint4 sv[2];
+    uint4 sv[1];
 #pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const int h = sh + 32 * u;
+    for (int u = 0; u < 1; ++u) {
+      const int h = sh;
       sv[u] = make_uint4(0xff80ff80u, 0xff80ff80u, 0xff80ff80u, 0xff80ff80u);
       if (h0 + h < p.H) sv[u] = *reinterpret_cast<const uint4*>(p.S + (int64_t(t) * p.H + h0 + h) * p.KP + c0 + sc8);
     }
@@ -334,7 +360,7 @@ __global__ void __launch_bounds__(256, 1) mqa_pv_kernel(DecP p) {
       const int64_t* sl = slots + (j % 3) * TN;
       const uint8_t* rb = raw + (j & 1) * TN * RAW_B;
 #pragma unroll 2
-      for (int i = tid; i < TN * 32; i += 256) {
+      for (int i = tid; i < TN * 32; i += kPvThreads) {
         const int r = i / 32, c = i % 32;
         uint16_t* dst = vs + r * VLD + c * 16;
         if (sl[r] >= 0) {
@@ -346,8 +372,8 @@ __global__ void __launch_bounds__(256, 1) mqa_pv_kernel(DecP p) {
         }
       }
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int h = sh + 32 * u;
+      for (int u = 0; u < 1; ++u) {
+        const int h = sh;
         const float M = rowM[h], I = rowI[h];
         const uint32_t w[4] = {sv[u].x, sv[u].y, sv[u].z, sv[u].w};
         uint32_t o[4];
@@ -379,7 +405,7 @@ __global__ void __launch_bounds__(256, 1) mqa_pv_kernel(DecP p) {
 #pragma unroll
         for (int mt = 0; mt < 4; ++mt) ldsm4(a[mt], pa + mt * 16 * PLD + kk * 16);
 #pragma unroll
-        for (int np = 0; np < 4; ++np) {
+        for (int np = 0; np < 2; ++np) {
           uint32_t b[4];
           ldsm4t(b, vb + kk * 16 * VLD + np * 16);
 #pragma unroll
@@ -399,7 +425,7 @@ __global__ void __launch_bounds__(256, 1) mqa_pv_kernel(DecP p) {
       const int h = h0 + mt * 16 + gid + 8 * hf;
       if (h >= p.H) continue;
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
+      for (int nt = 0; nt < 4; ++nt) {
         const int d = wd + nt * 8 + 2 * tq;
         const float x0 = acc[mt][nt][2 * hf], x1 = acc[mt][nt][2 * hf + 1];
         if (p.NS == 1) {
@@ -438,7 +464,8 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
   const MqaTuning& tun = mqa_tuning();
   static bool attr = false;
   if (!attr) {
-    DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemA)));
+    DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_score_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_a(1))));
+    DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_score_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_a(2))));
     DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_pv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemB)));
     attr = true;
   }
@@ -464,9 +491,10 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     p.S = S.ptr<uint16_t>(); p.ms = ms.ptr<float>(); p.part = NS > 1 ? part.ptr<float>() : nullptr;
     p.out = out_lat.ptr<uint16_t>() + t0 * H * 512; p.err = be.err_flag();
     const dim3 grid{unsigned(Tc), unsigned(HG), unsigned(NS)};
-    mqa_score_kernel<<<grid, 256, kSmemA>>>(p);
+    if (tun.score_ksplit == 1) mqa_score_kernel<1><<<grid, 256, smem_a(1)>>>(p);
+    else mqa_score_kernel<2><<<grid, 512, smem_a(2)>>>(p);
     DSA_LAUNCH_CHECK();
-    mqa_pv_kernel<<<grid, 256, kSmemB>>>(p);
+    mqa_pv_kernel<<<grid, kPvThreads, kSmemB>>>(p);
     DSA_LAUNCH_CHECK();
     if (NS > 1) {
       mqa_split_sum_kernel<<<cdiv(Tc * H * 128, 256), 256>>>(p.part, Tc * H, int(NS), p.out);
