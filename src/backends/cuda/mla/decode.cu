@@ -33,6 +33,7 @@ MqaTuning& mqa_tuning() {
     if (const char* e = std::getenv("DSA_CUDA_MQA_PATH")) d.path = std::atoi(e);
     if (const char* e = std::getenv("DSA_CUDA_MQA_SPLITS")) d.force_splits = std::atoi(e);
     if (const char* e = std::getenv("DSA_CUDA_MQA_KSPLIT")) d.score_ksplit = std::atoi(e);
+    if (const char* e = std::getenv("DSA_CUDA_MQA_SCORES_ONLY")) d.scores_only = std::atoi(e) != 0;
     return d;
   }();
   return t;
@@ -494,6 +495,7 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     if (tun.score_ksplit == 1) mqa_score_kernel<1><<<grid, 256, smem_a(1)>>>(p);
     else mqa_score_kernel<2><<<grid, 512, smem_a(2)>>>(p);
     DSA_LAUNCH_CHECK();
+    if (tun.scores_only) continue;  // profiling only: the output is not written
     mqa_pv_kernel<<<grid, kPvThreads, kSmemB>>>(p);
     DSA_LAUNCH_CHECK();
     if (NS > 1) {
