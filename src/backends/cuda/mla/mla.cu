@@ -9,8 +9,12 @@
 #include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/mla/decode.h"
 
 namespace dsa::cuda {
+
+void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe, const KvLayer& cache,
+                       const DevBatch& d, const Tensor* topk, float scale, Tensor& out_lat);  // decode.cu
 
 namespace {
 
@@ -93,7 +97,9 @@ __device__ __forceinline__ int64_t mqa_slot(const MqaP& p, int t, int64_t i, int
   } else {
     idx = int(i);
   }
-  return slot_of(p.bt, p.mb, p.tseq[t], idx);
+  const int64_t s = slot_of(p.bt, p.mb, p.tseq[t], idx);
+  if (s < 0) atomicOr(p.err, kErrBlock);
+  return s;
 }
 
 template <int PASS>
@@ -533,12 +539,18 @@ void CudaBackend::attention_mqa(const Tensor& q_lat, const Tensor& q_pe, const K
   if (T == 0) return;
   if (topk) DSA_CHECK(topk->dim(0) == T, "top-k rows ", topk->dim(0), " != batch tokens ", T);
   const DevBatch& d = dev(b);
+  const int path = use_simple_mqa() ? 3 : mqa_tuning().path;
+  if (path == 0 || path == 1) {  // stored scores, no recompute (decode.cu)
+    mqa_decode_stored(*this, q_lat, q_pe, cache, d, topk, scale, out_lat);
+    return;
+  }
   const int64_t n_max = topk ? topk->dim(1) : int64_t(d.max_end);
-  const bool mma = !use_simple_mqa();
+  const bool mma = path != 3;
   const int64_t hb = mma ? MH : HB;
   const int64_t HG = (H + hb - 1) / hb;
   // Splits: enough blocks to fill the GPU twice over, at least 64 candidates per split.
   int64_t NS = std::max<int64_t>(1, (2 * sms_ + T * HG - 1) / (T * HG));
+  if (mqa_tuning().force_splits > 0) NS = mqa_tuning().force_splits;
   NS = std::min<int64_t>(NS, std::max<int64_t>(1, n_max / 64));  // at least one 64-candidate chunk per split
   NS = std::min<int64_t>(NS, 64);
   Tensor ms = alloc(DType::F32, {T, H, NS, 2}), stat = alloc(DType::F32, {T, H, 2});
