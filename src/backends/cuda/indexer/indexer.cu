@@ -272,7 +272,7 @@ size_t score_mma_smem(int Hi) {
 // and no conversions, but Hopper's FP8 tensor cores accumulate with fewer than fp32's mantissa bits
 // (DeepSeek-V3 report §3.3.2), so each mma starts from zero and its 32-term partial is added in
 // fp32; the partial itself may still be truncated, hence opt-in.
-constexpr int PS_STAGES = 4;
+constexpr int PS_STAGES = 3;
 constexpr int PS_UNIT = 32;                              // keys per unit
 constexpr int PS_STAGE_BYTES = PS_UNIT * 128 + PS_UNIT * 4;  // keys (swizzled rows) + scales
 constexpr int PS_WARPS = 4;
@@ -323,7 +323,7 @@ __device__ __forceinline__ void mma_e4m3_add(float (&c)[4], uint32_t a0, uint32_
 __device__ __forceinline__ int sub_word_off(int tq, int j) { return (j < 4 ? 16 * tq : 64 + 16 * tq) + 4 * (j & 3); }
 
 template <int NQ>
-__global__ void __launch_bounds__(PS_WARPS * 32) indexer_score_pipe_kernel(PScoreP p) {
+__global__ void __launch_bounds__(PS_WARPS * 32, NQ == 1 ? 3 : 2) indexer_score_pipe_kernel(PScoreP p) {
   extern __shared__ __align__(16) uint8_t smraw[];
   // q operands: f16 layout [NQ][8 nt][4 s][32 lanes] uint4, or e4m3 layout [NQ][8 nt][2 sp][32] uint4
   uint4* qs = reinterpret_cast<uint4*>(smraw);
@@ -359,32 +359,40 @@ __global__ void __launch_bounds__(PS_WARPS * 32) indexer_score_pipe_kernel(PScor
   constexpr bool fp8 = false;
 #endif
   // q (and weights) of the group into shared memory in fragment order; heads >= Hi are zero.
-  for (int e = tid; e < NQ * 8 * 4 * 32; e += blockDim.x) {
+  // All global loads of a thread are issued before the first conversion (one latency, not 8).
+  constexpr int QE = 8 * 4 * 32 / (PS_WARPS * 32);  // per query
+#pragma unroll 1
+  for (int qh = 0; qh < NQ; ++qh) {
+  uint4 raw[QE];
+#pragma unroll
+  for (int j = 0; j < QE; ++j) {
+    const int e = tid + (qh * QE + j) * PS_WARPS * 32;
     const int qi = e / 1024, nt = (e / 128) % 8, s4 = (e / 32) % 4, ln = e % 32;
     const int h = nt * 8 + ln / 4, lq = ln % 4;
-    uint4 v = make_uint4(0, 0, 0, 0);
+    raw[j] = make_uint4(0, 0, 0, 0);
     if (qi < nq && h < p.Hi) {
       const uint8_t* qr = p.q + ((tfirst + qi) * p.Hi + h) * 128;
       if (fp8) {
-        if (s4 < 2) {
-          const int sp = s4;  // words 4sp..4sp+3 of the subset
-          v.x = *reinterpret_cast<const uint32_t*>(qr + sub_word_off(lq, 4 * sp + 0));
-          v.y = *reinterpret_cast<const uint32_t*>(qr + sub_word_off(lq, 4 * sp + 1));
-          v.z = *reinterpret_cast<const uint32_t*>(qr + sub_word_off(lq, 4 * sp + 2));
-          v.w = *reinterpret_cast<const uint32_t*>(qr + sub_word_off(lq, 4 * sp + 3));
-        }
+        if (s4 < 2) raw[j] = *reinterpret_cast<const uint4*>(qr + sub_word_off(lq, 4 * s4));  // words 4sp..4sp+3
       } else {
-        const uint32_t w0 = *reinterpret_cast<const uint32_t*>(qr + sub_word_off(lq, 2 * s4));
-        const uint32_t w1 = *reinterpret_cast<const uint32_t*>(qr + sub_word_off(lq, 2 * s4 + 1));
-        v.x = e4m3x2_to_f16x2(uint16_t(w0)); v.y = e4m3x2_to_f16x2(uint16_t(w0 >> 16));
-        v.z = e4m3x2_to_f16x2(uint16_t(w1)); v.w = e4m3x2_to_f16x2(uint16_t(w1 >> 16));
+        const uint2 v = *reinterpret_cast<const uint2*>(qr + sub_word_off(lq, 2 * s4));       // words 2s4, 2s4+1
+        raw[j].x = v.x;
+        raw[j].y = v.y;
       }
     }
+  }
+#pragma unroll
+  for (int j = 0; j < QE; ++j) {
+    const int e = tid + (qh * QE + j) * PS_WARPS * 32;
+    const int qi = e / 1024, nt = (e / 128) % 8, s4 = (e / 32) % 4, ln = e % 32;
     if (fp8) {
-      if (s4 < 2) qs[((qi * 8 + nt) * 2 + s4) * 32 + ln] = v;
+      if (s4 < 2) qs[((qi * 8 + nt) * 2 + s4) * 32 + ln] = raw[j];
     } else {
-      qs[e] = v;
+      const uint32_t w0 = raw[j].x, w1 = raw[j].y;
+      qs[e] = make_uint4(e4m3x2_to_f16x2(uint16_t(w0)), e4m3x2_to_f16x2(uint16_t(w0 >> 16)),
+                         e4m3x2_to_f16x2(uint16_t(w1)), e4m3x2_to_f16x2(uint16_t(w1 >> 16)));
     }
+  }
   }
   for (int e = tid; e < NQ * 64; e += blockDim.x) {
     const int qi = e / 64, h = e % 64;
@@ -521,10 +529,13 @@ __global__ void __launch_bounds__(PS_WARPS * 32) indexer_score_pipe_kernel(PScor
 
 size_t pipe_smem(int nq) { return size_t(nq) * (8 * 4 * 32 * 16 + 64 * 4) + size_t(PS_WARPS) * PS_STAGES * PS_STAGE_BYTES; }
 
+// DSA_CUDA_INDEXER_FP8=1 / =0 force the e4m3 / f16 operands; unset: kFp8Default.
+constexpr bool kFp8Default = false;
 bool use_fp8_indexer() {
   static const bool on = [] {
     const char* e = std::getenv("DSA_CUDA_INDEXER_FP8");
-    return e && *e && *e != '0';
+    if (!e || !*e) return kFp8Default;
+    return *e != '0';
   }();
   return on;
 }
@@ -573,7 +584,7 @@ void launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms, int
     const int64_t slots = int64_t(nq == 2 ? pipe_occupancy<2>() : pipe_occupancy<1>()) * sms;
     const int64_t nunits = max_nblk * (kKvBlock / PS_UNIT);
     int64_t gx = std::max<int64_t>(1, slots / groups);
-    gx = std::max<int64_t>(1, std::min<int64_t>(gx, nunits / (PS_WARPS * 4)));  // >= 4 units per warp
+    gx = std::max<int64_t>(1, std::min<int64_t>(gx, nunits / (PS_WARPS * 2)));  // >= 2 units per warp
     q.gx = int(gx);
     if (nq == 2)
       indexer_score_pipe_kernel<2><<<dim3(unsigned(gx), unsigned(groups)), PS_WARPS * 32, pipe_smem(2)>>>(q);

@@ -5,12 +5,14 @@
 // in ascending order; ties at the threshold go to the lower positions. Rows with n <= k give
 // 0..n-1 then -1.
 // Long rows (> 8192) take a multi-CTA path: (1) every CTA of a row adds the 4096-bin histogram of
-// the top 12 key bits of its chunk into the row's global histogram; (2) every CTA finds the bin of
-// the k-th largest key from that histogram and appends the keys and positions of its chunk at or
-// above that bin (ascending positions) to the row's candidate list (a slot range reserved with one
-// atomic per CTA; the per-chunk ranges are recorded); (3) one CTA per row re-orders the chunks'
-// ranges by chunk, so the candidates are in ascending position order, and selects the k largest
-// among them in shared memory with the top 12 bits already fixed. If the candidates overflow their
+// the top 12 key bits of its chunk into the row's global histogram; (2) likewise for bits 8..19 of
+// the keys in the bin that holds the k-th largest key (scores are often concentrated: one 12-bit
+// bin can hold most of a row); (3) every CTA finds the 24-bit prefix of the k-th largest key from
+// the two histograms and appends the keys and positions of its chunk at or above it (ascending
+// positions) to the row's candidate list (a slot range reserved with one atomic per CTA; the
+// per-chunk ranges are recorded); (4) one CTA per row re-orders the chunks' ranges by chunk, so the
+// candidates are in ascending position order, and selects the k largest among them in shared
+// memory with the top 24 bits already fixed (one 8-bit radix pass). If the candidates overflow their
 // buffer (e.g. a huge run of exact ties at the threshold), (3) selects from the row itself instead.
 #include <algorithm>
 
@@ -116,8 +118,8 @@ __device__ void radix_pass(KeyFn key_of, int64_t n, int shift, int bits, uint32_
 }
 
 // Select the k largest of key(0..n-1) (n > k), calling emit(out_position, i) for each, positions
-// ascending. Every thread of the block must call it. (prefix, mask, krem): state after the first
-// 12-bit digit if the caller already knows it (mask == 0xfff00000), else (0, 0, k).
+// ascending. Every thread of the block must call it. (prefix, mask, krem): the state after the top
+// 24 bits if the caller already knows them (mask == 0xffffff00), else (0, 0, k).
 template <typename KeyFn, typename EmitFn>
 __device__ void select_core(KeyFn key_of, int64_t n, int64_t k, EmitFn emit, uint32_t prefix = 0, uint32_t mask = 0,
                             int krem = -1) {
@@ -127,8 +129,12 @@ __device__ void select_core(KeyFn key_of, int64_t n, int64_t k, EmitFn emit, uin
   const int tid = threadIdx.x;
   if (krem < 0) krem = int(k);
   if (mask == 0) radix_pass(key_of, n, 20, 12, prefix, mask, krem, hist, warp_tot, &s_bin, &s_above);
-  radix_pass(key_of, n, 10, 10, prefix, mask, krem, hist, warp_tot, &s_bin, &s_above);
-  radix_pass(key_of, n, 0, 10, prefix, mask, krem, hist, warp_tot, &s_bin, &s_above);
+  if (mask == 0xfff00000u) {
+    radix_pass(key_of, n, 10, 10, prefix, mask, krem, hist, warp_tot, &s_bin, &s_above);
+    radix_pass(key_of, n, 0, 10, prefix, mask, krem, hist, warp_tot, &s_bin, &s_above);
+  } else {  // 24 bits known (multi-CTA path)
+    radix_pass(key_of, n, 0, 8, prefix, mask, krem, hist, warp_tot, &s_bin, &s_above);
+  }
   const uint32_t thr = prefix;  // exact key of the k-th largest; take krem of the keys equal to it
   // Ordered compaction: each thread owns a contiguous segment of positions; two block scans give
   // how many tied keys precede it (the lowest positions win the ties) and where its output starts.
@@ -183,7 +189,8 @@ struct McArgs {
   const float* scores; int64_t ld;
   const int32_t* narr; int n_add; int64_t row_base; int64_t k;
   int chunk, nch;
-  int* hist;        // [rows][NBIN] (zeroed)
+  int* hist;        // [rows][NBIN] (zeroed): top 12 key bits
+  int* hist2;       // [rows][NBIN] (zeroed): bits 8..19 of the keys in the threshold bin of hist
   int* meta;        // [rows][2 + 2 * nch] (zeroed): total, -, chunk offsets, chunk counts
   uint32_t* ckey;   // [rows][kCandCap]
   int32_t* cpos;
@@ -226,8 +233,62 @@ __global__ void __launch_bounds__(kMcThreads) topk_mc_hist_kernel(McArgs a) {
     if (h[i]) atomicAdd(&gh[i], h[i]);
 }
 
+// Level 2: the next 12 bits of the keys in the level-1 threshold bin.
+__global__ void __launch_bounds__(kMcThreads) topk_mc_hist2_kernel(McArgs a) {
+  __shared__ int h[NBIN];
+  __shared__ int warp_tot[kMcThreads / 32];
+  __shared__ int s_bin, s_above;
+  const int64_t r = blockIdx.y, n = mc_len(a, r), c0 = int64_t(blockIdx.x) * a.chunk;
+  if (n <= a.k || c0 >= n) return;
+  const int64_t c1 = min(n, c0 + a.chunk);
+  const float* row = a.scores + r * a.ld;
+  const int* g1 = a.hist + r * NBIN;
+  for (int i = threadIdx.x; i < NBIN; i += blockDim.x) h[i] = 0;
+  find_bin([&](int b) { return g1[b]; }, NBIN, int(a.k), warp_tot, &s_bin, &s_above);
+  const uint32_t b1 = uint32_t(s_bin);
+  constexpr int U = 4;
+  for (int64_t i0 = c0; i0 < c1; i0 += int64_t(blockDim.x) * U) {
+    uint32_t keys[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = i0 + int64_t(u) * blockDim.x + threadIdx.x;
+      keys[u] = i < c1 ? order_key(row[i]) : 0u;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = i0 + int64_t(u) * blockDim.x + threadIdx.x;
+      const bool ok = i < c1 && (keys[u] >> 20) == b1;
+      const unsigned bal = __ballot_sync(0xffffffffu, ok);
+      if (ok) {
+        const uint32_t digit = (keys[u] >> 8) & 0xfffu;
+        const unsigned peers = __match_any_sync(bal, digit);
+        if ((threadIdx.x % 32) == unsigned(__ffs(peers) - 1)) atomicAdd(&h[digit], __popc(peers));
+      }
+    }
+  }
+  __syncthreads();
+  int* gh = a.hist2 + r * NBIN;
+  for (int i = threadIdx.x; i < NBIN; i += blockDim.x)
+    if (h[i]) atomicAdd(&gh[i], h[i]);
+}
+
+// The 24-bit prefix of the k-th largest key of row r and the keys above it (both levels).
+__device__ void mc_threshold(const McArgs& a, int64_t r, int* warp_tot, int* s_bin, int* s_above, uint32_t* thr24,
+                             int* above) {
+  const int* g1 = a.hist + r * NBIN;
+  const int* g2 = a.hist2 + r * NBIN;
+  find_bin([&](int b) { return g1[b]; }, NBIN, int(a.k), warp_tot, s_bin, s_above);
+  const uint32_t b1 = uint32_t(*s_bin);
+  const int above1 = *s_above;
+  __syncthreads();
+  find_bin([&](int b) { return g2[b]; }, NBIN, int(a.k) - above1, warp_tot, s_bin, s_above);
+  *thr24 = (b1 << 12) | uint32_t(*s_bin);
+  *above = above1 + *s_above;
+  __syncthreads();
+}
+
 __global__ void __launch_bounds__(kMcThreads) topk_mc_collect_kernel(McArgs a) {
-  __shared__ uint32_t buf[kMcChunkMax];  // the row's histogram first, then this chunk's keys
+  __shared__ uint32_t buf[kMcChunkMax];  // this chunk's keys
   __shared__ int warp_tot[kMcThreads / 32];
   __shared__ int s_bin, s_above, s_base;
   const int64_t r = blockIdx.y, n = mc_len(a, r), c0 = int64_t(blockIdx.x) * a.chunk;
@@ -235,17 +296,14 @@ __global__ void __launch_bounds__(kMcThreads) topk_mc_collect_kernel(McArgs a) {
   const int64_t c1 = min(n, c0 + a.chunk);
   const int m = int(c1 - c0);
   const float* row = a.scores + r * a.ld + c0;
-  int* hb = reinterpret_cast<int*>(buf);
-  const int* gh = a.hist + r * NBIN;
-  for (int i = threadIdx.x; i < NBIN; i += blockDim.x) hb[i] = gh[i];
-  __syncthreads();
-  find_bin([&](int b) { return hb[b]; }, NBIN, int(a.k), warp_tot, &s_bin, &s_above);
-  const uint32_t bin = uint32_t(s_bin);
+  uint32_t bin;
+  int above;
+  mc_threshold(a, r, warp_tot, &s_bin, &s_above, &bin, &above);
   int cnt = 0;
   for (int i = threadIdx.x; i < m; i += blockDim.x) {
     const uint32_t key = order_key(row[i]);
     buf[i] = key;
-    cnt += (key >> 20) >= bin;
+    cnt += (key >> 8) >= bin;
   }
   int tot;
   block_excl_scan(cnt, warp_tot, &tot);
@@ -265,7 +323,7 @@ __global__ void __launch_bounds__(kMcThreads) topk_mc_collect_kernel(McArgs a) {
   for (int i0 = 0; i0 < m; i0 += blockDim.x) {
     const int i = i0 + threadIdx.x;
     const uint32_t key = i < m ? buf[i] : 0u;
-    const bool f = i < m && (key >> 20) >= bin;
+    const bool f = i < m && (key >> 8) >= bin;
     const unsigned bal = __ballot_sync(0xffffffffu, f);
     __syncthreads();
     if (lane == 0) warp_tot[w] = __popc(bal);
@@ -295,10 +353,11 @@ __global__ void __launch_bounds__(TK_THREADS) topk_mc_final_kernel(McArgs a) {
     for (int64_t i = threadIdx.x; i < a.k; i += blockDim.x) o[i] = i < n ? int32_t(i) : -1;
     return;
   }
-  const int* gh = a.hist + r * NBIN;
-  find_bin([&](int b) { return gh[b]; }, NBIN, int(a.k), warp_tot, &s_bin, &s_above);
-  const uint32_t prefix = uint32_t(s_bin) << 20, mask = 0xfff00000u;
-  const int krem = int(a.k) - s_above;
+  uint32_t thr24;
+  int above;
+  mc_threshold(a, r, warp_tot, &s_bin, &s_above, &thr24, &above);
+  const uint32_t prefix = thr24 << 8, mask = 0xffffff00u;
+  const int krem = int(a.k) - above;
   const int* meta = a.meta + r * (2 + 2 * int64_t(a.nch));
   const int total = meta[0];
   if (total > kCandCap) {
@@ -343,18 +402,21 @@ void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* na
     const int64_t nch = (ld + chunk - 1) / chunk;
     if (nch <= 1024) {
       const int64_t meta_n = 2 + 2 * nch;
-      Tensor hdr = alloc(DType::I32, {rows, NBIN + meta_n});
+      Tensor hdr = alloc(DType::I32, {rows, 2 * NBIN + meta_n});
       Tensor cand = alloc(DType::I32, {rows, 2 * kCandCap});
       DSA_CUDA_CHECK(cudaMemsetAsync(hdr.data, 0, hdr.nbytes()));
       McArgs a{};
       a.scores = scores; a.ld = ld; a.narr = narr; a.n_add = n_add; a.row_base = row_base; a.k = k;
       a.chunk = int(chunk); a.nch = int(nch);
       a.hist = hdr.ptr<int32_t>();
-      a.meta = hdr.ptr<int32_t>() + rows * NBIN;
+      a.hist2 = hdr.ptr<int32_t>() + rows * NBIN;
+      a.meta = hdr.ptr<int32_t>() + 2 * rows * NBIN;
       a.ckey = reinterpret_cast<uint32_t*>(cand.data);
       a.cpos = cand.ptr<int32_t>() + rows * kCandCap;
       a.out = out;
       topk_mc_hist_kernel<<<dim3(unsigned(nch), unsigned(rows)), kMcThreads>>>(a);
+      DSA_LAUNCH_CHECK();
+      topk_mc_hist2_kernel<<<dim3(unsigned(nch), unsigned(rows)), kMcThreads>>>(a);
       DSA_LAUNCH_CHECK();
       topk_mc_collect_kernel<<<dim3(unsigned(nch), unsigned(rows)), kMcThreads>>>(a);
       DSA_LAUNCH_CHECK();
