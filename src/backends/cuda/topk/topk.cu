@@ -233,17 +233,26 @@ __global__ void __launch_bounds__(kMcThreads) topk_mc_hist_kernel(McArgs a) {
     if (h[i]) atomicAdd(&gh[i], h[i]);
 }
 
+// Copy n ints (global -> shared) with many loads in flight (find_bin's sequential per-thread reads
+// of a global histogram would pay one L2 latency per bin).
+__device__ __forceinline__ void load_shared(int* dst, const int* src, int n) {
+#pragma unroll 8
+  for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
+}
+
 // Level 2: the next 12 bits of the keys in the level-1 threshold bin.
 __global__ void __launch_bounds__(kMcThreads) topk_mc_hist2_kernel(McArgs a) {
   __shared__ int h[NBIN];
+  __shared__ int g1[NBIN];
   __shared__ int warp_tot[kMcThreads / 32];
   __shared__ int s_bin, s_above;
   const int64_t r = blockIdx.y, n = mc_len(a, r), c0 = int64_t(blockIdx.x) * a.chunk;
   if (n <= a.k || c0 >= n) return;
   const int64_t c1 = min(n, c0 + a.chunk);
   const float* row = a.scores + r * a.ld;
-  const int* g1 = a.hist + r * NBIN;
+  load_shared(g1, a.hist + r * NBIN, NBIN);
   for (int i = threadIdx.x; i < NBIN; i += blockDim.x) h[i] = 0;
+  __syncthreads();
   find_bin([&](int b) { return g1[b]; }, NBIN, int(a.k), warp_tot, &s_bin, &s_above);
   const uint32_t b1 = uint32_t(s_bin);
   constexpr int U = 4;
@@ -273,10 +282,14 @@ __global__ void __launch_bounds__(kMcThreads) topk_mc_hist2_kernel(McArgs a) {
 }
 
 // The 24-bit prefix of the k-th largest key of row r and the keys above it (both levels).
-__device__ void mc_threshold(const McArgs& a, int64_t r, int* warp_tot, int* s_bin, int* s_above, uint32_t* thr24,
-                             int* above) {
-  const int* g1 = a.hist + r * NBIN;
-  const int* g2 = a.hist2 + r * NBIN;
+// sh: 2 * NBIN ints of shared scratch.
+__device__ void mc_threshold(const McArgs& a, int64_t r, int* sh, int* warp_tot, int* s_bin, int* s_above,
+                             uint32_t* thr24, int* above) {
+  int* g1 = sh;
+  int* g2 = sh + NBIN;
+  load_shared(g1, a.hist + r * NBIN, NBIN);
+  load_shared(g2, a.hist2 + r * NBIN, NBIN);
+  __syncthreads();
   find_bin([&](int b) { return g1[b]; }, NBIN, int(a.k), warp_tot, s_bin, s_above);
   const uint32_t b1 = uint32_t(*s_bin);
   const int above1 = *s_above;
@@ -298,7 +311,7 @@ __global__ void __launch_bounds__(kMcThreads) topk_mc_collect_kernel(McArgs a) {
   const float* row = a.scores + r * a.ld + c0;
   uint32_t bin;
   int above;
-  mc_threshold(a, r, warp_tot, &s_bin, &s_above, &bin, &above);
+  mc_threshold(a, r, reinterpret_cast<int*>(buf), warp_tot, &s_bin, &s_above, &bin, &above);
   int cnt = 0;
   for (int i = threadIdx.x; i < m; i += blockDim.x) {
     const uint32_t key = order_key(row[i]);
@@ -355,7 +368,7 @@ __global__ void __launch_bounds__(TK_THREADS) topk_mc_final_kernel(McArgs a) {
   }
   uint32_t thr24;
   int above;
-  mc_threshold(a, r, warp_tot, &s_bin, &s_above, &thr24, &above);
+  mc_threshold(a, r, reinterpret_cast<int*>(cand), warp_tot, &s_bin, &s_above, &thr24, &above);
   const uint32_t prefix = thr24 << 8, mask = 0xffffff00u;
   const int krem = int(a.k) - above;
   const int* meta = a.meta + r * (2 + 2 * int64_t(a.nch));
