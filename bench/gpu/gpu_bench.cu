@@ -266,6 +266,19 @@ int main(int argc, char** argv) {
         const double s_ms = time_ms([&](int r) { be.indexer_scores(iq, iw, c.kv[size_t(r) % c.kv.size()], B, sc); }, 10);
         report("indexer scores only", "b=" + std::to_string(b) + " Hi=64 L=" + kfmt(L), s_ms, 2.0 * 64 * 128 * double(b) * L,
                idx_bytes + double(b) * L * 4, 100.0 * (idx_bytes + double(b) * L * 4) / (s_ms * 1e-3) / 1e12 / kCopyTBs);
+        {  // MTP form: s_q = 2 queries per sequence share each key load (same cache)
+          int64_t blocks2;
+          Batch B2 = decode_batch(b, L, 2, &blocks2);
+          be.prepare_batch(B2);
+          Tensor iq2 = be.alloc(DType::E4M3, {2 * b, 64, 128}), iw2 = be.alloc(DType::F32, {2 * b, 64});
+          Tensor sc2 = be.alloc(DType::F32, {2 * b, L});
+          fill_random<<<256, 256>>>(iq2.ptr<uint8_t>(), iq2.nbytes(), 9);
+          cudaMemset(iw2.data, 0x3c, iw2.nbytes());
+          const double s2_ms = time_ms([&](int r) { be.indexer_scores(iq2, iw2, c.kv[size_t(r) % c.kv.size()], B2, sc2); }, 10);
+          const double b2 = idx_bytes + double(2 * b) * L * 4;
+          report("indexer scores s_q=2", "b=" + std::to_string(b) + " Hi=64 L=" + kfmt(L), s2_ms, 2.0 * 64 * 128 * double(2 * b) * L,
+                 b2, 100.0 * b2 / (s2_ms * 1e-3) / 1e12 / kCopyTBs);
+        }
         Tensor nn_h = host_tensor(DType::I32, {T});
         for (int64_t i = 0; i < T; ++i) nn_h.ptr<int32_t>()[i] = int32_t(L);
         Tensor nn = be.upload(nn_h);

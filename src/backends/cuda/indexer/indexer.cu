@@ -257,6 +257,289 @@ size_t score_mma_smem(int Hi) {
   return size_t(HP) * QW * 4 + size_t(HP) * 4 + 64 * KB + 64 * 4;
 }
 
+// ---- pipelined tensor-core scores (decode and prefill, Hi <= 64) -------------------------------
+// Work unit: 32 consecutive keys (half a 64-key cache block) of one query group (NQ = 1 token, or
+// NQ = 2 tokens of the same sequence — the MTP decode form — which share every key load). A CTA
+// (4 warps) owns a contiguous range of units of one group; each warp streams its units through its
+// own STAGES-deep cp.async ring in shared memory (keys + their scales), so the loads of the next
+// units overlap the tensor-core work of the current one and no __syncthreads is needed in the loop.
+// Keys are the M operand (2 m16 tiles per unit), heads the N operand (8 n8 tiles), q*k over 128
+// dims. The dims are permuted identically in A and B (a dot product does not care): thread (gid,
+// tq) supplies the 32 dims {16tq..16tq+15} u {64+16tq..64+16tq+15} of its rows and of its heads,
+// which makes every shared-memory read a conflict-free 16-byte load.
+// Default operands: f16 (exact for e4m3; products exact in fp32; the f16 HMMA accumulates in fp32).
+// Opt-in (DSA_CUDA_INDEXER_FP8=1, sm_89+ SASS only): e4m3 operands (m16n8k32) — half the mma count
+// and no conversions, but Hopper's FP8 tensor cores accumulate with fewer than fp32's mantissa bits
+// (DeepSeek-V3 report §3.3.2), so each mma starts from zero and its 32-term partial is added in
+// fp32; the partial itself may still be truncated, hence opt-in.
+constexpr int PS_STAGES = 3;
+constexpr int PS_UNIT = 32;                              // keys per unit
+constexpr int PS_STAGE_BYTES = PS_UNIT * 128 + PS_UNIT * 4;  // keys (swizzled rows) + scales
+constexpr int PS_WARPS = 4;
+
+struct PScoreP {
+  const uint8_t* q; const float* w; const uint8_t* cache;
+  const int32_t* pos; const int32_t* tseq; const int32_t* bt; int mb;
+  int Hi;
+  int64_t t0, rows;   // tokens [t0, t0 + rows) of this tile; group g = tokens t0 + NQ*g + (0..NQ-1)
+  float* out; int64_t ld;
+  int fill_ninf;      // indexer_scores: -inf for j > position up to ld
+  int gx;             // CTAs per group
+  int fp8;            // use e4m3 mma where compiled (sm_89+)
+};
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#define DSA_IDX_FP8_MMA 1
+__device__ __forceinline__ void mma_e4m3_add(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                             uint32_t b0, uint32_t b1) {
+  float d0, d1, d2, d3;
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};\n"
+      : "=f"(d0), "=f"(d1), "=f"(d2), "=f"(d3)
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(0.f));
+  c[0] += d0; c[1] += d1; c[2] += d2; c[3] += d3;
+}
+#else
+#define DSA_IDX_FP8_MMA 0
+#endif
+
+// Byte offset in a q / key row of word j (0..7) of quad lane tq's dim subset.
+__device__ __forceinline__ int sub_word_off(int tq, int j) { return (j < 4 ? 16 * tq : 64 + 16 * tq) + 4 * (j & 3); }
+
+template <int NQ>
+__global__ void __launch_bounds__(PS_WARPS * 32, NQ == 1 ? 3 : 2) indexer_score_pipe_kernel(PScoreP p) {
+  extern __shared__ __align__(16) uint8_t smraw[];
+  // q operands: f16 layout [NQ][8 nt][4 s][32 lanes] uint4, or e4m3 layout [NQ][8 nt][2 sp][32] uint4
+  uint4* qs = reinterpret_cast<uint4*>(smraw);
+  float* ws = reinterpret_cast<float*>(smraw + NQ * 8 * 4 * 32 * 16);      // [NQ][64]
+  uint8_t* stages = smraw + NQ * 8 * 4 * 32 * 16 + NQ * 64 * 4;           // [warps][STAGES][STAGE_BYTES]
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gid = lane / 4, tq = lane % 4;
+  const int64_t g = blockIdx.y;
+  const int cx = blockIdx.x;
+  const int64_t tfirst = p.t0 + g * NQ;
+  const int nq = int(min(int64_t(NQ), p.t0 + p.rows - tfirst));
+  int posq[NQ];
+  int maxpos = -1;
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    posq[i] = i < nq ? p.pos[tfirst + i] : -1;
+    maxpos = max(maxpos, posq[i]);
+  }
+  const int s = p.tseq[tfirst];
+  const int64_t nunits = (int64_t(maxpos) + PS_UNIT) / PS_UNIT;
+  if (p.fill_ninf) {  // columns past every computed unit
+    for (int i = 0; i < nq; ++i) {
+      float* orow = p.out + (tfirst + i - p.t0) * p.ld;
+      for (int64_t c = nunits * PS_UNIT + int64_t(cx) * blockDim.x + tid; c < p.ld; c += int64_t(p.gx) * blockDim.x)
+        orow[c] = -INFINITY;
+    }
+  }
+  const int64_t per = (nunits + p.gx - 1) / p.gx;
+  const int64_t u0 = int64_t(cx) * per, u1 = min(nunits, u0 + per);
+  if (u0 >= u1) return;
+#if DSA_IDX_FP8_MMA
+  const bool fp8 = p.fp8 != 0;
+#else
+  constexpr bool fp8 = false;
+#endif
+  // q (and weights) of the group into shared memory in fragment order; heads >= Hi are zero.
+  // All global loads of a thread are issued before the first conversion (one latency, not 8).
+  constexpr int QE = 8 * 4 * 32 / (PS_WARPS * 32);  // per query
+#pragma unroll 1
+  for (int qh = 0; qh < NQ; ++qh) {
+  uint4 raw[QE];
+#pragma unroll
+  for (int j = 0; j < QE; ++j) {
+    const int e = tid + (qh * QE + j) * PS_WARPS * 32;
+    const int qi = e / 1024, nt = (e / 128) % 8, s4 = (e / 32) % 4, ln = e % 32;
+    const int h = nt * 8 + ln / 4, lq = ln % 4;
+    raw[j] = make_uint4(0, 0, 0, 0);
+    if (qi < nq && h < p.Hi) {
+      const uint8_t* qr = p.q + ((tfirst + qi) * p.Hi + h) * 128;
+      if (fp8) {
+        if (s4 < 2) raw[j] = *reinterpret_cast<const uint4*>(qr + sub_word_off(lq, 4 * s4));  // words 4sp..4sp+3
+      } else {
+        const uint2 v = *reinterpret_cast<const uint2*>(qr + sub_word_off(lq, 2 * s4));       // words 2s4, 2s4+1
+        raw[j].x = v.x;
+        raw[j].y = v.y;
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < QE; ++j) {
+    const int e = tid + (qh * QE + j) * PS_WARPS * 32;
+    const int qi = e / 1024, nt = (e / 128) % 8, s4 = (e / 32) % 4, ln = e % 32;
+    if (fp8) {
+      if (s4 < 2) qs[((qi * 8 + nt) * 2 + s4) * 32 + ln] = raw[j];
+    } else {
+      const uint32_t w0 = raw[j].x, w1 = raw[j].y;
+      qs[e] = make_uint4(e4m3x2_to_f16x2(uint16_t(w0)), e4m3x2_to_f16x2(uint16_t(w0 >> 16)),
+                         e4m3x2_to_f16x2(uint16_t(w1)), e4m3x2_to_f16x2(uint16_t(w1 >> 16)));
+    }
+  }
+  }
+  for (int e = tid; e < NQ * 64; e += blockDim.x) {
+    const int qi = e / 64, h = e % 64;
+    ws[e] = (qi < nq && h < p.Hi) ? p.w[(tfirst + qi) * p.Hi + h] : 0.f;
+  }
+  __syncthreads();
+  const int nts = (p.Hi + 7) / 8;
+  uint8_t* ring = stages + warp * PS_STAGES * PS_STAGE_BYTES;
+  const int32_t* btrow = p.bt + int64_t(s) * p.mb;
+  // unit i of this warp: u0 + warp + PS_WARPS * i
+  const int64_t nmine = (u1 - u0 - warp + PS_WARPS - 1) / PS_WARPS;
+  auto issue = [&](int64_t i) {
+    if (i < nmine) {
+      const int64_t u = u0 + warp + PS_WARPS * i;
+      const int blk = btrow[u / 2];
+      if (blk >= 0) {
+        const uint8_t* base = p.cache + int64_t(blk) * kKvBlock * kIndexTokenBytes;
+        const uint8_t* src = base + (u % 2) * PS_UNIT * 128;
+        uint8_t* dst = ring + (i % PS_STAGES) * PS_STAGE_BYTES;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const int ch = lane + 32 * j, r = ch / 8, c = ch % 8;
+          cp_async16(dst + r * 128 + ((c ^ ((r & 1) << 2)) * 16), src + r * 128 + c * 16);
+        }
+        if (lane < 8) cp_async16(dst + PS_UNIT * 128 + lane * 16, base + kBlockKeyBytes + (u % 2) * PS_UNIT * 4 + lane * 16);
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int i = 0; i < PS_STAGES - 1; ++i) issue(i);
+  for (int64_t i = 0; i < nmine; ++i) {
+    issue(i + PS_STAGES - 1);
+    cp_async_wait<PS_STAGES - 1>();
+    __syncwarp();
+    const int64_t u = u0 + warp + PS_WARPS * i;
+    const int blk = btrow[u / 2];
+    const uint8_t* st = ring + (i % PS_STAGES) * PS_STAGE_BYTES;
+    const float* ksc = reinterpret_cast<const float*>(st + PS_UNIT * 128);
+    const int64_t col = u * PS_UNIT + tq * 8 + gid;  // the key this lane stores: row tq*8 + gid
+    // rows of this lane: gid + 8m (m = 0..3); tile mt = rows 16mt..16mt+15 = m in {2mt, 2mt+1}
+#pragma unroll
+    for (int qi = 0; qi < NQ; ++qi) {
+      if (qi >= nq) continue;
+      float* orow = p.out + (tfirst + qi - p.t0) * p.ld;
+      if (u * PS_UNIT > posq[qi]) {  // the whole unit is in this query's future
+        if (col < p.ld) orow[col] = -INFINITY;
+        continue;
+      }
+      if (blk < 0) {
+        if (col < p.ld) orow[col] = -INFINITY;
+        continue;
+      }
+      float acc[8][2][4];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[nt][mt][e] = 0.f;
+#pragma unroll
+      for (int sp = 0; sp < 2; ++sp) {
+        uint4 a[4];  // words 4sp..4sp+3 of rows gid + 8m
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+          const int r = gid + 8 * m, c = sp * 4 + tq;
+          a[m] = *reinterpret_cast<const uint4*>(st + r * 128 + ((c ^ ((r & 1) << 2)) * 16));
+        }
+        if (fp8) {
+#if DSA_IDX_FP8_MMA
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt) {
+            if (nt >= nts) break;
+            const uint4 b = qs[((qi * 8 + nt) * 2 + sp) * 32 + lane];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+              mma_e4m3_add(acc[nt][mt], a[2 * mt].x, a[2 * mt + 1].x, a[2 * mt].y, a[2 * mt + 1].y, b.x, b.y);
+              mma_e4m3_add(acc[nt][mt], a[2 * mt].z, a[2 * mt + 1].z, a[2 * mt].w, a[2 * mt + 1].w, b.z, b.w);
+            }
+          }
+#endif
+        } else {
+#pragma unroll
+          for (int ss = 0; ss < 2; ++ss) {
+            uint32_t h0[4][2], h1[4][2];  // f16x2 of words 2ss (h0) and 2ss+1 (h1): [m][lo/hi]
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+              const uint32_t w0 = ss ? a[m].z : a[m].x, w1 = ss ? a[m].w : a[m].y;
+              h0[m][0] = e4m3x2_to_f16x2(uint16_t(w0)); h0[m][1] = e4m3x2_to_f16x2(uint16_t(w0 >> 16));
+              h1[m][0] = e4m3x2_to_f16x2(uint16_t(w1)); h1[m][1] = e4m3x2_to_f16x2(uint16_t(w1 >> 16));
+            }
+            const int s4 = 2 * sp + ss;
+#pragma unroll
+            for (int nt = 0; nt < 8; ++nt) {
+              if (nt >= nts) break;
+              const uint4 b = qs[((qi * 8 + nt) * 4 + s4) * 32 + lane];
+#pragma unroll
+              for (int mt = 0; mt < 2; ++mt) {
+                mma_f16(acc[nt][mt], h0[2 * mt][0], h0[2 * mt + 1][0], h0[2 * mt][1], h0[2 * mt + 1][1], b.x, b.y);
+                mma_f16(acc[nt][mt], h1[2 * mt][0], h1[2 * mt + 1][0], h1[2 * mt][1], h1[2 * mt + 1][1], b.z, b.w);
+              }
+            }
+          }
+        }
+      }
+      // ReLU * w summed over heads: in the thread (its 2 heads per n tile), then across the quad.
+      float sum[4] = {0.f, 0.f, 0.f, 0.f};  // rows gid, gid+8, gid+16, gid+24
+      const float* wq = ws + qi * 64;
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        if (nt >= nts) break;
+        const float2 wv = *reinterpret_cast<const float2*>(wq + nt * 8 + 2 * tq);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          sum[2 * mt] = fmaf(wv.x, fmaxf(acc[nt][mt][0], 0.f), sum[2 * mt]);
+          sum[2 * mt] = fmaf(wv.y, fmaxf(acc[nt][mt][1], 0.f), sum[2 * mt]);
+          sum[2 * mt + 1] = fmaf(wv.x, fmaxf(acc[nt][mt][2], 0.f), sum[2 * mt + 1]);
+          sum[2 * mt + 1] = fmaf(wv.y, fmaxf(acc[nt][mt][3], 0.f), sum[2 * mt + 1]);
+        }
+      }
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        sum[m] += __shfl_xor_sync(0xffffffffu, sum[m], 1);
+        sum[m] += __shfl_xor_sync(0xffffffffu, sum[m], 2);
+      }
+      // lane tq stores row tq*8 + gid: 32 consecutive keys per warp store.
+      const float v = tq == 0 ? sum[0] : tq == 1 ? sum[1] : tq == 2 ? sum[2] : sum[3];
+      if (col < p.ld) orow[col] = col <= posq[qi] ? __fmul_rn(v, ksc[tq * 8 + gid]) : -INFINITY;
+    }
+    __syncwarp();  // every lane is done with this stage before it is refilled
+  }
+  cp_async_wait<0>();
+}
+
+size_t pipe_smem(int nq) { return size_t(nq) * (8 * 4 * 32 * 16 + 64 * 4) + size_t(PS_WARPS) * PS_STAGES * PS_STAGE_BYTES; }
+
+// DSA_CUDA_INDEXER_FP8=1 / =0 force the e4m3 / f16 operands; unset: kFp8Default.
+constexpr bool kFp8Default = false;
+bool use_fp8_indexer() {
+  static const bool on = [] {
+    const char* e = std::getenv("DSA_CUDA_INDEXER_FP8");
+    if (!e || !*e) return kFp8Default;
+    return *e != '0';
+  }();
+  return on;
+}
+
 bool use_exact_indexer() {
   static const bool exact = [] {
     const char* e = std::getenv("DSA_CUDA_INDEXER_EXACT");
@@ -267,20 +550,60 @@ bool use_exact_indexer() {
 
 size_t score_smem(int Hi) { return size_t(Hi * 128 + ((Hi + 3) / 4) * 4 + 64 * KLDF + 64) * 4; }
 
-void launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms) {
+// Two consecutive tokens of the same sequence can share a CTA (and every key load).
+bool pairs_ok(const Batch& b) {
+  const int64_t T = b.n_tokens();
+  if (T < 2 || T % 2) return false;
+  for (int64_t t = 0; t < T; t += 2)
+    if (b.token_seq[size_t(t)] != b.token_seq[size_t(t + 1)]) return false;
+  return true;
+}
+
+template <int NQ>
+int pipe_occupancy() {
+  static const int occ = [] {
+    DSA_CUDA_CHECK(cudaFuncSetAttribute(indexer_score_pipe_kernel<NQ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(pipe_smem(NQ))));
+    int n = 0;
+    DSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, indexer_score_pipe_kernel<NQ>, PS_WARPS * 32,
+                                                                 pipe_smem(NQ)));
+    return std::max(n, 1);
+  }();
+  return occ;
+}
+
+// rows: tokens [p.t0, p.t0 + rows); nq: 2 if tokens pair up by sequence (t0 and rows even), else 1.
+void launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms, int nq) {
   if (rows == 0) return;
-  const size_t smem = score_smem(p.Hi);
-  static bool attr = false;
-  if (!attr) {
-    DSA_CUDA_CHECK(cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
-    attr = true;
+  DSA_CHECK(rows <= 65535, "indexer: tile of ", rows, " rows");
+  if (!use_exact_indexer() && p.Hi <= 64) {
+    PScoreP q{};
+    q.q = p.q; q.w = p.w; q.cache = p.cache; q.pos = p.pos; q.tseq = p.tseq; q.bt = p.bt; q.mb = p.mb; q.Hi = p.Hi;
+    q.t0 = p.t0; q.rows = rows; q.out = p.out; q.ld = p.ld; q.fill_ninf = p.fill_ninf; q.fp8 = use_fp8_indexer();
+    const int64_t groups = (rows + nq - 1) / nq;
+    const int64_t slots = int64_t(nq == 2 ? pipe_occupancy<2>() : pipe_occupancy<1>()) * sms;
+    const int64_t nunits = max_nblk * (kKvBlock / PS_UNIT);
+    int64_t gx = std::max<int64_t>(1, slots / groups);
+    gx = std::max<int64_t>(1, std::min<int64_t>(gx, nunits / (PS_WARPS * 2)));  // >= 2 units per warp
+    q.gx = int(gx);
+    if (nq == 2)
+      indexer_score_pipe_kernel<2><<<dim3(unsigned(gx), unsigned(groups)), PS_WARPS * 32, pipe_smem(2)>>>(q);
+    else
+      indexer_score_pipe_kernel<1><<<dim3(unsigned(gx), unsigned(groups)), PS_WARPS * 32, pipe_smem(1)>>>(q);
+    DSA_LAUNCH_CHECK();
+    return;
   }
-  DSA_CHECK(smem <= 200 * 1024, "indexer: ", p.Hi, " heads need too much shared memory");
   // Key blocks per token: enough CTAs to fill the GPU a few times, at least 2 key blocks per CTA.
   int64_t gx = std::max<int64_t>(1, (8 * int64_t(sms) + rows - 1) / rows);
   gx = std::min<int64_t>(gx, std::max<int64_t>(1, (max_nblk + 1) / 2));
-  DSA_CHECK(rows <= 65535, "indexer: tile of ", rows, " rows");
   if (use_exact_indexer()) {
+    const size_t smem = score_smem(p.Hi);
+    static bool attr = false;
+    if (!attr) {
+      DSA_CUDA_CHECK(cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+      attr = true;
+    }
+    DSA_CHECK(smem <= 200 * 1024, "indexer: ", p.Hi, " heads need too much shared memory");
     indexer_score_kernel<<<dim3(unsigned(gx), unsigned(rows)), 64, smem>>>(p);
   } else {
     static bool attr2 = false;
@@ -288,6 +611,7 @@ void launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms) {
       DSA_CUDA_CHECK(cudaFuncSetAttribute(indexer_score_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
       attr2 = true;
     }
+    DSA_CHECK(score_mma_smem(p.Hi) <= 200 * 1024, "indexer: ", p.Hi, " heads need too much shared memory");
     indexer_score_mma_kernel<<<dim3(unsigned(gx), unsigned(rows)), 128, score_mma_smem(p.Hi)>>>(p);
   }
   DSA_LAUNCH_CHECK();
@@ -327,10 +651,11 @@ void CudaBackend::indexer_scores(const Tensor& q, const Tensor& w, const KvLayer
   p.q = q.ptr<uint8_t>(); p.w = w.ptr<float>(); p.cache = cache.indexer.ptr<uint8_t>();
   p.pos = d.positions; p.tseq = d.token_seq; p.bt = d.block_table; p.mb = d.max_blocks;
   p.Hi = int(q.dim(1)); p.out = scores.ptr<float>(); p.ld = L; p.fill_ninf = 1;
-  for (int64_t t0 = 0; t0 < T; t0 += 65535) {
+  const int nq = pairs_ok(b) ? 2 : 1;
+  for (int64_t t0 = 0; t0 < T; t0 += 65534) {
     p.t0 = t0;
     p.out = scores.ptr<float>() + t0 * L;
-    launch_scores(p, std::min<int64_t>(65535, T - t0), (d.max_end + kKvBlock - 1) / kKvBlock, sms_);
+    launch_scores(p, std::min<int64_t>(65534, T - t0), (d.max_end + kKvBlock - 1) / kKvBlock, sms_, nq);
   }
 }
 
@@ -341,7 +666,12 @@ void CudaBackend::indexer_topk(const Tensor& q, const Tensor& w, const KvLayer& 
   if (T == 0) return;
   const DevBatch& d = dev(b);
   const int64_t max_nblk = (d.max_end + kKvBlock - 1) / kKvBlock, ld = std::max<int64_t>(64, max_nblk * kKvBlock);
-  const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(std::min<int64_t>(T, score_tile_floats_ / ld), 65535));
+  int nq = pairs_ok(b) ? 2 : 1;
+  int64_t rows = std::max<int64_t>(1, std::min<int64_t>(std::min<int64_t>(T, score_tile_floats_ / ld), 65534));
+  if (nq == 2 && rows < T) {  // tiles keep the pairs together
+    if (rows >= 2) rows = rows / 2 * 2;
+    else nq = 1;
+  }
   Tensor tile = alloc(DType::F32, {rows, ld});  // the bounded score tile, reused for every chunk of tokens
   ScoreP p{};
   p.q = q.ptr<uint8_t>(); p.w = w.ptr<float>(); p.cache = cache.indexer.ptr<uint8_t>();
@@ -350,7 +680,7 @@ void CudaBackend::indexer_topk(const Tensor& q, const Tensor& w, const KvLayer& 
   for (int64_t t0 = 0; t0 < T; t0 += rows) {
     const int64_t r = std::min(rows, T - t0);
     p.t0 = t0;
-    launch_scores(p, r, max_nblk, sms_);
+    launch_scores(p, r, max_nblk, sms_, nq);
     launch_topk(tile.ptr<float>(), ld, d.positions, 1, t0, r, k, topk.ptr<int32_t>());
   }
 }

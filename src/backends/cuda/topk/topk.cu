@@ -1,12 +1,21 @@
-// Exact top-k over score rows (portable sm_80+). Core: one block selects the k largest of n keys —
-// a 4-pass 8-bit radix select finds the k-th largest key, then an ordered compaction (per-thread
-// segments + two block scans) emits the selected positions in ascending order. Ties at the
-// threshold go to the lower positions; NaN ranks as -inf; -0 == +0 (as the CPU's float
-// comparisons). Rows with n <= k give 0..n-1 then -1.
-// Few long rows (decode at small batch): each row is cut into chunks, one block per chunk keeps
-// the chunk's exact top-k (keys and positions), and a second pass selects the row's top-k among
-// those candidates — exact, because every member of the row's top-k is in its chunk's top-k under
-// the same (key, lower position) order, and candidates stay in ascending position order.
+// Exact top-k over score rows (portable sm_80+). Keys: floats mapped to order-preserving uint32
+// (NaN ranks as -inf, -0 == +0). Selection = radix select of the k-th largest key (digits of
+// 12/10/10 bits; the bin holding the k-th key is found by a parallel scan of the histogram), then
+// an ordered compaction (per-thread segments + two block scans) that emits the selected positions
+// in ascending order; ties at the threshold go to the lower positions. Rows with n <= k give
+// 0..n-1 then -1.
+// Long rows (> 8192) take a multi-CTA path: (1) every CTA of a row adds the 4096-bin histogram of
+// the top 12 key bits of its chunk into the row's global histogram; (2) likewise for bits 8..19 of
+// the keys in the bin that holds the k-th largest key (scores are often concentrated: one 12-bit
+// bin can hold most of a row); (3) every CTA finds the 24-bit prefix of the k-th largest key from
+// the two histograms and appends the keys and positions of its chunk at or above it (ascending
+// positions) to the row's candidate list (a slot range reserved with one atomic per CTA; the
+// per-chunk ranges are recorded); (4) one CTA per row re-orders the chunks' ranges by chunk, so the
+// candidates are in ascending position order, and selects the k largest among them in shared
+// memory with the top 24 bits already fixed (one 8-bit radix pass). If the candidates overflow their
+// buffer (e.g. a huge run of exact ties at the threshold), (3) selects from the row itself instead.
+#include <algorithm>
+
 #include "backends/cuda/cuda_backend.h"
 
 namespace dsa::cuda {
@@ -21,8 +30,6 @@ __device__ __forceinline__ uint32_t order_key(float v) {
   const uint32_t u = __float_as_uint(v);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
-// Padding candidates rank below every real key (the smallest real key, -inf, is 0x007fffff).
-constexpr uint32_t kPadKey = 0u;
 
 // Exclusive block scan of one int per thread; returns the block total in *total.
 __device__ int block_excl_scan(int v, int* warp_tot, int* total) {
@@ -45,55 +52,88 @@ __device__ int block_excl_scan(int v, int* warp_tot, int* total) {
   return off + x - v;
 }
 
+constexpr int NBIN = 4096;  // first digit: 12 bits
+constexpr int kMcThreads = 512;
+constexpr int kMcChunkMax = 8192;
+constexpr int kCandCap = 16384;
+
+// The bin holding the krem-th largest key of a histogram hist_at(b), b < nb (counted from the top):
+// *s_bin = that bin, *s_above = keys in higher bins. Every thread of the block must call it.
+template <typename HistFn>
+__device__ void find_bin(HistFn hist_at, int nb, int krem, int* warp_tot, int* s_bin, int* s_above) {
+  const int per = (nb + int(blockDim.x) - 1) / int(blockDim.x);
+  const int hi = max(0, nb - int(threadIdx.x) * per), lo = max(0, hi - per);  // bins [lo, hi), descending
+  int local = 0;
+  for (int b = hi - 1; b >= lo; --b) local += hist_at(b);
+  int tot;
+  const int excl = block_excl_scan(local, warp_tot, &tot);
+  if (hi > lo && excl < krem && excl + local >= krem) {
+    int cum = excl;
+    for (int b = hi - 1; b >= lo; --b) {
+      const int h = hist_at(b);
+      if (cum + h >= krem) {
+        *s_bin = b;
+        *s_above = cum;
+        break;
+      }
+      cum += h;
+    }
+  }
+  __syncthreads();
+}
+
+// One radix pass over the keys matching (prefix, mask): digit = bits [shift, shift + bits).
+template <typename KeyFn>
+__device__ void radix_pass(KeyFn key_of, int64_t n, int shift, int bits, uint32_t& prefix, uint32_t& mask, int& krem,
+                           int* hist, int* warp_tot, int* s_bin, int* s_above) {
+  const int nb = 1 << bits, tid = threadIdx.x;
+  for (int i = tid; i < nb; i += blockDim.x) hist[i] = 0;
+  __syncthreads();
+  constexpr int U = 8;  // 8 loads in flight per thread, then the warp-aggregated atomics
+  for (int64_t i0 = 0; i0 < n; i0 += int64_t(blockDim.x) * U) {
+    uint32_t keys[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = i0 + int64_t(u) * blockDim.x + tid;
+      keys[u] = i < n ? key_of(i) : 0u;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = i0 + int64_t(u) * blockDim.x + tid;
+      const bool match = i < n && (keys[u] & mask) == prefix;
+      const unsigned bal = __ballot_sync(0xffffffffu, match);
+      if (match) {
+        const uint32_t digit = (keys[u] >> shift) & uint32_t(nb - 1);
+        const unsigned peers = __match_any_sync(bal, digit);
+        if ((threadIdx.x % 32) == unsigned(__ffs(peers) - 1)) atomicAdd(&hist[digit], __popc(peers));
+      }
+    }
+  }
+  __syncthreads();
+  find_bin([&](int b) { return hist[b]; }, nb, krem, warp_tot, s_bin, s_above);
+  prefix |= uint32_t(*s_bin) << shift;
+  mask |= uint32_t(nb - 1) << shift;
+  krem -= *s_above;
+  __syncthreads();
+}
+
 // Select the k largest of key(0..n-1) (n > k), calling emit(out_position, i) for each, positions
-// ascending. Every thread of the block must call it.
+// ascending. Every thread of the block must call it. (prefix, mask, krem): the state after the top
+// 24 bits if the caller already knows them (mask == 0xffffff00), else (0, 0, k).
 template <typename KeyFn, typename EmitFn>
-__device__ void select_core(KeyFn key_of, int64_t n, int64_t k, EmitFn emit) {
-  __shared__ int hist[256];
+__device__ void select_core(KeyFn key_of, int64_t n, int64_t k, EmitFn emit, uint32_t prefix = 0, uint32_t mask = 0,
+                            int krem = -1) {
+  __shared__ int hist[NBIN];
   __shared__ int warp_tot[TK_THREADS / 32];
-  __shared__ uint32_t s_prefix;
-  __shared__ int s_krem;
+  __shared__ int s_bin, s_above;
   const int tid = threadIdx.x;
-  uint32_t prefix = 0, mask = 0;
-  int krem = int(k);
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
-    __syncthreads();
-    constexpr int U = 8;  // 8 loads in flight per thread, then the warp-aggregated atomics
-    for (int64_t i0 = 0; i0 < n; i0 += int64_t(blockDim.x) * U) {
-      uint32_t keys[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t i = i0 + int64_t(u) * blockDim.x + tid;
-        keys[u] = i < n ? key_of(i) : 0u;
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t i = i0 + int64_t(u) * blockDim.x + tid;
-        const bool match = i < n && (keys[u] & mask) == prefix;
-        const unsigned bal = __ballot_sync(0xffffffffu, match);
-        if (match) {
-          const uint32_t digit = (keys[u] >> shift) & 0xff;
-          const unsigned peers = __match_any_sync(bal, digit);
-          if ((threadIdx.x % 32) == unsigned(__ffs(peers) - 1)) atomicAdd(&hist[digit], __popc(peers));
-        }
-      }
-    }
-    __syncthreads();
-    if (tid == 0) {
-      int cum = 0, bin = 255;
-      for (; bin > 0; --bin) {
-        if (cum + hist[bin] >= krem) break;
-        cum += hist[bin];
-      }
-      s_prefix = prefix | (uint32_t(bin) << shift);
-      s_krem = krem - cum;
-    }
-    __syncthreads();
-    prefix = s_prefix;
-    krem = s_krem;
-    mask |= 0xffu << shift;
-    __syncthreads();
+  if (krem < 0) krem = int(k);
+  if (mask == 0) radix_pass(key_of, n, 20, 12, prefix, mask, krem, hist, warp_tot, &s_bin, &s_above);
+  if (mask == 0xfff00000u) {
+    radix_pass(key_of, n, 10, 10, prefix, mask, krem, hist, warp_tot, &s_bin, &s_above);
+    radix_pass(key_of, n, 0, 10, prefix, mask, krem, hist, warp_tot, &s_bin, &s_above);
+  } else {  // 24 bits known (multi-CTA path)
+    radix_pass(key_of, n, 0, 8, prefix, mask, krem, hist, warp_tot, &s_bin, &s_above);
   }
   const uint32_t thr = prefix;  // exact key of the k-th largest; take krem of the keys equal to it
   // Ordered compaction: each thread owns a contiguous segment of positions; two block scans give
@@ -144,44 +184,222 @@ __global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, i
               [&](int pos, int64_t i) { o[pos] = int32_t(i); });
 }
 
-// Pass 1 of the chunked path: chunk blockIdx.x of row blockIdx.y keeps its top-k (ascending
-// positions), padded with kPadKey / -1.
-__global__ void __launch_bounds__(TK_THREADS) topk_chunk_kernel(const float* scores, int64_t ld, const int32_t* narr,
-                                                                int n_add, int64_t row_base, int64_t k, int64_t chunk,
-                                                                uint32_t* ckey, int32_t* cidx) {
-  const int64_t r = blockIdx.y, c = blockIdx.x, nch = gridDim.x;
-  const int64_t n = int64_t(narr[row_base + r]) + n_add;
-  const int64_t c0 = c * chunk, hi = min(n, c0 + chunk), m = hi > c0 ? hi - c0 : 0;
-  const float* row = scores + r * ld + c0;
-  uint32_t* ok = ckey + (r * nch + c) * k;
-  int32_t* oi = cidx + (r * nch + c) * k;
-  if (m <= k) {
-    for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
-      ok[i] = i < m ? order_key(row[i]) : kPadKey;
-      oi[i] = i < m ? int32_t(c0 + i) : -1;
+// ---- multi-CTA path for long rows --------------------------------------------------------------
+struct McArgs {
+  const float* scores; int64_t ld;
+  const int32_t* narr; int n_add; int64_t row_base; int64_t k;
+  int chunk, nch;
+  int* hist;        // [rows][NBIN] (zeroed): top 12 key bits
+  int* hist2;       // [rows][NBIN] (zeroed): bits 8..19 of the keys in the threshold bin of hist
+  int* meta;        // [rows][2 + 2 * nch] (zeroed): total, -, chunk offsets, chunk counts
+  uint32_t* ckey;   // [rows][kCandCap]
+  int32_t* cpos;
+  int32_t* out;
+};
+
+__device__ __forceinline__ int64_t mc_len(const McArgs& a, int64_t r) { return int64_t(a.narr[a.row_base + r]) + a.n_add; }
+
+__global__ void __launch_bounds__(kMcThreads) topk_mc_hist_kernel(McArgs a) {
+  __shared__ int h[NBIN];
+  const int64_t r = blockIdx.y, n = mc_len(a, r), c0 = int64_t(blockIdx.x) * a.chunk;
+  if (n <= a.k || c0 >= n) return;
+  const int64_t c1 = min(n, c0 + a.chunk);
+  const float* row = a.scores + r * a.ld;
+  for (int i = threadIdx.x; i < NBIN; i += blockDim.x) h[i] = 0;
+  __syncthreads();
+  constexpr int U = 4;
+  for (int64_t i0 = c0; i0 < c1; i0 += int64_t(blockDim.x) * U) {
+    uint32_t keys[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = i0 + int64_t(u) * blockDim.x + threadIdx.x;
+      keys[u] = i < c1 ? order_key(row[i]) : 0u;
     }
-    return;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = i0 + int64_t(u) * blockDim.x + threadIdx.x;
+      const bool ok = i < c1;
+      const unsigned bal = __ballot_sync(0xffffffffu, ok);
+      if (ok) {
+        const uint32_t digit = keys[u] >> 20;
+        const unsigned peers = __match_any_sync(bal, digit);
+        if ((threadIdx.x % 32) == unsigned(__ffs(peers) - 1)) atomicAdd(&h[digit], __popc(peers));
+      }
+    }
   }
-  select_core([&](int64_t i) { return order_key(row[i]); }, m, k, [&](int pos, int64_t i) {
-    ok[pos] = order_key(row[i]);
-    oi[pos] = int32_t(c0 + i);
-  });
+  __syncthreads();
+  int* gh = a.hist + r * NBIN;
+  for (int i = threadIdx.x; i < NBIN; i += blockDim.x)
+    if (h[i]) atomicAdd(&gh[i], h[i]);
 }
 
-// Pass 2: the row's top-k among its nch * k candidates.
-__global__ void __launch_bounds__(TK_THREADS) topk_merge_kernel(const uint32_t* ckey, const int32_t* cidx,
-                                                                int64_t nch, const int32_t* narr, int n_add,
-                                                                int64_t row_base, int64_t k, int32_t* out) {
-  const int64_t r = blockIdx.x;
-  const int64_t n = int64_t(narr[row_base + r]) + n_add;
-  int32_t* o = out + (row_base + r) * k;
-  if (n <= k) {
-    for (int64_t i = threadIdx.x; i < k; i += blockDim.x) o[i] = i < n ? int32_t(i) : -1;
+// Copy n ints (global -> shared) with many loads in flight (find_bin's sequential per-thread reads
+// of a global histogram would pay one L2 latency per bin).
+__device__ __forceinline__ void load_shared(int* dst, const int* src, int n) {
+#pragma unroll 8
+  for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = src[i];
+}
+
+// Level 2: the next 12 bits of the keys in the level-1 threshold bin.
+__global__ void __launch_bounds__(kMcThreads) topk_mc_hist2_kernel(McArgs a) {
+  __shared__ int h[NBIN];
+  __shared__ int g1[NBIN];
+  __shared__ int warp_tot[kMcThreads / 32];
+  __shared__ int s_bin, s_above;
+  const int64_t r = blockIdx.y, n = mc_len(a, r), c0 = int64_t(blockIdx.x) * a.chunk;
+  if (n <= a.k || c0 >= n) return;
+  const int64_t c1 = min(n, c0 + a.chunk);
+  const float* row = a.scores + r * a.ld;
+  load_shared(g1, a.hist + r * NBIN, NBIN);
+  for (int i = threadIdx.x; i < NBIN; i += blockDim.x) h[i] = 0;
+  __syncthreads();
+  find_bin([&](int b) { return g1[b]; }, NBIN, int(a.k), warp_tot, &s_bin, &s_above);
+  const uint32_t b1 = uint32_t(s_bin);
+  constexpr int U = 4;
+  for (int64_t i0 = c0; i0 < c1; i0 += int64_t(blockDim.x) * U) {
+    uint32_t keys[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = i0 + int64_t(u) * blockDim.x + threadIdx.x;
+      keys[u] = i < c1 ? order_key(row[i]) : 0u;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t i = i0 + int64_t(u) * blockDim.x + threadIdx.x;
+      const bool ok = i < c1 && (keys[u] >> 20) == b1;
+      const unsigned bal = __ballot_sync(0xffffffffu, ok);
+      if (ok) {
+        const uint32_t digit = (keys[u] >> 8) & 0xfffu;
+        const unsigned peers = __match_any_sync(bal, digit);
+        if ((threadIdx.x % 32) == unsigned(__ffs(peers) - 1)) atomicAdd(&h[digit], __popc(peers));
+      }
+    }
+  }
+  __syncthreads();
+  int* gh = a.hist2 + r * NBIN;
+  for (int i = threadIdx.x; i < NBIN; i += blockDim.x)
+    if (h[i]) atomicAdd(&gh[i], h[i]);
+}
+
+// The 24-bit prefix of the k-th largest key of row r and the keys above it (both levels).
+// sh: 2 * NBIN ints of shared scratch.
+__device__ void mc_threshold(const McArgs& a, int64_t r, int* sh, int* warp_tot, int* s_bin, int* s_above,
+                             uint32_t* thr24, int* above) {
+  int* g1 = sh;
+  int* g2 = sh + NBIN;
+  load_shared(g1, a.hist + r * NBIN, NBIN);
+  load_shared(g2, a.hist2 + r * NBIN, NBIN);
+  __syncthreads();
+  find_bin([&](int b) { return g1[b]; }, NBIN, int(a.k), warp_tot, s_bin, s_above);
+  const uint32_t b1 = uint32_t(*s_bin);
+  const int above1 = *s_above;
+  __syncthreads();
+  find_bin([&](int b) { return g2[b]; }, NBIN, int(a.k) - above1, warp_tot, s_bin, s_above);
+  *thr24 = (b1 << 12) | uint32_t(*s_bin);
+  *above = above1 + *s_above;
+  __syncthreads();
+}
+
+__global__ void __launch_bounds__(kMcThreads) topk_mc_collect_kernel(McArgs a) {
+  __shared__ uint32_t buf[kMcChunkMax];  // this chunk's keys
+  __shared__ int warp_tot[kMcThreads / 32];
+  __shared__ int s_bin, s_above, s_base;
+  const int64_t r = blockIdx.y, n = mc_len(a, r), c0 = int64_t(blockIdx.x) * a.chunk;
+  if (n <= a.k || c0 >= n) return;
+  const int64_t c1 = min(n, c0 + a.chunk);
+  const int m = int(c1 - c0);
+  const float* row = a.scores + r * a.ld + c0;
+  uint32_t bin;
+  int above;
+  mc_threshold(a, r, reinterpret_cast<int*>(buf), warp_tot, &s_bin, &s_above, &bin, &above);
+  int cnt = 0;
+  for (int i = threadIdx.x; i < m; i += blockDim.x) {
+    const uint32_t key = order_key(row[i]);
+    buf[i] = key;
+    cnt += (key >> 8) >= bin;
+  }
+  int tot;
+  block_excl_scan(cnt, warp_tot, &tot);
+  int* meta = a.meta + r * (2 + 2 * int64_t(a.nch));
+  if (threadIdx.x == 0) {
+    s_base = atomicAdd(&meta[0], tot);
+    meta[2 + blockIdx.x] = s_base;
+    meta[2 + a.nch + blockIdx.x] = tot;
+  }
+  __syncthreads();
+  const int base = s_base;
+  if (base + tot > kCandCap) return;  // overflow: the final pass selects from the row itself
+  uint32_t* ok = a.ckey + r * kCandCap;
+  int32_t* op = a.cpos + r * kCandCap;
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32, nw = blockDim.x / 32;
+  int run = base;
+  for (int i0 = 0; i0 < m; i0 += blockDim.x) {
+    const int i = i0 + threadIdx.x;
+    const uint32_t key = i < m ? buf[i] : 0u;
+    const bool f = i < m && (key >> 8) >= bin;
+    const unsigned bal = __ballot_sync(0xffffffffu, f);
+    __syncthreads();
+    if (lane == 0) warp_tot[w] = __popc(bal);
+    __syncthreads();
+    int before = 0, all = 0;
+    for (int j = 0; j < nw; ++j) {
+      before += j < w ? warp_tot[j] : 0;
+      all += warp_tot[j];
+    }
+    if (f) {
+      const int o = run + before + __popc(bal & ((1u << lane) - 1u));
+      ok[o] = key;
+      op[o] = int32_t(c0 + i);
+    }
+    run += all;
+  }
+}
+
+__global__ void __launch_bounds__(TK_THREADS) topk_mc_final_kernel(McArgs a) {
+  extern __shared__ __align__(16) uint32_t cand[];  // keys [kCandCap], positions [kCandCap]
+  __shared__ int ordoff[1024];
+  __shared__ int warp_tot[TK_THREADS / 32];
+  __shared__ int s_bin, s_above;
+  const int64_t r = blockIdx.x, n = mc_len(a, r);
+  int32_t* o = a.out + (a.row_base + r) * a.k;
+  if (n <= a.k) {
+    for (int64_t i = threadIdx.x; i < a.k; i += blockDim.x) o[i] = i < n ? int32_t(i) : -1;
     return;
   }
-  const uint32_t* keys = ckey + r * nch * k;
-  const int32_t* idx = cidx + r * nch * k;
-  select_core([&](int64_t i) { return keys[i]; }, nch * k, k, [&](int pos, int64_t i) { o[pos] = idx[i]; });
+  uint32_t thr24;
+  int above;
+  mc_threshold(a, r, reinterpret_cast<int*>(cand), warp_tot, &s_bin, &s_above, &thr24, &above);
+  const uint32_t prefix = thr24 << 8, mask = 0xffffff00u;
+  const int krem = int(a.k) - above;
+  const int* meta = a.meta + r * (2 + 2 * int64_t(a.nch));
+  const int total = meta[0];
+  if (total > kCandCap) {
+    const float* row = a.scores + r * a.ld;
+    select_core([&](int64_t i) { return order_key(row[i]); }, n, a.k, [&](int pos, int64_t i) { o[pos] = int32_t(i); },
+                prefix, mask, krem);
+    return;
+  }
+  const int c = threadIdx.x;
+  const int cnt = c < a.nch ? meta[2 + a.nch + c] : 0;
+  int tot;
+  const int off = block_excl_scan(cnt, warp_tot, &tot);
+  if (c < a.nch) ordoff[c] = off;
+  __syncthreads();
+  uint32_t* skey = cand;
+  int32_t* spos = reinterpret_cast<int32_t*>(cand + kCandCap);
+  const uint32_t* gk = a.ckey + r * kCandCap;
+  const int32_t* gp = a.cpos + r * kCandCap;
+  const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  for (int ch = w; ch < a.nch; ch += TK_THREADS / 32) {
+    const int src = meta[2 + ch], dst = ordoff[ch], m = meta[2 + a.nch + ch];
+    for (int j = lane; j < m; j += 32) {
+      skey[dst + j] = gk[src + j];
+      spos[dst + j] = gp[src + j];
+    }
+  }
+  __syncthreads();
+  select_core([&](int64_t i) { return skey[i]; }, total, a.k, [&](int pos, int64_t i) { o[pos] = spos[i]; }, prefix,
+              mask, krem);
 }
 
 }  // namespace
@@ -189,20 +407,42 @@ __global__ void __launch_bounds__(TK_THREADS) topk_merge_kernel(const uint32_t* 
 void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
                               int64_t rows, int64_t k, int32_t* out) {
   if (rows == 0) return;
-  // Few long rows: spread each row over several blocks (pass 1), then merge (pass 2).
-  const int64_t want = (2 * int64_t(sms_) + rows - 1) / rows;  // blocks per row to fill the GPU twice
-  int64_t chunk = std::max<int64_t>(4 * k, 8192);
-  chunk = std::max(chunk, (ld + want - 1) / want);
-  const int64_t nch = (ld + chunk - 1) / chunk;
-  if (nch >= 2 && nch <= 64 && rows <= 65535) {
-    Tensor ck = alloc(DType::I32, {rows, nch, k}), ci = alloc(DType::I32, {rows, nch, k});
-    topk_chunk_kernel<<<dim3(unsigned(nch), unsigned(rows)), TK_THREADS>>>(
-        scores, ld, narr, n_add, row_base, k, chunk, reinterpret_cast<uint32_t*>(ck.data), ci.ptr<int32_t>());
-    DSA_LAUNCH_CHECK();
-    topk_merge_kernel<<<unsigned(rows), TK_THREADS>>>(reinterpret_cast<const uint32_t*>(ck.data), ci.ptr<int32_t>(),
-                                                      nch, narr, n_add, row_base, k, out);
-    DSA_LAUNCH_CHECK();
-    return;
+  if (ld > kMcChunkMax && rows <= 65535 && k <= kCandCap) {
+    // Long rows: chunks of 1024..8192 keys, about 2 CTAs per SM in all.
+    const int64_t per_row = std::max<int64_t>(1, (2 * int64_t(sms_) + rows - 1) / rows);
+    int64_t chunk = (ld + per_row - 1) / per_row;
+    chunk = std::clamp<int64_t>((chunk + 1023) / 1024 * 1024, 1024, kMcChunkMax);
+    const int64_t nch = (ld + chunk - 1) / chunk;
+    if (nch <= 1024) {
+      const int64_t meta_n = 2 + 2 * nch;
+      Tensor hdr = alloc(DType::I32, {rows, 2 * NBIN + meta_n});
+      Tensor cand = alloc(DType::I32, {rows, 2 * kCandCap});
+      DSA_CUDA_CHECK(cudaMemsetAsync(hdr.data, 0, hdr.nbytes()));
+      McArgs a{};
+      a.scores = scores; a.ld = ld; a.narr = narr; a.n_add = n_add; a.row_base = row_base; a.k = k;
+      a.chunk = int(chunk); a.nch = int(nch);
+      a.hist = hdr.ptr<int32_t>();
+      a.hist2 = hdr.ptr<int32_t>() + rows * NBIN;
+      a.meta = hdr.ptr<int32_t>() + 2 * rows * NBIN;
+      a.ckey = reinterpret_cast<uint32_t*>(cand.data);
+      a.cpos = cand.ptr<int32_t>() + rows * kCandCap;
+      a.out = out;
+      topk_mc_hist_kernel<<<dim3(unsigned(nch), unsigned(rows)), kMcThreads>>>(a);
+      DSA_LAUNCH_CHECK();
+      topk_mc_hist2_kernel<<<dim3(unsigned(nch), unsigned(rows)), kMcThreads>>>(a);
+      DSA_LAUNCH_CHECK();
+      topk_mc_collect_kernel<<<dim3(unsigned(nch), unsigned(rows)), kMcThreads>>>(a);
+      DSA_LAUNCH_CHECK();
+      const size_t smem = size_t(kCandCap) * 8;
+      static bool attr = false;
+      if (!attr) {
+        DSA_CUDA_CHECK(cudaFuncSetAttribute(topk_mc_final_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+        attr = true;
+      }
+      topk_mc_final_kernel<<<unsigned(rows), TK_THREADS, smem>>>(a);
+      DSA_LAUNCH_CHECK();
+      return;
+    }
   }
   topk_kernel<<<unsigned(rows), TK_THREADS>>>(scores, ld, narr, n_add, row_base, k, out);
   DSA_LAUNCH_CHECK();

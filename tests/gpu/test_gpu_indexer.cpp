@@ -1,0 +1,225 @@
+// Indexer scores and top-k on CUDA vs the CPU reference: ragged multi-sequence batches (s_q 1 and
+// 2, contexts across 64-token block edges, L < k, L = k, k + 1), long rows (128K) that take the
+// multi-CTA top-k, exact ties, NaN / -0 / -inf rows, the candidate-overflow fallback, and the tiled
+// prefill path. Tolerances: scores differ from the CPU only by fp32 summation order (e4m3 products
+// are exact in f16 operands / fp32), so relative L2 1e-5; top-k must be bit-identical to the CPU
+// selection over the GPU's own scores, and to the CPU end to end when every score is exact
+// (small integers, power-of-two weights); with random scores the end-to-end sets may differ only
+// at near-ties (a few rows).
+#include <algorithm>
+#include <numeric>
+
+#include "gpu_util.h"
+
+namespace dsa::test {
+namespace {
+
+struct MCase {
+  KvLayer hkv, dkv;
+  Batch b;  // the decode / prefill batch (queries)
+  Tensor q, w;
+  std::vector<int32_t> qpos;
+  int64_t max_end = 0;
+};
+
+// Sequences with context lengths ends[s], the last nq[s] positions of each being the queries.
+MCase multi_case(Both& be, const std::vector<int64_t>& ends, const std::vector<int64_t>& nq, int64_t Hi, bool small_ints) {
+  MCase c;
+  const int64_t S = int64_t(ends.size());
+  int64_t mb = 0, tot_blocks = 3, tot_keys = 0;
+  for (int64_t e : ends) {
+    mb = std::max(mb, (e + 63) / 64);
+    tot_blocks += (e + 63) / 64;
+    tot_keys += e;
+    c.max_end = std::max(c.max_end, e);
+  }
+  std::vector<int32_t> perm(static_cast<size_t>(tot_blocks));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng());
+  std::vector<int32_t> bt(static_cast<size_t>(S * mb), -1);
+  size_t used = 0;
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t j = 0; j < (ends[size_t(s)] + 63) / 64; ++j) bt[size_t(s * mb + j)] = perm[used++];
+  c.hkv = host_kv(tot_blocks);
+  Batch wb;
+  wb.max_blocks = mb;
+  wb.block_table = bt;
+  for (int64_t s = 0, off = 0; s < S; ++s) {
+    BatchSeq q;
+    q.start_pos = 0;
+    q.n_new = ends[size_t(s)];
+    q.token_offset = off;
+    wb.seqs.push_back(q);
+    for (int64_t p = 0; p < ends[size_t(s)]; ++p) wb.positions.push_back(int32_t(p)), wb.token_seq.push_back(int32_t(s));
+    off += ends[size_t(s)];
+  }
+  Tensor k = rand_bf16({tot_keys, kIndexDim});
+  if (small_ints)  // amax 448 -> scale 1, values integers in [-3, 3] (exact e4m3)
+    for (int64_t i = 0; i < tot_keys; ++i)
+      for (int64_t d = 0; d < kIndexDim; ++d)
+        k.ptr<uint16_t>()[i * kIndexDim + d] = f32_to_bf16(d == 0 ? 448.f : float(int(rng()() % 7) - 3));
+  be.cpu.indexer_cache_write(k, c.hkv, wb);
+  c.dkv = be.up(c.hkv);
+  c.b.max_blocks = mb;
+  c.b.block_table = bt;
+  for (int64_t s = 0, off = 0; s < S; ++s) {
+    const int64_t n = std::min(nq[size_t(s)], ends[size_t(s)]);
+    BatchSeq q;
+    q.start_pos = ends[size_t(s)] - n;
+    q.n_new = n;
+    q.token_offset = off;
+    c.b.seqs.push_back(q);
+    for (int64_t p = q.start_pos; p < ends[size_t(s)]; ++p) {
+      c.b.positions.push_back(int32_t(p));
+      c.b.token_seq.push_back(int32_t(s));
+      c.qpos.push_back(int32_t(p));
+    }
+    off += n;
+  }
+  const int64_t T = int64_t(c.qpos.size());
+  c.q = rand_e4m3({T, Hi, kIndexDim});
+  c.w = rand_f32({T, Hi}, 0.01f);
+  if (small_ints) {
+    for (int64_t i = 0; i < c.q.numel(); ++i) {
+      const int d = int(i % kIndexDim);
+      c.q.ptr<uint8_t>()[i] = d == 0 ? 0 : f32_to_e4m3(float(int(rng()() % 3) - 1));
+    }
+    for (int64_t i = 0; i < c.w.numel(); ++i) c.w.ptr<float>()[i] = std::ldexp(1.0f, int(rng()() % 4) - 6) * ((rng()() & 1) ? 1 : -1);
+  }
+  return c;
+}
+
+// GPU scores vs CPU (tolerance), GPU top-k vs the CPU selection over the GPU scores (exact), and
+// vs the CPU end to end (exact if exact_scores, else all but a few rows).
+void check_case(Both& be, MCase& c, int64_t k, bool exact_scores, const char* what) {
+  SCOPED_TRACE(what);
+  const int64_t T = int64_t(c.qpos.size()), LL = c.max_end + 70;
+  Tensor qg = be.up(c.q), wg = be.up(c.w);
+  Tensor sc = host_tensor(DType::F32, {T, LL}), sg = be.poisoned(DType::F32, {T, LL});
+  be.cpu.indexer_scores(c.q, c.w, c.hkv, c.b, sc);
+  be.gpu.indexer_scores(qg, wg, c.dkv, c.b, sg);
+  Tensor sh = be.down(sg);
+  int64_t inf_mismatch = 0;
+  for (int64_t i = 0; i < T * LL; ++i) inf_mismatch += std::isinf(sh.ptr<float>()[i]) != std::isinf(sc.ptr<float>()[i]);
+  EXPECT_EQ(inf_mismatch, 0) << "-inf pattern (j > position)";
+  if (exact_scores) expect_same_bytes(sh, sc, "indexer_scores (exact)");
+  else expect_close(sh, sc, 1e-5, "indexer_scores");
+  Tensor tg = be.poisoned(DType::I32, {T, k});
+  be.gpu.indexer_topk(qg, wg, c.dkv, c.b, k, tg);
+  Tensor th = be.down(tg);
+  Tensor ref = host_tensor(DType::I32, {T, k});
+  for (int64_t t = 0; t < T; ++t) cpu::topk_select(sh.ptr<float>() + t * LL, c.qpos[size_t(t)] + 1, k, ref.ptr<int32_t>() + t * k);
+  expect_same_bytes(th, ref, "indexer_topk vs selection over the GPU scores");
+  Tensor tc = host_tensor(DType::I32, {T, k});
+  be.cpu.indexer_topk(c.q, c.w, c.hkv, c.b, k, tc);
+  if (exact_scores) {
+    expect_same_bytes(th, tc, "indexer_topk vs CPU (exact scores)");
+  } else {
+    int64_t same = 0;
+    for (int64_t t = 0; t < T; ++t)
+      same += std::equal(th.ptr<int32_t>() + t * k, th.ptr<int32_t>() + (t + 1) * k, tc.ptr<int32_t>() + t * k);
+    EXPECT_GE(same, T - std::max<int64_t>(2, T / 10)) << "rows whose selection differs from the CPU's";
+  }
+}
+
+}  // namespace
+
+TEST(GpuIndexer, ScoresAndTopkRaggedBatch) {
+  REQUIRE_GPU();
+  Both be;
+  for (int64_t sq : {int64_t(1), int64_t(2)})
+    for (int64_t Hi : {int64_t(64), int64_t(32), int64_t(7), int64_t(128)}) {
+      // every sequence has s_q new tokens (s_q = 2: the paired-query kernel)
+      const std::vector<int64_t> ends = {sq == 2 ? 2 : 1, 63, 64, 65, 130, 1000, 5000, 3333};
+      MCase c = multi_case(be, ends, std::vector<int64_t>(ends.size(), sq), Hi, false);
+      check_case(be, c, 256, false, ("s_q=" + std::to_string(sq) + " Hi=" + std::to_string(Hi)).c_str());
+    }
+}
+
+TEST(GpuIndexer, TopkExactTiesAroundK) {
+  REQUIRE_GPU();
+  Both be;
+  for (int64_t k : {int64_t(64), int64_t(2048)})
+    for (int64_t sq : {int64_t(1), int64_t(2)}) {
+      const std::vector<int64_t> ends = {k - 1, k, k + 1, k + 2, 9000, 20000};
+      MCase c = multi_case(be, ends, std::vector<int64_t>(ends.size(), sq), 64, true);
+      check_case(be, c, k, true, ("k=" + std::to_string(k) + " s_q=" + std::to_string(sq)).c_str());
+    }
+}
+
+// 128K contexts: the multi-CTA top-k at b = 1 and b = 3, s_q 1 and 2; exact scores.
+TEST(GpuIndexer, LongContextDecodeExact) {
+  REQUIRE_GPU();
+  Both be;
+  {
+    MCase c = multi_case(be, {131072}, {1}, 64, true);
+    check_case(be, c, 2048, true, "b=1 s_q=1 128K");
+  }
+  {
+    MCase c = multi_case(be, {131072}, {2}, 64, true);
+    check_case(be, c, 2048, true, "b=1 s_q=2 128K");
+  }
+  {
+    MCase c = multi_case(be, {131072, 100003, 70000}, {1, 1, 1}, 64, true);
+    check_case(be, c, 2048, true, "b=3 s_q=1 up to 128K");
+  }
+}
+
+// The selection alone on long adversarial rows (multi-CTA path): random values, few distinct
+// values, zeros of both signs, NaN, -inf, all-NaN, and a huge run of ties at the threshold that
+// overflows the candidate buffer (fallback).
+TEST(GpuIndexer, TopkRowsLongAdversarial) {
+  REQUIRE_GPU();
+  Both be;
+  const int64_t ld = 131072;
+  for (int64_t k : {int64_t(2048), int64_t(64)}) {
+    const int64_t R = 7;
+    Tensor s = host_tensor(DType::F32, {R, ld});
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t i = 0; i < ld; ++i) {
+        float v = randn();
+        const uint64_t u = rng()() % 100;
+        if (r == 1) v = float(int(rng()() % 5));                                    // few distinct values
+        if (r == 2) v = u < 30 ? 0.f : u < 35 ? -0.f : u < 37 ? std::nanf("") : u < 39 ? -INFINITY : randn();
+        if (r == 3) v = std::nanf("");                                              // all NaN
+        if (r == 4) v = u < 1 ? 1.0f + randu(0, 1) : u < 95 ? 0.f : -1.f;          // ~120K ties at the threshold
+        if (r == 5) v = std::ldexp(1.0f + float(rng()() % 8) / 8, -int(rng()() % 3));  // dense near-ties
+        s.ptr<float>()[r * ld + i] = v;
+      }
+    Tensor nn = host_tensor(DType::I32, {R});
+    const int32_t lens[R] = {131072, 131072, 131000, 131072, 131072, 65537, int32_t(k)};  // last: n <= k
+    for (int64_t r = 0; r < R; ++r) nn.ptr<int32_t>()[r] = lens[r];
+    Tensor ref = host_tensor(DType::I32, {R, k}), og = be.poisoned(DType::I32, {R, k});
+    for (int64_t r = 0; r < R; ++r) cpu::topk_select(s.ptr<float>() + r * ld, lens[r], k, ref.ptr<int32_t>() + r * k);
+    Tensor ng = be.up(nn);
+    be.gpu.topk_rows(be.up(s), ng.ptr<int32_t>(), k, og);
+    SCOPED_TRACE("k=" + std::to_string(k));
+    expect_same_bytes(be.down(og), ref, "topk_rows long");
+    // b = 1 (most CTAs per row)
+    Tensor og1 = be.poisoned(DType::I32, {1, k});
+    Tensor s1 = host_tensor(DType::F32, {1, ld});
+    std::memcpy(s1.data, s.ptr<float>() + 4 * ld, size_t(ld) * 4);  // the overflow row
+    Tensor n1 = host_tensor(DType::I32, {1});
+    n1.ptr<int32_t>()[0] = int32_t(ld);
+    Tensor n1g = be.up(n1);
+    be.gpu.topk_rows(be.up(s1), n1g.ptr<int32_t>(), k, og1);
+    Tensor ref1 = host_tensor(DType::I32, {1, k});
+    std::memcpy(ref1.data, ref.ptr<int32_t>() + 4 * k, size_t(k) * 4);
+    expect_same_bytes(be.down(og1), ref1, "topk_rows b=1 overflow row");
+  }
+}
+
+// Prefill in tiles: pairs of tokens share a CTA (even T) or not (odd T); tiles of 7 (-> 6) rows.
+TEST(GpuIndexer, TiledPrefillPairs) {
+  REQUIRE_GPU();
+  Both be;
+  for (int64_t T : {int64_t(40), int64_t(41)}) {
+    MCase c = multi_case(be, {3000}, {T}, 64, false);
+    const int64_t k = 512;
+    be.gpu.set_score_tile_floats(7 * 3008);
+    check_case(be, c, k, false, ("T=" + std::to_string(T)).c_str());
+    be.gpu.set_score_tile_floats(int64_t(64) << 20);
+  }
+}
+
+}  // namespace dsa::test
