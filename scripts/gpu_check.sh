@@ -6,15 +6,23 @@
 #                                    sysroot with GoogleTest, nlohmann_json, PCRE2 and Google
 #                                    Benchmark headers/libraries. Then call the device tool with
 #                                    carry [".device"].
-#   scripts/gpu_check.sh [--quick] [--no-ppl] [--no-sanitizer]
-#                                    on the device: build with CUDA (80-virtual;90a-real, all cores),
-#                                    run the GPU tests (native, then the compute_80 PTX path forced
-#                                    with CUDA_FORCE_PTX_JIT=1), compute-sanitizer memcheck/racecheck
-#                                    on the kernel tests, the benchmarks, dsa-mini perplexity on the
-#                                    GPU; logs under $OUT; a short table at the end.
+#   scripts/gpu_check.sh [--stages LIST] [--quick]
+#                                    on the device, stages in this order (default: all):
+#     build      CUDA build (80-virtual;90a-real, all cores) + ptxas resource usage
+#     tests      every GPU test (op tests vs the CPU backend, MLA/indexer/GEMM suites, dsa-mini end to end)
+#     ptx        op tests again on the compute_80 PTX (CUDA_FORCE_PTX_JIT=1) + exact indexer, and the
+#                dsa-mini greedy test with graphs off / on the CUDA-core attention kernel
+#     sanitizer  compute-sanitizer memcheck + racecheck over the kernel tests
+#     bench      dsa_gpu_bench (per kernel, per-layer decode dense vs DSA) + prefill bench (+ GEMM bench)
+#     e2e        dsa bench on dsa-mini (batch 1/8, graphs on/off) and an op profile of a decode step
+#     ppl        dsa-mini dev-set perplexity at context 8192 on the GPU, dense and DSA
+#     real       real-scale model (v32-real-attn: 7168 hidden, 128 heads, 64x128 indexer, k 2048), made
+#                on the device; 128K-token prefill then decode, dense vs DSA, with memory and speed
+#   Logs under $OUT; the floors table and one summary at the end. GPU_CHECK_BUDGET_S (default 570) stops
+#   optional stages from starting when the call would run out of time.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-DEV=$ROOT/.device
+DEV=${DSA_DEVICE_DIR:-$ROOT/.device}
 
 if [[ "${1:-}" == "--stage" ]]; then
   SHARED=${DSA_SHARED:-$ROOT/../shared}
@@ -47,14 +55,16 @@ PC
   exit 0
 fi
 
-QUICK=0; PPL=1; SAN=1
-for a in "$@"; do
-  case $a in
+STAGES=build,tests,ptx,sanitizer,bench,e2e,ppl,real
+QUICK=0
+while (( $# )); do
+  case $1 in
+    --stages) STAGES=$2; shift ;;
     --quick) QUICK=1 ;;
-    --no-ppl) PPL=0 ;;
-    --no-sanitizer) SAN=0 ;;
   esac
+  shift
 done
+has() { [[ ",$STAGES," == *",$1,"* ]]; }
 OUT=${OUT:-$ROOT/out/gpu_check}
 mkdir -p "$OUT"
 BUDGET=${GPU_CHECK_BUDGET_S:-570}   # stop starting optional stages after this many seconds
@@ -64,52 +74,57 @@ left() { echo $((BUDGET - SECONDS)); }
 
 GPU=$(nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.total,driver_version --format=csv,noheader 2>&1)
 echo "$GPU"
+note "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)'); stages $STAGES"
 S=$DEV/sysroot/usr
 export PKG_CONFIG_PATH=$S/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
 B=$ROOT/build-gpu
-t0=$SECONDS
-cmake -S "$ROOT" -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="80-virtual;90a-real" \
-  -DCMAKE_PREFIX_PATH="$S" -DDSA_GPU_SHARED_DIR="$DEV/shared" > "$OUT/build.log" 2>&1 \
-  && ninja -C "$B" -j"$(nproc)" dsa_gpu_tests dsa_gpu_bench dsa >> "$OUT/build.log" 2>&1
-rc=$?
-note "build: rc=$rc in $((SECONDS - t0)) s"
-if [[ $rc == 0 ]] && command -v cuobjdump > /dev/null; then
-  { echo "== resource usage"; cuobjdump -res-usage "$B/libdsa_lib.a" 2>&1 | grep -A1 "Function" | grep -v "^--"; } >> "$OUT/build.log"
-  note "SASS sm_90a: $(cuobjdump -sass "$B/libdsa_lib.a" 2>/dev/null | grep -c HMMA) HMMA instructions in libdsa_lib"
-fi
-if [[ $rc != 0 ]]; then
-  tail -60 "$OUT/build.log"
-  printf '%s\n' "${SUMMARY[@]}"
-  exit 1
-fi
 T=$B/tests/gpu/dsa_gpu_tests
+MINI=$DEV/shared/models/dsa-mini
 
-t0=$SECONDS
-timeout 240 "$T" > "$OUT/tests.log" 2>&1
-rc=$?
-note "gpu tests (sm_90a SASS): rc=$rc in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests.log") failed lines"
-grep -E "^\[  FAILED|Failure|error|\[ (prefill|decode|ppl)" "$OUT/tests.log" | head -40
-
-if (( $(left) > 200 )); then
+if has build; then
   t0=$SECONDS
-  CUDA_FORCE_PTX_JIT=1 DSA_CUDA_INDEXER_EXACT=1 timeout 120 "$T" --gtest_filter='GpuOps.*' > "$OUT/tests_ptx.log" 2>&1
+  cmake -S "$ROOT" -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="80-virtual;90a-real" \
+    -DCMAKE_PREFIX_PATH="$S" -DDSA_GPU_SHARED_DIR="$DEV/shared" > "$OUT/build.log" 2>&1 \
+    && ninja -C "$B" -j"$(nproc)" dsa_gpu_tests dsa_gpu_bench dsa_gpu_prefill_bench dsa >> "$OUT/build.log" 2>&1 \
+    && { ! ninja -C "$B" -t targets all 2>/dev/null | grep -q '^dsa_gpu_gemm_bench:' || ninja -C "$B" dsa_gpu_gemm_bench >> "$OUT/build.log" 2>&1; }
   rc=$?
-  note "gpu op tests, compute_80 PTX forced (CUDA_FORCE_PTX_JIT=1) + exact CUDA-core indexer: rc=$rc in $((SECONDS - t0)) s; $(grep -c '^\[  FAILED' "$OUT/tests_ptx.log") failed lines"
+  note "build: rc=$rc in $((SECONDS - t0)) s"
+  if [[ $rc != 0 ]]; then
+    tail -60 "$OUT/build.log"
+    printf '%s\n' "${SUMMARY[@]}"
+    exit 1
+  fi
+  if command -v cuobjdump > /dev/null; then
+    cuobjdump -res-usage "$B/libdsa_lib.a" 2>&1 | grep -A1 "Function" | grep -v "^--" | paste - - \
+      | sed -E 's/.*Function ([^ :]+).*REG:([0-9]+).*SHARED:([0-9]+).*/\1 REG:\2 SHARED:\3/' > "$OUT/res_usage.txt"
+    note "SASS sm_90a: $(cuobjdump -sass "$B/libdsa_lib.a" 2>/dev/null | grep -c HMMA) HMMA instructions in libdsa_lib; ptxas usage of $(wc -l < "$OUT/res_usage.txt") kernels in res_usage.txt"
+  fi
 fi
 
-if (( $(left) > 200 )); then
+if has tests; then
   t0=$SECONDS
-  DSA_CUDA_MQA_SIMPLE=1 timeout 60 "$T" --gtest_filter='GpuOps.AttentionMqa*:GpuModel.Greedy*' >> "$OUT/tests_ptx.log" 2>&1
+  timeout 300 "$T" > "$OUT/tests.log" 2>&1
   rc=$?
-  note "decode attention on the CUDA-core kernel (DSA_CUDA_MQA_SIMPLE=1): rc=$rc in $((SECONDS - t0)) s"
+  note "gpu tests (sm_90a SASS): rc=$rc in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests.log") failed lines"
+  grep -E "^\[  FAILED|Failure|\[ (prefill|decode|ppl|greedy|graphs)" "$OUT/tests.log" | head -40
 fi
 
-if [[ $SAN == 1 ]] && (( $(left) > 200 )); then
+if has ptx && (( $(left) > 150 )); then
+  t0=$SECONDS
+  CUDA_FORCE_PTX_JIT=1 DSA_CUDA_INDEXER_EXACT=1 timeout 200 "$T" --gtest_filter='GpuOps.*:GpuMla.*:GpuIndexer.*:GpuGemm.*' > "$OUT/tests_ptx.log" 2>&1
+  rc=$?
+  note "op tests on the compute_80 PTX (CUDA_FORCE_PTX_JIT=1) + exact CUDA-core indexer: rc=$rc in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests_ptx.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests_ptx.log") failed lines"
+  t0=$SECONDS
+  DSA_CUDA_GRAPHS=0 DSA_CUDA_MQA_SIMPLE=1 timeout 60 "$T" --gtest_filter='GpuOps.AttentionMqa*:GpuModel.Greedy*' >> "$OUT/tests_ptx.log" 2>&1
+  note "decode on the CUDA-core attention kernel, graphs off: rc=$? in $((SECONDS - t0)) s"
+fi
+
+if has sanitizer && (( $(left) > 200 )); then
   t0=$SECONDS
   timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$T" \
-    --gtest_filter='GpuOps.*-GpuOps.InvalidInputsRaiseErrors' > "$OUT/sanitizer.log" 2>&1
+    --gtest_filter='GpuOps.*:GpuMla.*:GpuIndexer.*:GpuGemm.*-GpuOps.InvalidInputsRaiseErrors:GpuMla.InvalidInputsRaiseErrors:GpuIndexer.*128K*' > "$OUT/sanitizer.log" 2>&1
   rc=$?
-  note "compute-sanitizer memcheck (GpuOps): rc=$rc in $((SECONDS - t0)) s; $(grep -m1 'ERROR SUMMARY' "$OUT/sanitizer.log")"
+  note "compute-sanitizer memcheck (op tests): rc=$rc in $((SECONDS - t0)) s; $(grep -m1 'ERROR SUMMARY' "$OUT/sanitizer.log")"
   if (( $(left) > 180 )); then
     t0=$SECONDS
     timeout 100 compute-sanitizer --tool racecheck --error-exitcode 9 "$T" \
@@ -120,34 +135,65 @@ if [[ $SAN == 1 ]] && (( $(left) > 200 )); then
   fi
 fi
 
-if (( $(left) > 60 )); then
+if has bench && (( $(left) > 60 )); then
   t0=$SECONDS
   BQ=""; [[ $QUICK == 1 ]] && BQ=--quick
-  timeout $(( $(left) > 240 ? 200 : $(left) - 40 )) "$B/bench/gpu/dsa_gpu_bench" $BQ --md "$OUT/bench.md" > "$OUT/bench.log" 2>&1
-  note "bench: rc=$? in $((SECONDS - t0)) s"
-fi
-
-if (( $(left) > 90 )); then  # end-to-end decode step latency on dsa-mini (dsa bench: DSA vs dense)
-  for bs in 1 8; do
+  timeout $(( $(left) > 260 ? 220 : $(left) - 40 )) "$B/bench/gpu/dsa_gpu_bench" $BQ --md "$OUT/bench.md" > "$OUT/bench.log" 2>&1
+  note "dsa_gpu_bench: rc=$? in $((SECONDS - t0)) s"
+  if (( $(left) > 60 )); then
     t0=$SECONDS
-    timeout 60 "$B/dsa" bench -m "$DEV/shared/models/dsa-mini" --device cuda --ctx 8000 --steps 16 --batch $bs > "$OUT/e2e.tmp" 2>&1
-    note "dsa bench (dsa-mini, cuda, ctx 8000, batch $bs): rc=$? in $((SECONDS - t0)) s: $(grep -v '^\s*$' "$OUT/e2e.tmp" | tail -3 | tr '\n' ';')"
-    cat "$OUT/e2e.tmp" >> "$OUT/bench.log"; rm -f "$OUT/e2e.tmp"
-  done
+    timeout 90 "$B/bench/gpu/dsa_gpu_prefill_bench" --md "$OUT/prefill.md" > "$OUT/prefill.log" 2>&1
+    note "dsa_gpu_prefill_bench: rc=$? in $((SECONDS - t0)) s"
+  fi
+  if [[ -x $B/bench/gpu/dsa_gpu_gemm_bench ]] && (( $(left) > 60 )); then
+    t0=$SECONDS
+    timeout 60 "$B/bench/gpu/dsa_gpu_gemm_bench" > "$OUT/gemm_bench.log" 2>&1
+    note "dsa_gpu_gemm_bench: rc=$? in $((SECONDS - t0)) s"
+  fi
 fi
 
-if [[ $PPL == 1 ]] && (( $(left) > 90 )); then
+if has e2e && (( $(left) > 60 )); then  # end-to-end decode step latency on dsa-mini (dsa bench: DSA vs dense)
+  for cfg in "1 1" "1 0" "8 1"; do
+    set -- $cfg
+    t0=$SECONDS
+    DSA_CUDA_GRAPHS=$2 timeout 60 "$B/dsa" bench -m "$MINI" --device cuda --ctx 8000 --steps 32 --batch $1 > "$OUT/e2e.tmp" 2>&1
+    note "dsa bench (dsa-mini, cuda, ctx 8000, batch $1, graphs $([[ $2 == 1 ]] && echo on || echo off)): rc=$? in $((SECONDS - t0)) s: $(grep -E 'ms/step|faster|SLOWER' "$OUT/e2e.tmp" | sed 's/  */ /g' | tr '\n' ';')"
+    cat "$OUT/e2e.tmp" >> "$OUT/e2e.log"; rm -f "$OUT/e2e.tmp"
+  done
+  DSA_PROFILE_OPS=1 timeout 60 "$B/dsa" bench -m "$MINI" --device cuda --ctx 8000 --steps 16 --batch 1 > "$OUT/profile.log" 2>&1
+  note "op profile of dsa-mini decode (batch 1, each op synchronised): rc=$? — see profile.log"
+fi
+
+if has ppl && (( $(left) > 90 )); then
   for att in ${PPL_MODES:-dense sparse}; do
     (( $(left) > 60 )) || break
     t0=$SECONDS
-    timeout $(( $(left) - 30 )) "$B/dsa" perplexity -m "$DEV/shared/models/dsa-mini" --device cuda --attention $att \
+    timeout $(( $(left) - 30 )) "$B/dsa" perplexity -m "$MINI" --device cuda --attention $att \
       --manifest "$DEV/shared/data/dev/MANIFEST.txt" --ctx 8192 > "$OUT/ppl.tmp" 2>&1
     note "dsa-mini ppl ctx 8192 on cuda, $att: rc=$? in $((SECONDS - t0)) s: $(grep -m1 '^perplexity' "$OUT/ppl.tmp")"
     cat "$OUT/ppl.tmp" >> "$OUT/ppl.log"; rm -f "$OUT/ppl.tmp"
   done
 fi
 
+if has real && (( $(left) > 60 )); then
+  RM=${REAL_MODEL_DIR:-/tmp/dsa-v32-real-attn}
+  CTX=${REAL_CTX:-131072}
+  t0=$SECONDS
+  [[ -f $RM/config.json ]] || "$B/dsa" make-model --preset v32-real-attn --out "$RM" > "$OUT/real.log" 2>&1
+  note "real-scale model made in $((SECONDS - t0)) s: $(du -sh "$RM" | cut -f1) ($(grep -o '"num_hidden_layers": [0-9]*' "$RM/config.json"))"
+  t0=$SECONDS
+  timeout $(( $(left) - 10 )) "$B/dsa" bench -m "$RM" --device cuda --ctx "$CTX" --steps 8 --batch 1 \
+    --prefill-chunk ${REAL_CHUNK:-32768} >> "$OUT/real.log" 2>&1
+  note "real scale, $CTX-token prefill + decode on cuda: rc=$? in $((SECONDS - t0)) s"
+  grep -E "prefill:|memory|ms/step|faster|SLOWER" "$OUT/real.log" | sed 's/^/   /'
+fi
+
 echo
 echo "================ summary ================"
 { echo "$GPU"; printf '%s\n' "${SUMMARY[@]}"; } | tee "$OUT/summary.txt"
-[[ -f $OUT/bench.md ]] && cat "$OUT/bench.md"
+if [[ -f $OUT/bench.md ]]; then
+  echo; python3 "$ROOT/scripts/gpu_summary.py" "$OUT/bench.md" | tee "$OUT/floors.md"
+  echo; cat "$OUT/bench.md"
+fi
+[[ -f $OUT/prefill.md ]] && { echo; cat "$OUT/prefill.md"; }
+exit 0
