@@ -221,7 +221,7 @@ CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
   sms_ = prop.multiProcessorCount;
   DSA_CUDA_CHECK(cudaMalloc(&err_, sizeof(int)));
   DSA_CUDA_CHECK(cudaMemset(err_, 0, sizeof(int)));
-  if (const char* g = std::getenv("DSA_CUDA_GRAPHS")) graphs_on_ = !(g[0] == '0' && g[1] == 0);
+  if (const char* g = std::getenv("DSA_CUDA_GRAPHS")) graphs_on_ = g[0] && !(g[0] == '0' && g[1] == 0);
 }
 
 // ---- decode-step graphs ------------------------------------------------------------------------
@@ -231,6 +231,11 @@ CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
 // the step's topology is unchanged — only kernel arguments and grid sizes move from step to step
 // (positions, context lengths) — and re-instantiated otherwise. Because each recording runs exactly
 // once, right after it is made, its temporaries follow the same stream-ordered reuse as eager ops.
+// Off by default: measured on the H200 (bench/RESULTS.md, 2026-11-29) a per-step capture is slower than
+// eager launches (dsa-mini batch 1: 6.58 vs 5.99 ms/step), because nothing runs on the GPU while the
+// host records the step — eager launches overlap the host's work with the GPU's. Graphs pay only when
+// a recording is replayed many times, which needs kernels whose launch shapes do not follow the
+// context length (left for later).
 void CudaBackend::begin_graph() {
   if (!graphs_on_ || capturing_) return;
   if (graph_warmup_ < 2) {  // the first decode steps run eagerly: one-time uploads (expert tables) happen there

@@ -51,7 +51,7 @@ class CudaBackend : public Backend {
   void begin_graph() override;
   void end_graph() override;
   void cancel_graph() override;
-  // CUDA graphs for decode steps (DSA_CUDA_GRAPHS=0 turns them off); counters for tests and benches.
+  // CUDA graphs for decode steps (off by default; DSA_CUDA_GRAPHS=1 or set_graphs(true)); counters for tests.
   void set_graphs(bool on) { graphs_on_ = on; }
   struct GraphStats { int64_t captured = 0, updated = 0, instantiated = 0; };
   const GraphStats& graph_stats() const { return gstats_; }
@@ -112,7 +112,7 @@ class CudaBackend : public Backend {
   int* err_ = nullptr;
   int sms_ = 0;
   int64_t score_tile_floats_ = int64_t(64) << 20;  // 256 MiB of fp32 scores at most
-  bool graphs_on_ = true, capturing_ = false;
+  bool graphs_on_ = false, capturing_ = false;  // DSA_CUDA_GRAPHS=1 turns them on (see cuda_backend.cu)
   int graph_warmup_ = 0;           // eager decode steps seen (first-use uploads happen there)
   cudaGraphExec_t graph_exec_ = nullptr;
   GraphStats gstats_;
