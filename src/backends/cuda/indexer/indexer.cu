@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/indexer/scores_sm90.h"
 
 namespace dsa::cuda {
 
@@ -576,6 +577,13 @@ int pipe_occupancy() {
 void launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms, int nq) {
   if (rows == 0) return;
   DSA_CHECK(rows <= 65535, "indexer: tile of ", rows, " rows");
+  if (!use_exact_indexer() && p.Hi <= 64 && nq == 1 && sm90_scores_available()) {  // Hopper: wgmma
+    Sm90ScoreArgs a{};
+    a.q = p.q; a.w = p.w; a.cache = p.cache; a.pos = p.pos; a.tseq = p.tseq; a.bt = p.bt; a.mb = p.mb; a.Hi = p.Hi;
+    a.t0 = p.t0; a.rows = rows; a.out = p.out; a.ld = p.ld; a.fill_ninf = p.fill_ninf;
+    launch_scores_sm90(a, max_nblk, sms);
+    return;
+  }
   if (!use_exact_indexer() && p.Hi <= 64) {
     PScoreP q{};
     q.q = p.q; q.w = p.w; q.cache = p.cache; q.pos = p.pos; q.tseq = p.tseq; q.bt = p.bt; q.mb = p.mb; q.Hi = p.Hi;
