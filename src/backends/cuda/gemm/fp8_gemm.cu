@@ -17,8 +17,9 @@
 //                       128-byte smem rows read with ldmatrix (conflict-free), e4m3 -> f16 in registers.
 //   fp8_gemv_kernel     <= 16 rows: weights streamed once with 16-byte loads straight into mma
 //                       fragments (the k order inside a block is free), 8 warps split the K blocks of
-//                       8*nt columns; per-block partial sums go to smem and one thread per output runs
-//                       the promotion chain in ascending kb (deterministic, same chain as above).
+//                       8*nt columns; per-block partial sums and the promotion scales go to smem and
+//                       one thread per output runs the promotion chain in ascending kb from smem
+//                       (deterministic, same chain as above).
 // Grouped (MoE) launches are persistent: each CTA scans offs once, then walks the (expert row tile,
 // column tile) items, so experts without rows cost nothing.
 #include "backends/cuda/cuda_backend.h"
@@ -330,12 +331,13 @@ __device__ __forceinline__ void gemv_chunk(float (&c)[4], const uint4& w, const 
 
 template <bool M16>
 __global__ void __launch_bounds__(kThreads) fp8_gemv_kernel(Fp8P p, int nt, int rmax, int items_n) {
-  extern __shared__ float tsm[];  // [KB][rmax][8*nt] per-block partial sums
+  extern __shared__ float tsm[];  // [KB][rmax][8*nt] per-block partial sums, then ssm [rmax][KB] scales
   __shared__ int prefix[kMaxE + 1];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
   const int S = 8 / nt, tile = warp % nt, split = warp / nt, W8 = 8 * nt;
   const int KB = p.KB;
   const int64_t K = p.K, N = p.N;
+  float* ssm = tsm + size_t(KB) * rmax * W8;
   int total = items_n;
   if (p.offs) {
     group_prefix(p.offs, p.E, 16, prefix);
@@ -356,6 +358,13 @@ __global__ void __launch_bounds__(kThreads) fp8_gemv_kernel(Fp8P p, int nt, int 
       n_cta = int64_t(item) * W8;
     }
     const int R = int(m_end - m0 < (M16 ? 16 : 8) ? m_end - m0 : (M16 ? 16 : 8));
+    {  // promotion scales of the CTA's rows (its 8*nt columns share one 128-row weight-scale block)
+      const float* wsb = WS + (n_cta / 128) * KB;
+      for (int idx = threadIdx.x; idx < R * KB; idx += kThreads) {
+        const int r = idx / KB, kb = idx - r * KB;
+        ssm[idx] = __fmul_rn(__fmul_rn(p.as[(m0 + r) * KB + kb], wsb[kb]), DSA_FP8_PART_SCALE);
+      }
+    }
     const int64_t n = n_cta + tile * 8 + g;
     const bool nok = n < N, xok = g < R, yok = M16 && g + 8 < R;
     const uint8_t* wr = W + (nok ? n * K : 0) + t4 * 16;
@@ -392,15 +401,11 @@ __global__ void __launch_bounds__(kThreads) fp8_gemv_kernel(Fp8P p, int nt, int 
       const int r = idx / W8, col = idx - r * W8;
       const int64_t nn = n_cta + col;
       if (nn >= N) continue;
-      const float* as = p.as + (m0 + r) * KB;
-      const float* ws = WS + (nn / 128) * KB;
+      const float* sp = ssm + r * KB;
       const float* tp = tsm + size_t(r) * W8 + col;
-      float acc = 0.f;
-      for (int kb = 0; kb < KB; ++kb) {
-        const float s = __fmul_rn(__fmul_rn(as[kb], ws[kb]), DSA_FP8_PART_SCALE);
-        const float v = tp[size_t(kb) * rmax * W8];
-        acc = kb == 0 ? __fmul_rn(v, s) : __fmaf_rn(v, s, acc);
-      }
+      float acc = __fmul_rn(tp[0], sp[0]);
+#pragma unroll 8
+      for (int kb = 1; kb < KB; ++kb) acc = __fmaf_rn(tp[size_t(kb) * rmax * W8], sp[kb], acc);
       p.out[(m0 + r) * p.ldo + nn] = f2bf(acc);
     }
     __syncthreads();  // tsm is reused by the next item
@@ -506,7 +511,7 @@ bool run_gemv(const Fp8P& p, int64_t rows) {
   while (S > 1 && S > KB) S /= 2;  // K splits per column tile: no more than there are blocks
   const int nt = 8 / S;
   const int rmax = int(rows);
-  const size_t smem = size_t(KB) * rmax * 8 * nt * sizeof(float);
+  const size_t smem = (size_t(KB) * rmax * 8 * nt + size_t(rmax) * KB) * sizeof(float);
   if (smem > size_t(max_dyn_smem()) - 2048) return false;
   const int64_t items_n = (p.N + 8 * nt - 1) / (8 * nt);
   int64_t grid = items_n;
@@ -536,11 +541,15 @@ void run_fp8(Fp8P p, int64_t rows_bound) {
   if (path == Fp8Path::Gemv && run_gemv(p, rows_bound)) return;
   if (path == Fp8Path::Mma64) return run_mma<2>(p, rows_bound);
   if (path == Fp8Path::Mma32) return run_mma<1>(p, rows_bound);
+  if (p.offs) {  // grouped: by the expected rows per expert (top-8 routing), so short experts waste little
+    const int64_t avg = rows_bound * 8 / std::max(p.E, 1);
+    if (avg <= 32) return run_mma<1>(p, rows_bound);
+    if (avg <= 64) return run_mma<2>(p, rows_bound);
+    return run_mma<4>(p, rows_bound);
+  }
   // Row tile: 128 when that still gives every SM work, else 64 / 32 (more CTAs for short M).
   const int64_t ntn = (p.N + 127) / 128, sms = device_sms();
-  auto tiles = [&](int64_t bm) {
-    return p.offs ? (rows_bound * 8 + bm - 1) / bm * ntn : (rows_bound + bm - 1) / bm * ntn;  // grouped: ~8 rows/token
-  };
+  auto tiles = [&](int64_t bm) { return (rows_bound + bm - 1) / bm * ntn; };
   if (tiles(128) >= 2 * sms) return run_mma<4>(p, rows_bound);
   if (tiles(64) >= sms) return run_mma<2>(p, rows_bound);
   return run_mma<1>(p, rows_bound);
