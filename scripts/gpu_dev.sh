@@ -17,7 +17,7 @@ B=$ROOT/build-gpu
 t0=$SECONDS
 cmake -S "$ROOT" -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="80-virtual;90a-real" \
   -DCMAKE_PREFIX_PATH="$S" -DDSA_GPU_SHARED_DIR="$DEV/shared" > "$OUT/build.log" 2>&1 \
-  && ninja -C "$B" -j"$(nproc)" dsa_gpu_tests dsa_gpu_bench >> "$OUT/build.log" 2>&1
+  && ninja -C "$B" -j"$(nproc)" dsa_gpu_tests dsa_gpu_bench dsa_gpu_gemm_bench >> "$OUT/build.log" 2>&1
 rc=$?
 echo "== build rc=$rc in $((SECONDS - t0)) s"
 if [[ $rc != 0 ]]; then tail -40 "$OUT/build.log"; exit 1; fi

@@ -1,9 +1,9 @@
-// Linears on CUDA cores (portable sm_80+): act_quant (1x128 ue8m0), the FP8 block-scaled GEMM with
-// per-128 fp32 promotion (plain and grouped for MoE), fp32 linears, weight dequantisation and the
-// per-head MLA absorb products. One tiled kernel template serves them all: 64x64 output tiles,
-// K in chunks of 32 through shared memory, fp32 accumulation, each output's K order fixed (so the
-// result does not depend on which rows share a tile).
+// Linears: act_quant (1x128 ue8m0), fp32 linears, weight dequantisation and the per-head MLA absorb
+// products on CUDA cores (one tiled kernel template: 64x64 output tiles, K in chunks of 32 through
+// shared memory, fp32 accumulation, each output's K order fixed). The FP8 block-scaled GEMM itself
+// (tensor cores / GEMV) lives in fp8_gemm.cu; the small-T fp32 linear (lm_head) in fp8_gemm.cu too.
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/gemm/fp8_gemm.h"
 
 namespace dsa::cuda {
 
@@ -30,7 +30,6 @@ __global__ void act_quant_kernel(const uint16_t* x, int64_t groups, uint8_t* q, 
 template <typename T> __device__ __forceinline__ float ld(const T* p);
 template <> __device__ __forceinline__ float ld<uint16_t>(const uint16_t* p) { return bf2f(*p); }
 template <> __device__ __forceinline__ float ld<float>(const float* p) { return *p; }
-template <> __device__ __forceinline__ float ld<uint8_t>(const uint8_t* p) { return e4m3_to_float(*p); }
 
 struct GemmP {
   const void* a; int64_t sAz, sAm;             // A(m, k) = a[z*sAz + m*sAm + k]
@@ -148,28 +147,6 @@ void launch_act_quant(const uint16_t* x, int64_t rows, int64_t K, uint8_t* q, fl
   DSA_LAUNCH_CHECK();
 }
 
-void launch_linear_fp8(const Fp8GemmArgs& a) {
-  GemmP p{};
-  p.a = a.a; p.sAm = a.K;
-  p.b = a.w; p.sBn = a.K; p.sBk = 1;
-  p.c = a.out; p.sCm = a.ldo;
-  p.M = a.M; p.N = a.N; p.K = a.K;
-  p.as = a.as; p.ws = a.ws; p.KB = a.K / 128;
-  run_gemm<uint8_t, uint8_t, true, true>(p, 1, cdiv(a.M, BM));
-}
-
-void launch_linear_fp8_grouped(const uint8_t* a, const float* as, int64_t M, int64_t K, const void* const* table,
-                               int which, const int32_t* offs, int64_t E, int64_t N, uint16_t* out) {
-  GemmP p{};
-  p.a = a; p.sAm = K;
-  p.b = nullptr; p.sBn = K; p.sBk = 1;
-  p.c = out; p.sCm = N;
-  p.M = M; p.N = N; p.K = K;
-  p.as = as; p.KB = K / 128;
-  p.offs = offs; p.table = table; p.which = which;
-  run_gemm<uint8_t, uint8_t, true, true>(p, E, cdiv(M, BM));  // tiles past an expert's rows exit at once
-}
-
 void CudaBackend::act_quant(const Tensor& x, Tensor& q, Tensor& s) {
   const int64_t K = x.dim(-1), R = x.numel() / K;
   DSA_CHECK(K % 128 == 0, "act_quant: last dim ", K, " is not a multiple of 128");
@@ -195,6 +172,8 @@ void CudaBackend::linear_f32(const Tensor& x, const Tensor& w, Tensor& out) {
   p.b = w.data; p.sBn = K; p.sBk = 1;
   p.c = out.data; p.sCm = N;
   p.M = T; p.N = N; p.K = K;
+  if (T == 0 || N == 0) return;
+  if (launch_linear_f32_gemv(x.ptr<uint16_t>(), T, K, w.data, w.dtype == DType::F32, N, out.ptr<float>())) return;
   if (w.dtype == DType::F32) run_gemm<uint16_t, float, false, false>(p, 1, cdiv(T, BM));
   else run_gemm<uint16_t, uint16_t, false, false>(p, 1, cdiv(T, BM));
 }

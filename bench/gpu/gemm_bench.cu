@@ -1,0 +1,272 @@
+// dsa_gpu_gemm_bench: the FP8 block-scaled GEMM (gemm/fp8_gemm.cu) on the real DeepSeek-V3.2 shapes,
+// plain and grouped (MoE, 256 experts, top-8), and the fp32 lm_head GEMV. CUDA events, median of
+// several calls after a warm-up; weights rotate among copies when one copy would sit in L2.
+// TFLOP/s = 2MNK / t; GB/s = (weights + activations + scales + output) / t; "roof" is the share of
+// the binding roofline (H200: copy 4.2 TB/s, FP8 1300 TFLOP/s measured with cuBLAS):
+// max(bytes / 4.2 TB/s, flop / 1300 TFLOP/s) / t.
+// Usage: dsa_gpu_gemm_bench [--quick] [--md FILE]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/gemm/fp8_gemm.h"
+
+using namespace dsa;
+
+namespace {
+
+constexpr double kCopyTBs = 4.2, kFp8TF = 1300;
+
+__global__ void fill_codes(uint8_t* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 13; x *= 0x5bd1e995u; x ^= x >> 15;
+    uint8_t c = uint8_t(x);
+    if ((c & 0x7f) == 0x7f) c = 0x3f;  // no NaN
+    p[i] = c;
+  }
+}
+__global__ void fill_f32(float* p, size_t n, float v) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) p[i] = v;
+}
+__global__ void fill_bf16(uint16_t* p, size_t n, uint32_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
+    x ^= x >> 13; x *= 0x5bd1e995u; x ^= x >> 15;
+    p[i] = uint16_t(0x3c00 + (x & 0x3ff)) ^ uint16_t((x >> 16) & 0x8000);
+  }
+}
+
+void chk(cudaError_t e, const char* w) {
+  if (e != cudaSuccess) {
+    std::fprintf(stderr, "CUDA error %s: %s\n", w, cudaGetErrorString(e));
+    std::exit(1);
+  }
+}
+
+template <typename T> T* dalloc(size_t n) {
+  void* p = nullptr;
+  chk(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)), "cudaMalloc");
+  return static_cast<T*>(p);
+}
+
+double time_ms(const std::function<void(int)>& fn, int reps) {
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  fn(0);
+  fn(1);
+  chk(cudaDeviceSynchronize(), "warm-up");
+  std::vector<float> ts;
+  float total = 0;
+  for (int r = 0; r < reps; ++r) {
+    cudaEventRecord(a);
+    fn(r + 2);
+    cudaEventRecord(b);
+    chk(cudaEventSynchronize(b), "timed call");
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    ts.push_back(ms);
+    total += ms;
+    if (total > 1500 && r >= 2) break;
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(ts.begin(), ts.end());
+  return ts[ts.size() / 2];
+}
+
+std::vector<std::string> md;
+FILE* md_out = nullptr;  // --md: written line by line (a killed run keeps what it measured)
+void report(const std::string& what, const std::string& path, int64_t M, int64_t N, int64_t K, double ms, double flop,
+            double bytes) {
+  const double us = ms * 1e3, tf = flop / (ms * 1e-3) / 1e12, gbs = bytes / (ms * 1e-3) / 1e9;
+  const double roof = std::max(bytes / (kCopyTBs * 1e12), flop / (kFp8TF * 1e12)) / (ms * 1e-3) * 100.0;
+  char line[256];
+  std::snprintf(line, sizeof line, "| %-14s | %-6s | %5lld | %5lld | %5lld | %9.1f | %7.1f | %7.0f | %5.1f%% |", what.c_str(),
+                path.c_str(), (long long)M, (long long)N, (long long)K, us, tf, gbs, roof);
+  std::printf("%s\n", line);
+  std::fflush(stdout);
+  md.push_back(line);
+  if (md_out) {
+    std::fprintf(md_out, "%s\n", line);
+    std::fflush(md_out);
+  }
+}
+
+const char* pname(cuda::Fp8Path p) {
+  switch (p) {
+    case cuda::Fp8Path::Auto: return "auto";
+    case cuda::Fp8Path::Mma: return "mma128";
+    case cuda::Fp8Path::Mma64: return "mma64";
+    case cuda::Fp8Path::Mma32: return "mma32";
+    default: return "gemv";
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  std::string md_file;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--md") && i + 1 < argc) md_file = argv[++i];
+  }
+  if (!md_file.empty()) md_out = std::fopen(md_file.c_str(), "w");
+  int dev = 0;
+  cudaDeviceProp prop{};
+  chk(cudaGetDeviceProperties(&prop, dev), "props");
+  std::printf("# dsa_gpu_gemm_bench on %s (%d SMs, L2 %d MiB)\n", prop.name, prop.multiProcessorCount,
+              prop.l2CacheSize >> 20);
+  const int reps = quick ? 5 : 9;
+  const std::string hdr = "| shape          | path   |     M |     N |     K |   time us | TFLOP/s |    GB/s |  roof  |";
+  const std::string sep = "|---|---|---|---|---|---|---|---|---|";
+  std::printf("%s\n%s\n", hdr.c_str(), sep.c_str());
+  md.push_back(hdr);
+  md.push_back(sep);
+  if (md_out) std::fprintf(md_out, "%s\n%s\n", hdr.c_str(), sep.c_str());
+
+  struct Shape { const char* name; int64_t N, K; };
+  const Shape shapes[] = {{"q_b", 24576, 1536},      {"q_a", 1536, 7168},      {"kv_a", 576, 7168},
+                          {"o_proj", 7168, 16384},   {"wkv_b", 32768, 512},    {"idx_wq_b", 8192, 1536},
+                          {"exp_gate_up", 2048, 7168}, {"exp_down", 7168, 2048}, {"ffn_gate_up", 18432, 7168},
+                          {"ffn_down", 7168, 18432}};
+  std::vector<int64_t> Ms = {1, 8, 64, 512, 4096, 16384};
+  if (quick) Ms = {1, 8, 512, 4096};
+  const int64_t Mmax = Ms.back();
+  const size_t l2 = size_t(prop.l2CacheSize);
+
+  // activations / output buffers sized for the largest shape
+  int64_t maxK = 0, maxN = 0;
+  for (const Shape& s : shapes) maxK = std::max(maxK, s.K), maxN = std::max(maxN, s.N);
+  uint8_t* a = dalloc<uint8_t>(size_t(Mmax * maxK));
+  float* as = dalloc<float>(size_t(Mmax * (maxK / 128)));
+  uint16_t* out = dalloc<uint16_t>(size_t(Mmax * maxN));
+  fill_codes<<<4096, 256>>>(a, size_t(Mmax * maxK), 7u);
+  fill_f32<<<1024, 256>>>(as, size_t(Mmax * (maxK / 128)), 0.0078125f);
+
+  for (const Shape& s : shapes) {
+    const size_t wbytes = size_t(s.N * s.K);
+    const int copies = int(std::clamp<size_t>((3 * l2 + wbytes - 1) / wbytes, 1, 64));
+    std::vector<uint8_t*> ws_codes;
+    std::vector<float*> ws_scale;
+    const size_t nsc = size_t((s.N + 127) / 128 * (s.K / 128));
+    for (int c = 0; c < copies; ++c) {
+      ws_codes.push_back(dalloc<uint8_t>(wbytes));
+      ws_scale.push_back(dalloc<float>(nsc));
+      fill_codes<<<4096, 256>>>(ws_codes.back(), wbytes, 100u + c);
+      fill_f32<<<256, 256>>>(ws_scale.back(), nsc, 0.0009765625f);
+    }
+    chk(cudaDeviceSynchronize(), "fill");
+    for (int64_t M : Ms) {
+      // <= 16 rows: the GEMV (auto) and the tensor-core kernel for comparison; above: every row tile
+      std::vector<cuda::Fp8Path> paths = {cuda::Fp8Path::Auto, cuda::Fp8Path::Mma32};
+      if (M > 16) paths = {cuda::Fp8Path::Mma, cuda::Fp8Path::Mma64, cuda::Fp8Path::Mma32};
+      if (M > 16 && quick) paths = {cuda::Fp8Path::Auto};
+      for (cuda::Fp8Path path : paths) {
+        cuda::set_fp8_gemm_path(path);
+        const double ms = time_ms(
+            [&](int r) {
+              const int c = r % copies;
+              cuda::launch_linear_fp8({a, as, M, s.K, ws_codes[size_t(c)], ws_scale[size_t(c)], s.N, out, s.N});
+            },
+            reps);
+        chk(cudaGetLastError(), "launch");
+        const double flop = 2.0 * double(M) * double(s.N) * double(s.K);
+        const double bytes = double(wbytes) + double(M) * s.K * 1.0 + double(M) * s.N * 2.0 + double(nsc) * 4 +
+                             double(M) * (s.K / 128) * 4;
+        report(s.name, pname(path), M, s.N, s.K, ms, flop, bytes);
+      }
+    }
+    cuda::set_fp8_gemm_path(cuda::Fp8Path::Auto);
+    for (int c = 0; c < copies; ++c) {
+      cudaFree(ws_codes[size_t(c)]);
+      cudaFree(ws_scale[size_t(c)]);
+    }
+  }
+
+  // ---- grouped MoE: 256 experts, top-8 routing (random distinct experts per token) --------------
+  {
+    const int64_t E = 256, TOPK = 8, I = 2048, D = 7168;
+    const size_t wbytes = size_t(I * D);  // gate/up [I, D] and down [D, I] have the same size
+    std::vector<uint8_t*> wc(static_cast<size_t>(E), nullptr);
+    float* wsc = dalloc<float>(size_t(E) * 56 * 16);
+    fill_f32<<<256, 256>>>(wsc, size_t(E) * 56 * 16, 0.0009765625f);
+    for (int64_t e = 0; e < E; ++e) {
+      wc[size_t(e)] = dalloc<uint8_t>(wbytes);
+      fill_codes<<<2048, 256>>>(wc[size_t(e)], wbytes, 500u + uint32_t(e));
+    }
+    std::vector<const void*> table(size_t(6 * E));
+    for (int64_t e = 0; e < E; ++e)
+      for (int wh = 0; wh < 3; ++wh) {
+        table[size_t(6 * e + 2 * wh)] = wc[size_t(e)];
+        table[size_t(6 * e + 2 * wh + 1)] = wsc + e * 56 * 16;
+      }
+    const void** dtab = dalloc<const void*>(table.size());
+    chk(cudaMemcpy(dtab, table.data(), table.size() * sizeof(void*), cudaMemcpyHostToDevice), "table");
+    int32_t* doffs = dalloc<int32_t>(size_t(E + 1));
+    std::mt19937 rng(123);
+    std::vector<int64_t> Ts = {1, 8, 64, 512, 4096};
+    if (quick) Ts = {1, 64, 4096};
+    for (int64_t T : Ts) {
+      std::vector<int> cnt(size_t(E), 0);
+      for (int64_t t = 0; t < T; ++t) {
+        std::vector<int> pick;
+        while (int64_t(pick.size()) < TOPK) {
+          const int e = int(rng() % E);
+          if (std::find(pick.begin(), pick.end(), e) == pick.end()) pick.push_back(e);
+        }
+        for (int e : pick) ++cnt[size_t(e)];
+      }
+      std::vector<int32_t> offs(size_t(E + 1), 0);
+      int64_t active = 0;
+      for (int64_t e = 0; e < E; ++e) {
+        offs[size_t(e + 1)] = offs[size_t(e)] + cnt[size_t(e)];
+        active += cnt[size_t(e)] > 0;
+      }
+      const int64_t rows = offs[size_t(E)];
+      chk(cudaMemcpy(doffs, offs.data(), offs.size() * 4, cudaMemcpyHostToDevice), "offs");
+      for (int which = 0; which < 3; which += 2) {  // gate (N=I, K=D) and down (N=D, K=I)
+        const int64_t N = which == 0 ? I : D, K = which == 0 ? D : I;
+        if (rows * K > Mmax * maxK || rows * N > Mmax * maxN) continue;
+        const double ms = time_ms(
+            [&](int) {
+              cuda::launch_linear_fp8_grouped(a, as, T, K, dtab, which, doffs, E, N, out);
+            },
+            reps);
+        chk(cudaGetLastError(), "grouped launch");
+        const double flop = 2.0 * double(rows) * double(N) * double(K);
+        const double bytes = double(active) * double(wbytes) + double(rows) * (K + 2.0 * N);
+        report(which == 0 ? "moe_gate T" : "moe_down T", "auto", T, N, K, ms, flop, bytes);
+      }
+    }
+    for (uint8_t* p : wc) cudaFree(p);
+  }
+
+  // ---- fp32 lm_head GEMV: [T, 7168] x [129280, 7168]^T, bf16 weights ----------------------------
+  {
+    const int64_t N = 129280, K = 7168;
+    uint16_t* w = dalloc<uint16_t>(size_t(N * K));
+    uint16_t* x = dalloc<uint16_t>(size_t(8 * K));
+    float* o = dalloc<float>(size_t(8 * N));
+    fill_bf16<<<4096, 256>>>(w, size_t(N * K), 9u);
+    fill_bf16<<<64, 256>>>(x, size_t(8 * K), 10u);
+    for (int64_t T : {int64_t(1), int64_t(8)}) {
+      const double ms = time_ms([&](int) { cuda::launch_linear_f32_gemv(x, T, K, w, false, N, o); }, reps);
+      report("lm_head bf16", "gemv", T, N, K, ms, 2.0 * T * N * K, double(N) * K * 2 + double(T) * N * 4);
+    }
+    cudaFree(w);
+  }
+
+  if (md_out) std::fclose(md_out);
+  return 0;
+}

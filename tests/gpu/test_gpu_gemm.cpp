@@ -1,0 +1,324 @@
+// The FP8 block-scaled GEMM kernels (gemm/fp8_gemm.cu) against a host reference that runs the CPU
+// backend's exact chain: per 128-K block an fp32 sum of exact products in ascending k, then
+// acc = part * (as * ws) for the first block and fma(part, as * ws, acc) after, bf16 at the end.
+// Inputs are fresh random e4m3 codes (negative and subnormal codes included, no NaN) and random
+// power-of-two scales; outputs are NaN-poisoned. Every path is run on every shape: the automatic
+// choice, the tensor-core kernel with 128/64/32-row tiles, and the GEMV kernel (<= 16 rows).
+//
+// Tolerance. Only the order of the fp32 adds inside a 128-block differs (tensor cores sum in
+// another order, with truncation inside the MMA), so per block |part_gpu - part_ref| <=
+// 2 * 128 * 2^-24 * sum|a*w| (fp32 summation bound, both orders). The bound d(m,n) =
+// sum_kb |s_kb| * that, carried through the promotion chain, is the largest fp32 difference the
+// order can make; the bf16 results may then differ by one bf16 ulp (a rounding boundary between
+// them) plus d (d also counts one fp32 ulp of each promotion-chain value, where cancellation between
+// blocks can make the chain's own rounding visible). The test asserts |gpu - ref| <= ulp_bf16(|ref|) + 2 d, and also reports the max
+// difference in bf16 ulps and the fraction of elements that differ at all.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "backends/cuda/gemm/fp8_gemm.h"
+#include "gpu_util.h"
+
+namespace dsa::test {
+
+namespace {
+
+struct Stats {
+  int64_t n = 0, mism = 0, bad = 0;
+  double max_ulps = 0, max_ratio = 0;  // |diff| / ulp, |diff| / (ulp + 2d)
+  void merge(const Stats& o) {
+    n += o.n; mism += o.mism; bad += o.bad;
+    max_ulps = std::max(max_ulps, o.max_ulps);
+    max_ratio = std::max(max_ratio, o.max_ratio);
+  }
+};
+
+float e4m3f(uint8_t c) { return e4m3_to_f32(c); }
+
+float bf16_ulp(float v) {
+  v = std::fabs(v);
+  if (v < 1e-30f) v = 1e-30f;
+  int e;
+  std::frexp(v, &e);            // v = f * 2^e, f in [0.5, 1)
+  return std::ldexp(1.0f, e - 8);  // 8 significant bits
+}
+
+// Reference rows [0, M) of one weight: out_ref (fp32 before rounding) and the order bound d.
+void reference(const uint8_t* a, const float* as, int64_t M, int64_t K, const uint8_t* w, const float* ws, int64_t N,
+               std::vector<float>& ref, std::vector<float>& bound) {
+  const int64_t KB = K / 128;
+  std::vector<float> af(size_t(M * K)), wf(size_t(N * K));
+  for (int64_t i = 0; i < M * K; ++i) af[size_t(i)] = e4m3f(a[i]);
+  for (int64_t i = 0; i < N * K; ++i) wf[size_t(i)] = e4m3f(w[i]);
+  ref.assign(size_t(M * N), 0.f);
+  bound.assign(size_t(M * N), 0.f);
+#pragma omp parallel for schedule(dynamic, 4)
+  for (int64_t mn = 0; mn < M * N; ++mn) {
+    const int64_t m = mn / N, n = mn % N;
+    const float* ar = af.data() + m * K;
+    const float* wr = wf.data() + n * K;
+    float acc = 0.f;
+    double d = 0;
+    for (int64_t kb = 0; kb < KB; ++kb) {
+      float part = 0.f;
+      double mag = 0;
+      for (int64_t k = kb * 128; k < kb * 128 + 128; ++k) {
+        const float pr = ar[k] * wr[k];  // exact
+        part += pr;
+        mag += std::fabs(double(pr));
+      }
+      const float s = as[m * KB + kb] * ws[(n / 128) * KB + kb];
+      acc = kb == 0 ? part * s : std::fma(part, s, acc);
+      // order of the block sum, plus one fp32 rounding of the chain value either side may land on
+      d += std::fabs(double(s)) * mag * 2.0 * 128.0 * std::ldexp(1.0, -24) + std::fabs(double(acc)) * std::ldexp(1.0, -23);
+    }
+    ref[size_t(mn)] = acc;
+    bound[size_t(mn)] = float(d);
+  }
+}
+
+Stats compare(const Tensor& got, const std::vector<float>& ref, const std::vector<float>& bound, int64_t M, int64_t N,
+              const char* what) {
+  Stats st;
+  const uint16_t* g = got.ptr<uint16_t>();
+  int64_t shown = 0;
+  for (int64_t i = 0; i < M * N; ++i) {
+    ++st.n;
+    const float rb = bf16_to_f32(f32_to_bf16(ref[size_t(i)]));
+    const float gv = bf16_to_f32(g[i]);
+    if (std::isnan(gv)) {
+      ++st.bad;
+      if (shown++ < 3) ADD_FAILURE() << what << ": NaN (unwritten?) at " << i / N << "," << i % N;
+      continue;
+    }
+    if (gv == rb) continue;
+    ++st.mism;
+    const float diff = std::fabs(gv - rb), ulp = bf16_ulp(rb);
+    st.max_ulps = std::max(st.max_ulps, double(diff / ulp));
+    const double ratio = diff / (double(ulp) * 1.001 + 2.0 * bound[size_t(i)]);
+    st.max_ratio = std::max(st.max_ratio, ratio);
+    if (ratio > 1.0) {
+      ++st.bad;
+      if (shown++ < 3)
+        ADD_FAILURE() << what << ": (" << i / N << "," << i % N << ") gpu " << gv << " ref " << rb << " (fp32 "
+                      << ref[size_t(i)] << ", order bound " << bound[size_t(i)] << ")";
+    }
+  }
+  return st;
+}
+
+Tensor rand_scales(int64_t rows, int64_t cols, int lo, int span) {
+  Tensor s = host_tensor(DType::F32, {rows, cols});
+  for (int64_t i = 0; i < s.numel(); ++i) s.ptr<float>()[i] = std::ldexp(1.0f, lo + int(rng()() % unsigned(span)));
+  return s;
+}
+
+const cuda::Fp8Path kPaths[] = {cuda::Fp8Path::Auto, cuda::Fp8Path::Mma, cuda::Fp8Path::Mma64, cuda::Fp8Path::Mma32,
+                                cuda::Fp8Path::Gemv};
+const char* path_name(cuda::Fp8Path p) {
+  switch (p) {
+    case cuda::Fp8Path::Auto: return "auto";
+    case cuda::Fp8Path::Mma: return "mma128";
+    case cuda::Fp8Path::Mma64: return "mma64";
+    case cuda::Fp8Path::Mma32: return "mma32";
+    default: return "gemv";
+  }
+}
+
+struct PathGuard {
+  ~PathGuard() { cuda::set_fp8_gemm_path(cuda::Fp8Path::Auto); }
+};
+
+}  // namespace
+
+TEST(GpuGemm, Fp8PlainAllPathsMatchReference) {
+  REQUIRE_GPU();
+  Both be;
+  PathGuard guard;
+  Stats all[5];
+  for (int64_t K : {int64_t(128), int64_t(512), int64_t(7168)})
+    for (int64_t N : {int64_t(8), int64_t(64), int64_t(576), int64_t(1536), int64_t(2112)})
+      for (int64_t M : {int64_t(1), int64_t(2), int64_t(7), int64_t(16), int64_t(17), int64_t(64), int64_t(130),
+                        int64_t(1000)}) {
+        const int64_t KB = K / 128;
+        Tensor a = rand_e4m3({M, K}), w = rand_e4m3({N, K});
+        Tensor as = rand_scales(M, KB, -8, 9), ws = rand_scales((N + 127) / 128, KB, -12, 7);
+        std::vector<float> ref, bound;
+        reference(a.ptr<uint8_t>(), as.ptr<float>(), M, K, w.ptr<uint8_t>(), ws.ptr<float>(), N, ref, bound);
+        Tensor ad = be.up(a), asd = be.up(as), wd = be.up(w), wsd = be.up(ws);
+        for (int pi = 0; pi < 5; ++pi) {
+          const cuda::Fp8Path path = kPaths[pi];
+          if (path == cuda::Fp8Path::Gemv && M > 16) continue;
+          cuda::set_fp8_gemm_path(path);
+          Tensor out = be.poisoned(DType::BF16, {M, N});
+          cuda::launch_linear_fp8({ad.ptr<uint8_t>(), asd.ptr<float>(), M, K, wd.ptr<uint8_t>(), wsd.ptr<float>(), N,
+                                   out.ptr<uint16_t>(), N});
+          std::string what = std::string("fp8 ") + path_name(path) + " M=" + std::to_string(M) +
+                             " N=" + std::to_string(N) + " K=" + std::to_string(K);
+          all[pi].merge(compare(be.down(out), ref, bound, M, N, what.c_str()));
+        }
+      }
+  for (int pi = 0; pi < 5; ++pi) {
+    std::printf("[fp8 plain %-6s] %lld outputs, %lld differ from the reference (%.4f%%), max %.2f bf16 ulp, "
+                "max |diff| / (ulp + 2 d) = %.3f\n",
+                path_name(kPaths[pi]), (long long)all[pi].n, (long long)all[pi].mism,
+                100.0 * double(all[pi].mism) / double(std::max<int64_t>(1, all[pi].n)), all[pi].max_ulps,
+                all[pi].max_ratio);
+    EXPECT_EQ(all[pi].bad, 0) << path_name(kPaths[pi]);
+  }
+}
+
+// ldo > N (writing into a wider buffer) and odd ldo (the unpaired store path).
+TEST(GpuGemm, Fp8StridedOutput) {
+  REQUIRE_GPU();
+  Both be;
+  PathGuard guard;
+  const int64_t K = 256, N = 200;
+  for (int64_t ldo : {int64_t(264), int64_t(201)})
+    for (int64_t M : {int64_t(3), int64_t(100)})
+      for (cuda::Fp8Path path : {cuda::Fp8Path::Auto, cuda::Fp8Path::Mma}) {
+        Tensor a = rand_e4m3({M, K}), w = rand_e4m3({N, K});
+        Tensor as = rand_scales(M, 2, -8, 9), ws = rand_scales(2, 2, -12, 7);
+        std::vector<float> ref, bound;
+        reference(a.ptr<uint8_t>(), as.ptr<float>(), M, K, w.ptr<uint8_t>(), ws.ptr<float>(), N, ref, bound);
+        cuda::set_fp8_gemm_path(path);
+        Tensor out = be.poisoned(DType::BF16, {M, ldo});
+        Tensor ad = be.up(a), asd = be.up(as), wd = be.up(w), wsd = be.up(ws);
+        cuda::launch_linear_fp8({ad.ptr<uint8_t>(), asd.ptr<float>(), M, K, wd.ptr<uint8_t>(), wsd.ptr<float>(), N,
+                                 out.ptr<uint16_t>(), ldo});
+        Tensor h = be.down(out);
+        Tensor packed = host_tensor(DType::BF16, {M, N});
+        int64_t pad_touched = 0;
+        for (int64_t m = 0; m < M; ++m) {
+          for (int64_t n = 0; n < N; ++n) packed.ptr<uint16_t>()[m * N + n] = h.ptr<uint16_t>()[m * ldo + n];
+          for (int64_t n = N; n < ldo; ++n) pad_touched += h.ptr<uint16_t>()[m * ldo + n] != 0xffff;
+        }
+        EXPECT_EQ(pad_touched, 0) << "columns past N written (ldo " << ldo << ")";
+        Stats st = compare(packed, ref, bound, M, N, "fp8 strided");
+        EXPECT_EQ(st.bad, 0);
+      }
+}
+
+// Grouped (MoE) form: experts with no rows, uneven row counts, rows of one expert spanning several
+// tiles, E = 256 with a handful of busy experts (decode).
+TEST(GpuGemm, Fp8GroupedMatchesReference) {
+  REQUIRE_GPU();
+  Both be;
+  PathGuard guard;
+  struct Case { int64_t N, K; std::vector<int> rows; };
+  std::vector<Case> cases = {
+      {576, 512, {0, 3, 0, 17, 130, 64, 0, 1}},
+      {2112, 256, {5, 0, 0, 16, 2, 0, 9}},
+      {200, 7168, {1, 0, 1, 0, 0, 1}},
+      {64, 384, {0, 0, 300, 0, 7}},
+  };
+  {  // E = 256, decode: 8 busy experts with 1..3 rows
+    Case c{1024, 1024, std::vector<int>(256, 0)};
+    for (int i = 0; i < 8; ++i) c.rows[size_t((i * 37 + 11) % 256)] = 1 + i % 3;
+    cases.push_back(c);
+  }
+  Stats st_all;
+  for (const Case& c : cases) {
+    const int64_t E = int64_t(c.rows.size()), K = c.K, N = c.N, KB = K / 128;
+    std::vector<int32_t> offs(size_t(E + 1), 0);
+    int64_t maxr = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      offs[size_t(e + 1)] = offs[size_t(e)] + c.rows[size_t(e)];
+      maxr = std::max<int64_t>(maxr, c.rows[size_t(e)]);
+    }
+    const int64_t R = offs[size_t(E)];
+    Tensor a = rand_e4m3({std::max<int64_t>(R, 1), K}), as = rand_scales(std::max<int64_t>(R, 1), KB, -8, 9);
+    std::vector<Tensor> wh, wsh, wd, wsd;
+    std::vector<const void*> table(size_t(6 * E), nullptr);
+    for (int64_t e = 0; e < E; ++e) {
+      wh.push_back(rand_e4m3({N, K}));
+      wsh.push_back(rand_scales((N + 127) / 128, KB, -12, 7));
+      wd.push_back(be.up(wh.back()));
+      wsd.push_back(be.up(wsh.back()));
+      table[size_t(6 * e + 2)] = wd.back().data;  // which = 1 (up)
+      table[size_t(6 * e + 3)] = wsd.back().data;
+    }
+    Tensor tab_h{table.data(), DType::I64, {6 * E}}, offs_h{offs.data(), DType::I32, {E + 1}};
+    Tensor tab = be.up(tab_h), offs_d = be.up(offs_h), ad = be.up(a), asd = be.up(as);
+    std::vector<float> ref(size_t(R * N)), bound(size_t(R * N));
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t r0 = offs[size_t(e)], n = c.rows[size_t(e)];
+      if (n == 0) continue;
+      std::vector<float> r, b;
+      reference(a.ptr<uint8_t>() + r0 * K, as.ptr<float>() + r0 * KB, n, K, wh[size_t(e)].ptr<uint8_t>(),
+                wsh[size_t(e)].ptr<float>(), N, r, b);
+      std::copy(r.begin(), r.end(), ref.begin() + r0 * N);
+      std::copy(b.begin(), b.end(), bound.begin() + r0 * N);
+    }
+    for (cuda::Fp8Path path : {cuda::Fp8Path::Auto, cuda::Fp8Path::Mma, cuda::Fp8Path::Mma64, cuda::Fp8Path::Mma32,
+                               cuda::Fp8Path::Gemv}) {
+      if (path == cuda::Fp8Path::Gemv && maxr > 16) continue;
+      cuda::set_fp8_gemm_path(path);
+      Tensor out = be.poisoned(DType::BF16, {std::max<int64_t>(R, 1), N});
+      cuda::launch_linear_fp8_grouped(ad.ptr<uint8_t>(), asd.ptr<float>(), maxr, K,
+                                      static_cast<const void* const*>(tab.data), 1, offs_d.ptr<int32_t>(), E, N,
+                                      out.ptr<uint16_t>());
+      std::string what = std::string("grouped ") + path_name(path) + " E=" + std::to_string(E) +
+                         " N=" + std::to_string(N) + " K=" + std::to_string(K);
+      Stats st = compare(be.down(out), ref, bound, R, N, what.c_str());
+      EXPECT_EQ(st.bad, 0) << what;
+      st_all.merge(st);
+    }
+  }
+  std::printf("[fp8 grouped] %lld outputs, %lld differ (%.4f%%), max %.2f bf16 ulp, max |diff| / (ulp + 2 d) = %.3f\n",
+              (long long)st_all.n, (long long)st_all.mism, 100.0 * double(st_all.mism) / double(std::max<int64_t>(1, st_all.n)),
+              st_all.max_ulps, st_all.max_ratio);
+}
+
+// The GEMV and tensor-core kernels give the same bits run after run (fixed order everywhere).
+TEST(GpuGemm, Fp8Deterministic) {
+  REQUIRE_GPU();
+  Both be;
+  PathGuard guard;
+  const int64_t N = 576, K = 7168;
+  for (int64_t M : {int64_t(4), int64_t(300)}) {
+    Tensor a = be.up(rand_e4m3({M, K})), as = be.up(rand_scales(M, K / 128, -8, 9));
+    Tensor w = be.up(rand_e4m3({N, K})), ws = be.up(rand_scales(5, K / 128, -12, 7));
+    Tensor o1 = be.poisoned(DType::BF16, {M, N}), o2 = be.poisoned(DType::BF16, {M, N});
+    for (Tensor* o : {&o1, &o2})
+      cuda::launch_linear_fp8({a.ptr<uint8_t>(), as.ptr<float>(), M, K, w.ptr<uint8_t>(), ws.ptr<float>(), N,
+                               o->ptr<uint16_t>(), N});
+    expect_same_bytes(be.down(o1), be.down(o2), "fp8 gemm rerun");
+  }
+}
+
+// Through the backend op (act_quant + GEMM) against the CPU backend, decode and prefill sizes.
+TEST(GpuGemm, LinearFp8OpMatchesCpuBackend) {
+  REQUIRE_GPU();
+  Both be;
+  for (int64_t T : {int64_t(1), int64_t(5), int64_t(16), int64_t(33), int64_t(257)})
+    for (auto [N, K] : {std::pair<int64_t, int64_t>{576, 7168}, {1536, 1024}, {2112, 384}}) {
+      Fp8Weight w{rand_e4m3({N, K}), rand_scales((N + 127) / 128, K / 128, -12, 7)};
+      Fp8Weight wg{be.up(w.w), be.up(w.scale)};
+      Tensor x = rand_bf16({T, K}, 2.0f);
+      Tensor oc = host_tensor(DType::BF16, {T, N}), og = be.poisoned(DType::BF16, {T, N});
+      be.cpu.linear_fp8(x, w, oc);
+      be.gpu.linear_fp8(be.up(x), wg, og);
+      expect_close(be.down(og), oc, 2e-3, "linear_fp8");
+    }
+}
+
+// fp32 linear: the small-T GEMV (bf16 and f32 weights, lm_head-like K) against the CPU backend.
+TEST(GpuGemm, LinearF32Gemv) {
+  REQUIRE_GPU();
+  Both be;
+  for (int64_t T : {int64_t(1), int64_t(3), int64_t(8), int64_t(9)})
+    for (DType wt : {DType::BF16, DType::F32}) {
+      const int64_t N = 1000, K = 7168;
+      Tensor wf = wt == DType::BF16 ? rand_bf16({N, K}) : rand_f32({N, K});
+      Tensor x = rand_bf16({T, K}, 2.0f);
+      Tensor fc = host_tensor(DType::F32, {T, N}), fg = be.poisoned(DType::F32, {T, N});
+      be.cpu.linear_f32(x, wf, fc);
+      be.gpu.linear_f32(be.up(x), be.up(wf), fg);
+      expect_close(be.down(fg), fc, 1e-5, "linear_f32");
+    }
+}
+
+}  // namespace dsa::test
