@@ -303,14 +303,14 @@ __global__ void __launch_bounds__(256 * KS, 1) mqa_score_kernel(DecP p) {
 }
 
 // ---- v2 kernels: cache slots off the critical path ------------------------------------------
-// Candidate index of position i of token t (or -1: beyond c_end / padding); the top-k load is issued
-// one tile ahead, the block-table load half a tile ahead, both into registers.
+// Candidate index of position i of token t (-1 beyond c_end: treated as padding, never checked; any
+// other value, -2 included, is checked by cand_resolve); the top-k load is issued one tile ahead, the
+// block-table load half a tile ahead, both into registers.
 __device__ __forceinline__ int cand_idx(const DecP& p, int t, int64_t i, int64_t c_end) {
-  if (i >= c_end) return -2;  // no candidate, no check
+  if (i >= c_end) return -1;
   return p.topk ? __ldg(p.topk + int64_t(t) * p.K + i) : int(i);
 }
 __device__ __forceinline__ int cand_resolve(const DecP& p, int t, int idx, int posn) {
-  if (idx == -2) return -1;
   if (idx < -1 || idx > posn) {
     atomicOr(p.err, kErrTopk);
     return -1;
@@ -363,7 +363,7 @@ __global__ void __launch_bounds__(512, 1) mqa_score2_kernel(DecP p) {
       if (s >= 0) cp16(raw + r * RAW_A + c * 16, p.cache + int64_t(s) * kMlaTokenBytes + c * 16);
     }
   };
-  int nidx = -2;  // tid < TN: candidate index of the next tile
+  int nidx = -1;  // tid < TN: candidate index of the next tile
   if (tid < TN) {
     const int s = cand_resolve(p, t, cand_idx(p, t, c_begin + tid, c_end), posn);
     slots[tid] = s;
