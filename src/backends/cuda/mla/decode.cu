@@ -34,6 +34,7 @@ MqaTuning& mqa_tuning() {
     if (const char* e = std::getenv("DSA_CUDA_MQA_SPLITS")) d.force_splits = std::atoi(e);
     if (const char* e = std::getenv("DSA_CUDA_MQA_KSPLIT")) d.score_ksplit = std::atoi(e);
     if (const char* e = std::getenv("DSA_CUDA_MQA_SCORES_ONLY")) d.scores_only = std::atoi(e) != 0;
+    if (const char* e = std::getenv("DSA_CUDA_MQA_V")) d.version = std::atoi(e);
     return d;
   }();
   return t;
@@ -58,6 +59,7 @@ constexpr size_t smem_a(int ksplit) {
          (ksplit > 1 ? 8 * 32 * 16 * 4 : 0);
 }
 constexpr size_t kSmemB = size_t(TN) * VLD * 2 + 2 * size_t(TN) * RAW_B + size_t(TM) * PLD * 2 + 2 * TM * 4 + 3 * TN * 8;
+constexpr size_t kSmemB2 = size_t(TN) * VLD * 2 + 2 * size_t(TN) * RAW_B + size_t(TM) * PLD * 2 + 2 * TM * 4 + 3 * TN * 4;
 
 struct DecP {
   const uint16_t* qlat; const uint16_t* qpe;  // [T, H, 512], [T, H, 64]
@@ -71,6 +73,7 @@ struct DecP {
   float* ms;       // [T, H, NS, 2] per-split (max, sum exp(s - max))
   float* part;     // [T, H, NS, 512] partial P.V (NS > 1)
   uint16_t* out;   // [T, H, 512]
+  int32_t* slot;   // v2: [T, KP] cache slot per candidate (-1: none), written by kernel A, read by B
   int* err;
 };
 
@@ -299,6 +302,255 @@ __global__ void __launch_bounds__(256 * KS, 1) mqa_score_kernel(DecP p) {
   }
 }
 
+// ---- v2 kernels: cache slots off the critical path ------------------------------------------
+// Candidate index of position i of token t (-1 beyond c_end: treated as padding, never checked; any
+// other value, -2 included, is checked by cand_resolve); the top-k load is issued one tile ahead, the
+// block-table load half a tile ahead, both into registers.
+__device__ __forceinline__ int cand_idx(const DecP& p, int t, int64_t i, int64_t c_end) {
+  if (i >= c_end) return -1;
+  return p.topk ? __ldg(p.topk + int64_t(t) * p.K + i) : int(i);
+}
+__device__ __forceinline__ int cand_resolve(const DecP& p, int t, int idx, int posn) {
+  if (idx < -1 || idx > posn) {
+    atomicOr(p.err, kErrTopk);
+    return -1;
+  }
+  if (idx < 0) return -1;
+  const int64_t s = slot_of(p.bt, p.mb, p.tseq[t], idx);
+  if (s < 0) atomicOr(p.err, kErrBlock);
+  return int(s);
+}
+
+// Kernel A, v2: as mqa_score_kernel<2> (16 warps, dims split in two 8-warp sets), plus
+//  - the slots of tile j + 1 resolved from registers (top-k loaded a tile ahead) and written to a
+//    global slot table [T, KP] (head group 0) that kernel B reads instead of resolving them again;
+//  - both sets finish half of the score tile each (set 0: candidates nt 0-1 of its warp tile, set 1:
+//    nt 2-3), exchanging partial sums through shared memory in both directions;
+//  - the score tile of j is stored to global memory while tile j + 1 is dequantised (one barrier less);
+//  - the online (max, sum) is updated once per row and tile (max of the tile's values first).
+__global__ void __launch_bounds__(512, 1) mqa_score2_kernel(DecP p) {
+  constexpr int NT = 512;
+  extern __shared__ __align__(16) uint8_t smraw[];
+  uint16_t* qs = reinterpret_cast<uint16_t*>(smraw);  // [TM][QLD]
+  uint16_t* ks = qs + TM * QLD;                       // [TN][QLD]
+  uint8_t* raw = reinterpret_cast<uint8_t*>(ks + TN * QLD);  // [TN][656]
+  uint16_t* ss = reinterpret_cast<uint16_t*>(raw + TN * RAW_A);  // [TM][PLD]
+  int* slots = reinterpret_cast<int*>(ss + TM * PLD);             // [2][TN]
+  float* redm = reinterpret_cast<float*>(slots + 2 * TN);        // [4][TM]
+  float* reds = redm + 4 * TM;                                   // [4][TM]
+  float4* kredA = reinterpret_cast<float4*>(reds + 4 * TM);      // set 1 -> set 0: [8 warps][4][32 lanes]
+  float4* kredB = kredA + 8 * 4 * 32;                            // set 0 -> set 1: [8 warps][2][32 lanes]
+  const int t = blockIdx.x, h0 = blockIdx.y * TM, split = blockIdx.z, tid = threadIdx.x;
+  const int warp = tid / 32, lane = tid % 32, gid = lane / 4, tq = lane % 4;
+  const int posn = p.pos[t];
+  const int64_t n = p.topk ? p.K : int64_t(posn) + 1;
+  const int64_t c_begin = int64_t(split) * p.tiles_per * TN, c_end = min(n, c_begin + int64_t(p.tiles_per) * TN);
+  int32_t* slot_out = blockIdx.y == 0 ? p.slot + int64_t(t) * p.KP : nullptr;
+  for (int i = tid; i < TM * 72; i += NT) {  // Q: 72 x 16 bytes per head row
+    const int h = i / 72, c = i % 72;
+    uint16_t* dst = qs + h * QLD + c * 8;
+    if (h0 + h < p.H) {
+      const int64_t row = int64_t(t) * p.H + h0 + h;
+      cp16(dst, c < 64 ? static_cast<const void*>(p.qlat + row * 512 + c * 8) : static_cast<const void*>(p.qpe + row * 64 + (c - 64) * 8));
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    }
+  }
+  auto gather = [&](const int* sl) {
+    for (int i = tid; i < TN * (RAW_A / 16); i += NT) {
+      const int r = i / (RAW_A / 16), c = i - r * (RAW_A / 16);
+      const int s = sl[r];
+      if (s >= 0) cp16(raw + r * RAW_A + c * 16, p.cache + int64_t(s) * kMlaTokenBytes + c * 16);
+    }
+  };
+  int nidx = -1;  // tid < TN: candidate index of the next tile
+  if (tid < TN) {
+    const int s = cand_resolve(p, t, cand_idx(p, t, c_begin + tid, c_end), posn);
+    slots[tid] = s;
+    if (slot_out && c_begin < c_end) slot_out[c_begin + tid] = s;
+    nidx = cand_idx(p, t, c_begin + TN + tid, c_end);
+  }
+  __syncthreads();
+  if (c_begin < c_end) gather(slots);
+  cp_commit();
+  const int ws = warp / 8, w8 = warp % 8;  // k-set, warp within the set
+  const int wh = (w8 % 4) * 16, wk = (w8 / 4) * 32;
+  float m0 = -INFINITY, s0 = 0.f, m1 = -INFINITY, s1 = 0.f;  // rows gid, gid + 8 of this warp (its columns)
+  int cur = 0;
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += TN, cur ^= 1) {
+    const int64_t c1 = c0 + TN;
+    int nslot = -1;
+    if (tid < TN) {  // block-table load of the next tile now, the top-k load of the one after
+      nslot = cand_resolve(p, t, nidx, posn);
+      nidx = cand_idx(p, t, c1 + TN + tid, c_end);
+    }
+    cp_wait<0>();
+    __syncthreads();  // raw holds this tile; every reader of ks / ss / slots[cur ^ 1] is done
+    if (c0 > c_begin)  // the previous score tile: 64 heads x 8 chunks of 8 scores, coalesced
+      for (int i = tid; i < TM * 8; i += NT) {
+        const int h = i / 8, c = i % 8;
+        if (h0 + h < p.H)
+          *reinterpret_cast<uint4*>(p.S + (int64_t(t) * p.H + h0 + h) * p.KP + c0 - TN + c * 8) =
+              *reinterpret_cast<const uint4*>(ss + h * PLD + c * 8);
+      }
+    {  // dequantise: 64 rows x 32 chunks of 16 latents, then 64 rows x 8 chunks of RoPE
+      const int* sl = slots + cur * TN;
+#pragma unroll 2
+      for (int i = tid; i < TN * 32; i += NT) {
+        const int r = i / 32, c = i % 32;
+        uint16_t* dst = ks + r * QLD + c * 16;
+        if (sl[r] >= 0) {
+          const uint8_t* row = raw + r * RAW_A;
+          deq16(row + c * 16, reinterpret_cast<const float*>(row + kScalesOff)[c / 8], dst);
+        } else {
+          reinterpret_cast<uint4*>(dst)[0] = make_uint4(0, 0, 0, 0);
+          reinterpret_cast<uint4*>(dst)[1] = make_uint4(0, 0, 0, 0);
+        }
+      }
+      for (int i = tid; i < TN * 8; i += NT) {
+        const int r = i / 8, c = i % 8;
+        *reinterpret_cast<uint4*>(ks + r * QLD + 512 + c * 8) =
+            sl[r] >= 0 ? *reinterpret_cast<const uint4*>(raw + r * RAW_A + kRopeOff + c * 16) : make_uint4(0, 0, 0, 0);
+      }
+    }
+    if (tid < TN && c1 < c_end) {
+      slots[(cur ^ 1) * TN + tid] = nslot;
+      if (slot_out) slot_out[c1 + tid] = nslot;
+    }
+    __syncthreads();  // ks holds this tile, raw is free, the next tile's slots are known, ss was stored
+    if (c1 < c_end) gather(slots + (cur ^ 1) * TN);
+    cp_commit();
+    float cl[4][4] = {}, cr[4][4] = {};
+    {
+      const uint16_t* qa = qs + (wh + lane % 16) * QLD + (lane / 16) * 8;
+      const uint16_t* kb = ks + (wk + lane % 8 + 8 * (lane / 16)) * QLD + ((lane / 8) % 2) * 8;
+      const int klo = ws == 0 ? 0 : 18, khi = ws == 0 ? 18 : 32;
+#pragma unroll 2
+      for (int kk = klo; kk < khi; ++kk) {
+        uint32_t a[4], b[4], b2[4];
+        ldsm4(a, qa + kk * 16);
+        ldsm4(b, kb + kk * 16);
+        ldsm4(b2, kb + 16 * QLD + kk * 16);
+        mma16816(cl[0], a, b[0], b[1]);
+        mma16816(cl[1], a, b[2], b[3]);
+        mma16816(cl[2], a, b2[0], b2[1]);
+        mma16816(cl[3], a, b2[2], b2[3]);
+      }
+      if (ws == 1)
+#pragma unroll
+        for (int kk = 32; kk < 36; ++kk) {
+          uint32_t a[4], b[4], b2[4];
+          ldsm4(a, qa + kk * 16);
+          ldsm4(b, kb + kk * 16);
+          ldsm4(b2, kb + 16 * QLD + kk * 16);
+          mma16816(cr[0], a, b[0], b[1]);
+          mma16816(cr[1], a, b[2], b[3]);
+          mma16816(cr[2], a, b2[0], b2[1]);
+          mma16816(cr[3], a, b2[2], b2[3]);
+        }
+    }
+    // Exchange: set 0 finishes nt 0-1 (needs set 1's latent and RoPE sums), set 1 nt 2-3.
+    if (ws == 1) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        kredA[(w8 * 4 + nt) * 32 + lane] = make_float4(cl[nt][0], cl[nt][1], cl[nt][2], cl[nt][3]);
+        kredA[(w8 * 4 + 2 + nt) * 32 + lane] = make_float4(cr[nt][0], cr[nt][1], cr[nt][2], cr[nt][3]);
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) kredB[(w8 * 2 + nt) * 32 + lane] = make_float4(cl[2 + nt][0], cl[2 + nt][1], cl[2 + nt][2], cl[2 + nt][3]);
+    }
+    __syncthreads();
+    float x[2][2][2];  // [nt of this set][hf][e]: the final scores (bf16 values as float)
+    if (ws == 0) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const float4 o = kredA[(w8 * 4 + nt) * 32 + lane], r = kredA[(w8 * 4 + 2 + nt) * 32 + lane];
+        const float l4[4] = {cl[nt][0] + o.x, cl[nt][1] + o.y, cl[nt][2] + o.z, cl[nt][3] + o.w};
+        const float r4[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+        for (int v = 0; v < 4; ++v)
+          x[nt][v / 2][v % 2] = rbf(__fmul_rn(rbf(__fadd_rn(rbf(l4[v]), rbf(r4[v]))), p.scale));
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const float4 o = kredB[(w8 * 2 + nt) * 32 + lane];
+        const float l4[4] = {o.x + cl[2 + nt][0], o.y + cl[2 + nt][1], o.z + cl[2 + nt][2], o.w + cl[2 + nt][3]};
+#pragma unroll
+        for (int v = 0; v < 4; ++v)
+          x[nt][v / 2][v % 2] = rbf(__fmul_rn(rbf(__fadd_rn(rbf(l4[v]), rbf(cr[2 + nt][v]))), p.scale));
+      }
+    }
+    // Exact rounding steps of the reference done above; mask, online (max, sum) per row, bf16 to ss.
+    const int nb = wk + ws * 16;  // first candidate of this warp's 16 columns
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int row = wh + gid + 8 * hf;
+      float& m = hf ? m1 : m0;
+      float& su = hf ? s1 : s0;
+      float tm = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int key = nb + nt * 8 + 2 * tq + e;
+          if (slots[cur * TN + key] < 0) x[nt][hf][e] = -INFINITY;
+          tm = fmaxf(tm, x[nt][hf][e]);
+        }
+      if (tm > -INFINITY) {
+        const float mn = fmaxf(m, tm);
+        float acc = m > -INFINITY ? su * expf(m - mn) : 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            if (x[nt][hf][e] > -INFINITY) acc += expf(x[nt][hf][e] - mn);
+        su = acc;
+        m = mn;
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+        *reinterpret_cast<uint32_t*>(ss + row * PLD + nb + nt * 8 + 2 * tq) =
+            uint32_t(f2bf(x[nt][hf][0])) | (uint32_t(f2bf(x[nt][hf][1])) << 16);
+    }
+  }
+  cp_wait<0>();
+#pragma unroll
+  for (int o = 1; o <= 2; o <<= 1) {
+    const float mo0 = __shfl_xor_sync(0xffffffffu, m0, o), so0 = __shfl_xor_sync(0xffffffffu, s0, o);
+    const float mo1 = __shfl_xor_sync(0xffffffffu, m1, o), so1 = __shfl_xor_sync(0xffffffffu, s1, o);
+    stat_merge(m0, s0, mo0, so0);
+    stat_merge(m1, s1, mo1, so1);
+  }
+  __syncthreads();  // the last score tile is complete
+  if (c_begin < c_end)
+    for (int i = tid; i < TM * 8; i += NT) {
+      const int h = i / 8, c = i % 8;
+      const int64_t cl0 = c_begin + (c_end - c_begin - 1) / TN * TN;
+      if (h0 + h < p.H)
+        *reinterpret_cast<uint4*>(p.S + (int64_t(t) * p.H + h0 + h) * p.KP + cl0 + c * 8) =
+            *reinterpret_cast<const uint4*>(ss + h * PLD + c * 8);
+    }
+  if (tq == 0) {
+    const int q = ws * 2 + w8 / 4;
+    redm[q * TM + wh + gid] = m0;
+    reds[q * TM + wh + gid] = s0;
+    redm[q * TM + wh + gid + 8] = m1;
+    reds[q * TM + wh + gid + 8] = s1;
+  }
+  __syncthreads();
+  if (tid < TM && h0 + tid < p.H) {
+    float m = redm[tid], su = reds[tid];
+    for (int q = 1; q < 4; ++q) stat_merge(m, su, redm[q * TM + tid], reds[q * TM + tid]);
+    float* o = p.ms + ((int64_t(t) * p.H + h0 + tid) * p.NS + split) * 2;
+    o[0] = m;
+    o[1] = su;
+  }
+}
+constexpr size_t kSmemA2 = size_t(TM + TN) * QLD * 2 + size_t(TN) * RAW_A + size_t(TM) * PLD * 2 + 2 * TN * 4 +
+                           8 * TM * 4 + 8 * 6 * 32 * 16;
+
 // ---- kernel B: P = bf16(exp(s - m) / l), O += P.V -----------------------------------------
 // 16 warps; warp w: all 64 heads x latent dims 32w..32w+31 (4 x 4 mma tiles, 64 fp32 accumulators).
 constexpr int kPvThreads = 512;
@@ -438,6 +690,147 @@ __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
     }
 }
 
+// Kernel B, v2: as mqa_pv_kernel, but the slots come from kernel A's table (register prefetch one
+// tile ahead of their use, nothing resolved between barriers) and the stored scores of tile j + 1
+// are loaded into registers while tile j is multiplied.
+__global__ void __launch_bounds__(kPvThreads, 1) mqa_pv2_kernel(DecP p) {
+  extern __shared__ __align__(16) uint8_t smraw[];
+  uint16_t* vs = reinterpret_cast<uint16_t*>(smraw);                // [TN][VLD]
+  uint8_t* raw = reinterpret_cast<uint8_t*>(vs + TN * VLD);         // [2][TN][528]
+  uint16_t* ps = reinterpret_cast<uint16_t*>(raw + 2 * TN * RAW_B); // [TM][PLD]
+  float* rowM = reinterpret_cast<float*>(ps + TM * PLD);
+  float* rowI = rowM + TM;
+  int* slots = reinterpret_cast<int*>(rowI + TM);                  // [3][TN]
+  const int t = blockIdx.x, h0 = blockIdx.y * TM, split = blockIdx.z, tid = threadIdx.x;
+  const int warp = tid / 32, lane = tid % 32, gid = lane / 4, tq = lane % 4;
+  const int posn = p.pos[t];
+  const int64_t n = p.topk ? p.K : int64_t(posn) + 1;
+  const int64_t c_begin = int64_t(split) * p.tiles_per * TN, c_end = min(n, c_begin + int64_t(p.tiles_per) * TN);
+  const int32_t* slot_in = p.slot + int64_t(t) * p.KP;
+  if (tid < TM) {  // combine the split statistics of head h0 + tid
+    float m = -INFINITY, su = 0.f;
+    if (h0 + tid < p.H) {
+      const float* ms = p.ms + (int64_t(t) * p.H + h0 + tid) * p.NS * 2;
+      for (int i = 0; i < p.NS; ++i) m = fmaxf(m, ms[2 * i]);
+      for (int i = 0; i < p.NS; ++i)
+        if (ms[2 * i] > -INFINITY) su += ms[2 * i + 1] * expf(ms[2 * i] - m);
+    }
+    rowM[tid] = m;
+    rowI[tid] = su > 0.f ? 1.0f / su : 0.f;
+  }
+  int nsl = -1;  // tid < TN: slot of candidate tid of tile j + 2 (loaded during tile j - 1)
+  if (tid < TN) {
+    slots[tid] = c_begin + tid < c_end ? slot_in[c_begin + tid] : -1;
+    slots[TN + tid] = c_begin + TN + tid < c_end ? slot_in[c_begin + TN + tid] : -1;
+    nsl = c_begin + 2 * TN + tid < c_end ? slot_in[c_begin + 2 * TN + tid] : -1;
+  }
+  __syncthreads();
+  auto gather = [&](int buf, const int* sl) {
+    for (int i = tid; i < TN * (RAW_B / 16); i += kPvThreads) {
+      const int r = i / (RAW_B / 16), c = i - r * (RAW_B / 16);
+      const int s = sl[r];
+      if (s >= 0) cp16(raw + (buf * TN + r) * RAW_B + c * 16, p.cache + int64_t(s) * kMlaTokenBytes + c * 16);
+    }
+  };
+  if (c_begin < c_end) gather(0, slots);
+  cp_commit();
+  if (c_begin + TN < c_end) gather(1, slots + TN);
+  cp_commit();
+  float acc[4][4][4] = {};
+  const int wd = warp * 32;
+  // this thread's score chunk: head sh, candidates sc8 .. sc8 + 7
+  const int sh = tid / 8, sc8 = (tid % 8) * 8;
+  const uint16_t* srow = p.S + (int64_t(t) * p.H + h0 + sh) * p.KP + sc8;
+  const bool hok = h0 + sh < p.H;
+  const uint4 ninf4 = make_uint4(0xff80ff80u, 0xff80ff80u, 0xff80ff80u, 0xff80ff80u);
+  uint4 sv = hok && c_begin < c_end ? *reinterpret_cast<const uint4*>(srow + c_begin) : ninf4;
+  int j = 0;
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += TN, ++j) {
+    cp_wait<1>();
+    __syncthreads();  // this tile's rows have landed; every reader of vs / ps / slots[(j + 2) % 3] is done
+    {
+      const int* sl = slots + (j % 3) * TN;
+      const uint8_t* rb = raw + (j & 1) * TN * RAW_B;
+#pragma unroll 2
+      for (int i = tid; i < TN * 32; i += kPvThreads) {
+        const int r = i / 32, c = i % 32;
+        uint16_t* dst = vs + r * VLD + c * 16;
+        if (sl[r] >= 0) {
+          const uint8_t* row = rb + r * RAW_B;
+          deq16(row + c * 16, reinterpret_cast<const float*>(row + kScalesOff)[c / 8], dst);
+        } else {
+          reinterpret_cast<uint4*>(dst)[0] = make_uint4(0, 0, 0, 0);
+          reinterpret_cast<uint4*>(dst)[1] = make_uint4(0, 0, 0, 0);
+        }
+      }
+      {
+        const float M = rowM[sh], I = rowI[sh];
+        const uint32_t w[4] = {sv.x, sv.y, sv.z, sv.w};
+        uint32_t o[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          uint32_t pr = 0;
+#pragma unroll
+          for (int hl = 0; hl < 2; ++hl) {
+            const uint16_t bits = uint16_t(w[e] >> (16 * hl));
+            const float pv = bits == kNegInfBf ? 0.f : __fmul_rn(expf(__fsub_rn(bf2f(bits), M)), I);
+            pr |= uint32_t(f2bf(pv)) << (16 * hl);
+          }
+          o[e] = pr;
+        }
+        *reinterpret_cast<uint4*>(ps + sh * PLD + sc8) = make_uint4(o[0], o[1], o[2], o[3]);
+      }
+      if (tid < TN) {
+        slots[((j + 2) % 3) * TN + tid] = nsl;
+        const int64_t c3 = c0 + 3 * TN + tid;
+        nsl = c3 < c_end ? slot_in[c3] : -1;
+      }
+    }
+    __syncthreads();  // vs, ps hold this tile; raw[j & 1] is free; the slots of tile j + 2 are known
+    if (c0 + 2 * TN < c_end) gather(j & 1, slots + ((j + 2) % 3) * TN);
+    cp_commit();
+    sv = hok && c0 + TN < c_end ? *reinterpret_cast<const uint4*>(srow + c0 + TN) : ninf4;
+    {
+      const uint16_t* pa = ps + (lane % 16) * PLD + (lane / 16) * 8;
+      const uint16_t* vb = vs + (lane % 8 + 8 * ((lane / 8) % 2)) * VLD + wd + 8 * (lane / 16);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        uint32_t a[4][4];
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt) ldsm4(a[mt], pa + mt * 16 * PLD + kk * 16);
+#pragma unroll
+        for (int np = 0; np < 2; ++np) {
+          uint32_t b[4];
+          ldsm4t(b, vb + kk * 16 * VLD + np * 16);
+#pragma unroll
+          for (int mt = 0; mt < 4; ++mt) {
+            mma16816(acc[mt][2 * np], a[mt], b[0], b[1]);
+            mma16816(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+          }
+        }
+      }
+    }
+  }
+  cp_wait<0>();
+#pragma unroll
+  for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int h = h0 + mt * 16 + gid + 8 * hf;
+      if (h >= p.H) continue;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int d = wd + nt * 8 + 2 * tq;
+        const float x0 = acc[mt][nt][2 * hf], x1 = acc[mt][nt][2 * hf + 1];
+        if (p.NS == 1) {
+          *reinterpret_cast<uint32_t*>(p.out + (int64_t(t) * p.H + h) * 512 + d) = uint32_t(f2bf(x0)) | (uint32_t(f2bf(x1)) << 16);
+        } else {
+          *reinterpret_cast<float2*>(p.part + ((int64_t(t) * p.H + h) * p.NS + split) * 512 + d) = make_float2(x0, x1);
+        }
+      }
+    }
+}
+
 // out = bf16(sum over splits), 4 dims per thread.
 __global__ void mqa_split_sum_kernel(const float* part, int64_t rows, int NS, uint16_t* out) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -468,6 +861,8 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_score_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_a(1))));
     DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_score_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_a(2))));
     DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_pv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemB)));
+    DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_score2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemA2)));
+    DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_pv2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemB2)));
     attr = true;
   }
   // Tokens per launch: the bf16 score scratch stays under tun.max_scratch bytes.
@@ -481,7 +876,9 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     NS = (ntiles + tiles_per - 1) / tiles_per;
     Tensor S = be.alloc(DType::BF16, {Tc, H, KP});
     Tensor ms = be.alloc(DType::F32, {Tc, H, NS, 2});
-    Tensor part;
+    const bool v2 = tun.version >= 2 && tun.score_ksplit != 1;
+    Tensor part, slot;
+    if (v2) slot = be.alloc(DType::I32, {Tc, KP});
     if (NS > 1) part = be.alloc(DType::F32, {Tc, H, NS, 512});
     DecP p{};
     p.qlat = q_lat.ptr<uint16_t>() + t0 * H * 512; p.qpe = q_pe.ptr<uint16_t>() + t0 * H * 64;
@@ -491,12 +888,15 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     p.H = int(H); p.NS = int(NS); p.tiles_per = int(tiles_per); p.KP = KP; p.scale = scale;
     p.S = S.ptr<uint16_t>(); p.ms = ms.ptr<float>(); p.part = NS > 1 ? part.ptr<float>() : nullptr;
     p.out = out_lat.ptr<uint16_t>() + t0 * H * 512; p.err = be.err_flag();
+    p.slot = v2 ? slot.ptr<int32_t>() : nullptr;
     const dim3 grid{unsigned(Tc), unsigned(HG), unsigned(NS)};
-    if (tun.score_ksplit == 1) mqa_score_kernel<1><<<grid, 256, smem_a(1)>>>(p);
+    if (v2) mqa_score2_kernel<<<grid, 512, kSmemA2>>>(p);
+    else if (tun.score_ksplit == 1) mqa_score_kernel<1><<<grid, 256, smem_a(1)>>>(p);
     else mqa_score_kernel<2><<<grid, 512, smem_a(2)>>>(p);
     DSA_LAUNCH_CHECK();
     if (tun.scores_only) continue;  // profiling only: the output is not written
-    mqa_pv_kernel<<<grid, kPvThreads, kSmemB>>>(p);
+    if (v2) mqa_pv2_kernel<<<grid, kPvThreads, kSmemB2>>>(p);
+    else mqa_pv_kernel<<<grid, kPvThreads, kSmemB>>>(p);
     DSA_LAUNCH_CHECK();
     if (NS > 1) {
       mqa_split_sum_kernel<<<cdiv(Tc * H * 128, 256), 256>>>(p.part, Tc * H, int(NS), p.out);
