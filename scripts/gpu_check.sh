@@ -115,22 +115,25 @@ if has ptx && (( $(left) > 150 )); then
   rc=$?
   note "op tests on the compute_80 PTX (CUDA_FORCE_PTX_JIT=1) + exact CUDA-core indexer: rc=$rc in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests_ptx.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests_ptx.log") failed lines"
   t0=$SECONDS
-  DSA_CUDA_GRAPHS=0 DSA_CUDA_MQA_SIMPLE=1 timeout 60 "$T" --gtest_filter='GpuOps.AttentionMqa*:GpuModel.Greedy*' >> "$OUT/tests_ptx.log" 2>&1
-  note "decode on the CUDA-core attention kernel, graphs off: rc=$? in $((SECONDS - t0)) s"
+  DSA_CUDA_INDEXER_WGMMA=0 timeout 100 "$T" --gtest_filter='GpuIndexer.*:GpuOps.Indexer*:GpuModel.LogitsMatch*' > "$OUT/tests_portable.log" 2>&1
+  note "indexer on the portable mma.sync kernel (DSA_CUDA_INDEXER_WGMMA=0), sm_90a SASS: rc=$? in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests_portable.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests_portable.log") failed lines"
+  t0=$SECONDS
+  DSA_CUDA_MQA_SIMPLE=1 timeout 60 "$T" --gtest_filter='GpuOps.AttentionMqa*:GpuModel.Greedy*' >> "$OUT/tests_portable.log" 2>&1
+  note "decode on the CUDA-core attention kernel: rc=$? in $((SECONDS - t0)) s"
 fi
 
 if has sanitizer && (( $(left) > 200 )); then
   t0=$SECONDS
-  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$T" \
-    --gtest_filter='GpuOps.*:GpuMla.*:GpuIndexer.*:GpuGemm.*-GpuOps.InvalidInputsRaiseErrors:GpuMla.InvalidInputsRaiseErrors:GpuIndexer.*128K*' > "$OUT/sanitizer.log" 2>&1
+  timeout 170 compute-sanitizer --tool memcheck --error-exitcode 9 "$T" \
+    --gtest_filter='GpuOps.*:GpuMla.DenseShapes:GpuMla.OneCandidate*:GpuIndexer.ScoresAndTopkRaggedBatch:GpuIndexer.TopkExactTiesAroundK:GpuIndexer.TiledPrefillPairs:GpuGemm.Fp8StridedOutput:GpuGemm.Fp8GroupedMatchesReference:GpuGemm.LinearF32Gemv-GpuOps.InvalidInputsRaiseErrors' > "$OUT/sanitizer.log" 2>&1
   rc=$?
   note "compute-sanitizer memcheck (op tests): rc=$rc in $((SECONDS - t0)) s; $(grep -m1 'ERROR SUMMARY' "$OUT/sanitizer.log")"
   if (( $(left) > 180 )); then
     t0=$SECONDS
-    timeout 100 compute-sanitizer --tool racecheck --error-exitcode 9 "$T" \
-      --gtest_filter='GpuOps.AttentionMqa*:GpuOps.Topk*:GpuOps.IndexerCache*:GpuOps.Linears*' > "$OUT/racecheck.tmp" 2>&1
+    timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 "$T" \
+      --gtest_filter='GpuOps.AttentionMqa*:GpuOps.Topk*:GpuOps.IndexerCache*:GpuMla.DenseShapes:GpuIndexer.TopkExactTiesAroundK:GpuGemm.Fp8StridedOutput' > "$OUT/racecheck.tmp" 2>&1
     rc=$?
-    note "compute-sanitizer racecheck (MQA, top-k, indexer, GEMM): rc=$rc in $((SECONDS - t0)) s; $(grep -m1 'RACECHECK SUMMARY\|ERROR SUMMARY' "$OUT/racecheck.tmp")"
+    note "compute-sanitizer racecheck (MQA, MLA, top-k, indexer, GEMM): rc=$rc in $((SECONDS - t0)) s; $(grep -m1 'RACECHECK SUMMARY\|ERROR SUMMARY' "$OUT/racecheck.tmp")"
     cat "$OUT/racecheck.tmp" >> "$OUT/sanitizer.log"; rm -f "$OUT/racecheck.tmp"
   fi
 fi
@@ -147,7 +150,7 @@ if has bench && (( $(left) > 60 )); then
   fi
   if [[ -x $B/bench/gpu/dsa_gpu_gemm_bench ]] && (( $(left) > 60 )); then
     t0=$SECONDS
-    timeout 60 "$B/bench/gpu/dsa_gpu_gemm_bench" > "$OUT/gemm_bench.log" 2>&1
+    timeout 60 "$B/bench/gpu/dsa_gpu_gemm_bench" --md "$OUT/gemm.md" > "$OUT/gemm_bench.log" 2>&1
     note "dsa_gpu_gemm_bench: rc=$? in $((SECONDS - t0)) s"
   fi
 fi
@@ -196,4 +199,5 @@ if [[ -f $OUT/bench.md ]]; then
   echo; cat "$OUT/bench.md"
 fi
 [[ -f $OUT/prefill.md ]] && { echo; cat "$OUT/prefill.md"; }
+[[ -f $OUT/gemm.md ]] && { echo; cat "$OUT/gemm.md"; }
 exit 0

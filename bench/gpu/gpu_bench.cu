@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/indexer/scores_sm90.h"
 
 using namespace dsa;
 
@@ -266,6 +268,29 @@ int main(int argc, char** argv) {
         const double s_ms = time_ms([&](int r) { be.indexer_scores(iq, iw, c.kv[size_t(r) % c.kv.size()], B, sc); }, 10);
         report("indexer scores only", "b=" + std::to_string(b) + " Hi=64 L=" + kfmt(L), s_ms, 2.0 * 64 * 128 * double(b) * L,
                idx_bytes + double(b) * L * 4, 100.0 * (idx_bytes + double(b) * L * 4) / (s_ms * 1e-3) / 1e12 / kCopyTBs);
+        if (cuda::sm90_scores_available()) {  // the portable kernel on the same data, and how far apart they are
+          std::vector<float> r_h(static_cast<size_t>(L)), r_p(static_cast<size_t>(L));
+          be.download(sc.rows(0, 1), r_h.data());
+          cuda::set_sm90_scores_enabled(false);
+          Tensor scp = be.alloc(DType::F32, {T, L});
+          const double p_ms = time_ms([&](int r) { be.indexer_scores(iq, iw, c.kv[size_t(r) % c.kv.size()], B, scp); }, 10);
+          be.indexer_scores(iq, iw, c.kv[0], B, scp);
+          be.indexer_scores(iq, iw, c.kv[0], B, sc);  // (portable too; the Hopper one is restored below)
+          be.download(scp.rows(0, 1), r_p.data());
+          cuda::set_sm90_scores_enabled(true);
+          be.indexer_scores(iq, iw, c.kv[0], B, sc);
+          be.download(sc.rows(0, 1), r_h.data());
+          double dmax = 0, amax = 0;
+          for (int64_t j = 0; j < L; ++j)
+            if (std::isfinite(r_p[size_t(j)])) {
+              dmax = std::max(dmax, double(std::fabs(r_h[size_t(j)] - r_p[size_t(j)])));
+              amax = std::max(amax, double(std::fabs(r_p[size_t(j)])));
+            }
+          std::printf("  (row 0: Hopper vs portable scores max |diff| %.3g of max |score| %.3g)\n", dmax, amax);
+          report("indexer scores (portable)", "b=" + std::to_string(b) + " Hi=64 L=" + kfmt(L), p_ms,
+                 2.0 * 64 * 128 * double(b) * L, idx_bytes + double(b) * L * 4,
+                 100.0 * (idx_bytes + double(b) * L * 4) / (p_ms * 1e-3) / 1e12 / kCopyTBs);
+        }
         {  // MTP form: s_q = 2 queries per sequence share each key load (same cache)
           int64_t blocks2;
           Batch B2 = decode_batch(b, L, 2, &blocks2);
