@@ -67,6 +67,11 @@ done
 has() { [[ ",$STAGES," == *",$1,"* ]]; }
 OUT=${OUT:-$ROOT/out/gpu_check}
 mkdir -p "$OUT"
+# The device tool returns few files: the logs go to one archive at exit; summary and tables stay apart.
+FINAL_OUT=$OUT
+OUT=$FINAL_OUT/logs
+mkdir -p "$OUT"
+trap 'tar -C "$FINAL_OUT" -czf "$FINAL_OUT/logs.tar.gz" logs 2>/dev/null && rm -rf "$OUT"' EXIT
 BUDGET=${GPU_CHECK_BUDGET_S:-570}   # stop starting optional stages after this many seconds
 declare -a SUMMARY
 note() { SUMMARY+=("$1"); echo "== $1"; }
@@ -188,16 +193,17 @@ if has real && (( $(left) > 60 )); then
   timeout $(( $(left) - 10 )) "$B/dsa" bench -m "$RM" --device cuda --ctx "$CTX" --steps 8 --batch 1 \
     --prefill-chunk ${REAL_CHUNK:-32768} >> "$OUT/real.log" 2>&1
   note "real scale, $CTX-token prefill + decode on cuda: rc=$? in $((SECONDS - t0)) s"
-  grep -E "prefill:|memory|ms/step|faster|SLOWER" "$OUT/real.log" | sed 's/^/   /'
+  while IFS= read -r l; do note "   $l"; done < <(grep -E "prefill:|memory|ms/step|faster|SLOWER" "$OUT/real.log")
 fi
 
+# Tables first, then the summary and the floors last (the device tool shows the tail of the output).
+[[ -f $OUT/gemm.md ]] && { echo; cat "$OUT/gemm.md"; cp "$OUT/gemm.md" "$FINAL_OUT/"; }
+[[ -f $OUT/prefill.md ]] && { echo; cat "$OUT/prefill.md"; cp "$OUT/prefill.md" "$FINAL_OUT/"; }
+[[ -f $OUT/bench.md ]] && { echo; cat "$OUT/bench.md"; cp "$OUT/bench.md" "$FINAL_OUT/"; }
 echo
 echo "================ summary ================"
-{ echo "$GPU"; printf '%s\n' "${SUMMARY[@]}"; } | tee "$OUT/summary.txt"
+{ echo "$GPU"; printf '%s\n' "${SUMMARY[@]}"; } | tee "$FINAL_OUT/summary.txt"
 if [[ -f $OUT/bench.md ]]; then
-  echo; python3 "$ROOT/scripts/gpu_summary.py" "$OUT/bench.md" | tee "$OUT/floors.md"
-  echo; cat "$OUT/bench.md"
+  echo; python3 "$ROOT/scripts/gpu_summary.py" "$OUT/bench.md" | tee "$FINAL_OUT/floors.md"
 fi
-[[ -f $OUT/prefill.md ]] && { echo; cat "$OUT/prefill.md"; }
-[[ -f $OUT/gemm.md ]] && { echo; cat "$OUT/gemm.md"; }
 exit 0

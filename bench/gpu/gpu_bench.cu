@@ -20,6 +20,7 @@
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/indexer/scores_sm90.h"
+#include "backends/cuda/mla/decode.h"
 
 using namespace dsa;
 
@@ -317,6 +318,17 @@ int main(int argc, char** argv) {
       const double sp_flop = 2.0 * H * double(T) * std::min<int64_t>(TOPK, L) * (576 + 512);
       report("sparse MLA decode", "b=" + std::to_string(b) + " h=128 s_q=1 L=" + kfmt(L), sp_ms, sp_flop,
              double(T) * std::min<int64_t>(TOPK, L) * kMlaTokenBytes, 100.0 * sp_flop / (sp_ms * 1e-3) / 1e12 / kBf16TF);
+      if (b == 1) {  // small batch: how the split count of the candidates trades parallelism for overhead
+        cuda::MqaTuning& tun = cuda::mqa_tuning();
+        const int saved = tun.force_splits;
+        for (int ns : {2, 4, 8, 16}) {
+          tun.force_splits = ns;
+          const double ms = time_ms([&](int r) { be.attention_mqa(ql, qp, c.kv[size_t(r) % c.kv.size()], B, &tk, scale, o); }, 10);
+          report("sparse MLA decode NS=" + std::to_string(ns), "b=1 h=128 s_q=1 L=" + kfmt(L), ms, sp_flop,
+                 double(T) * std::min<int64_t>(TOPK, L) * kMlaTokenBytes, 100.0 * sp_flop / (ms * 1e-3) / 1e12 / kBf16TF);
+        }
+        tun.force_splits = saved;
+      }
       lat.push_back({b, L, dense_ms * 1e3, idx_ms * 1e3, sp_ms * 1e3});
       be.synchronize();
     }

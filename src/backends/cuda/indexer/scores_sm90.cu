@@ -27,8 +27,9 @@ namespace {
 constexpr int kStages = 3;
 constexpr int kRawBytes = kKvBlock * kIndexDim + kKvBlock * 4;  // 8448: keys + scales of one block
 constexpr int kTileBytes = 64 * 256;                            // 64 rows x 128 f16, two 8 KB atoms
-constexpr size_t kSmem = 1024 /*align slack*/ + kTileBytes /*q*/ + 2 * kTileBytes /*keys x2*/ +
-                         kStages * kRawBytes + 64 * 4 /*w*/;
+constexpr int kBids = 2048;                                     // block ids staged in shared memory
+constexpr size_t kSmem = 1024 /*align slack*/ + kTileBytes /*q*/ + kTileBytes /*keys*/ + kStages * kRawBytes +
+                         64 * 4 /*w*/ + kBids * 4;
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define DSA_WGMMA 1
@@ -86,9 +87,10 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_kernel(Sm90ScoreArgs 
   extern __shared__ uint8_t smraw[];
   uint8_t* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smraw) + 1023) & ~uintptr_t(1023));
   uint8_t* qt = base;                              // q tile (f16, swizzled)
-  uint8_t* kt = base + kTileBytes;                 // two key tiles
-  uint8_t* raw = base + 3 * kTileBytes;            // kStages raw blocks
+  uint8_t* kt = base + kTileBytes;                 // key tile (f16, swizzled)
+  uint8_t* raw = base + 2 * kTileBytes;            // kStages raw blocks
   float* ws = reinterpret_cast<float*>(raw + kStages * kRawBytes);
+  int* bids = reinterpret_cast<int*>(ws + 64);     // physical block of each of this CTA's blocks
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gid = lane / 4, tq = lane % 4;
   const int64_t t = p.t0 + blockIdx.y;
   const int posq = p.pos[t];
@@ -110,10 +112,15 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_kernel(Sm90ScoreArgs 
     store_f16_chunks(qt, h, c, v);
   }
   if (tid < 64) ws[tid] = tid < p.Hi ? p.w[t * p.Hi + tid] : 0.f;
+  // The block table slice of this CTA's range, loaded once: a per-block lookup would put a dependent
+  // global load in front of every cp.async (one L2 latency per block, the kernel's former limit).
+  for (int64_t i = tid; i < min(b1 - b0, int64_t(kBids)); i += 128) bids[i] = btrow[b0 + i];
+  __syncthreads();
+  auto bid = [&](int64_t b) { return b - b0 < kBids ? bids[b - b0] : btrow[b]; };
 
   auto issue = [&](int64_t b) {
     if (b < b1) {
-      const int blk = btrow[b];
+      const int blk = bid(b);
       if (blk >= 0) {
         const uint8_t* src = p.cache + int64_t(blk) * kKvBlock * kIndexTokenBytes;
         uint8_t* dst = raw + ((b - b0) % kStages) * kRawBytes;
@@ -128,14 +135,14 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_kernel(Sm90ScoreArgs 
     asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
     __syncthreads();  // this block's bytes (all threads' copies) have landed; block b-1 is fully done
     issue(b + kStages - 1);  // refills block b-1's stage (its scales were read before the barrier)
-    const int blk = btrow[b];
+    const int blk = bid(b);
     const uint8_t* rb = raw + ((b - b0) % kStages) * kRawBytes;
     const int64_t col0 = b * kKvBlock;
     if (blk < 0) {  // unmapped block: no keys
       if (tid < 64 && col0 + tid < p.ld) orow[col0 + tid] = -INFINITY;
       continue;
     }
-    uint8_t* tile = kt + (b & 1) * kTileBytes;
+    uint8_t* tile = kt;  // free: every thread passed the barrier above after block b-1's wgmma completed
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int ch = tid + 128 * j, r = ch / 8, c = ch % 8;
