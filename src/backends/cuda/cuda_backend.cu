@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/indexer/scores_sm90.h"
 
 #include <cmath>
 #include <cstring>
@@ -222,6 +223,8 @@ CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
   DSA_CUDA_CHECK(cudaMalloc(&err_, sizeof(int)));
   DSA_CUDA_CHECK(cudaMemset(err_, 0, sizeof(int)));
   if (const char* g = std::getenv("DSA_CUDA_GRAPHS")) graphs_on_ = g[0] && !(g[0] == '0' && g[1] == 0);
+  // One-time probes with synchronous copies happen here, never inside a decode step (graph capture).
+  sm90_scores_available();
 }
 
 // ---- decode-step graphs ------------------------------------------------------------------------

@@ -16,8 +16,6 @@
 // buffer (e.g. a huge run of exact ties at the threshold), (3) selects from the row itself instead.
 #include <algorithm>
 
-#include <cstdlib>
-
 #include "backends/cuda/cuda_backend.h"
 
 namespace dsa::cuda {
@@ -201,8 +199,8 @@ struct McArgs {
 
 __device__ __forceinline__ int64_t mc_len(const McArgs& a, int64_t r) { return int64_t(a.narr[a.row_base + r]) + a.n_add; }
 
-// Level 1: histogram of the top 12 key bits of this CTA's chunk, added into the row's global one.
-__device__ void mc_hist_body(const McArgs& a, int* h) {
+__global__ void __launch_bounds__(kMcThreads) topk_mc_hist_kernel(McArgs a) {
+  __shared__ int h[NBIN];
   const int64_t r = blockIdx.y, n = mc_len(a, r), c0 = int64_t(blockIdx.x) * a.chunk;
   if (n <= a.k || c0 >= n) return;
   const int64_t c1 = min(n, c0 + a.chunk);
@@ -235,11 +233,6 @@ __device__ void mc_hist_body(const McArgs& a, int* h) {
     if (h[i]) atomicAdd(&gh[i], h[i]);
 }
 
-__global__ void __launch_bounds__(kMcThreads) topk_mc_hist_kernel(McArgs a) {
-  __shared__ int h[NBIN];
-  mc_hist_body(a, h);
-}
-
 // Copy n ints (global -> shared) with many loads in flight (find_bin's sequential per-thread reads
 // of a global histogram would pay one L2 latency per bin).
 __device__ __forceinline__ void load_shared(int* dst, const int* src, int n) {
@@ -248,9 +241,11 @@ __device__ __forceinline__ void load_shared(int* dst, const int* src, int n) {
 }
 
 // Level 2: the next 12 bits of the keys in the level-1 threshold bin.
-__device__ void mc_hist2_body(const McArgs& a, int* h, int* g1, int* warp_tot, int* s_bin_p, int* s_above_p) {
-  int& s_bin = *s_bin_p;
-  int& s_above = *s_above_p;
+__global__ void __launch_bounds__(kMcThreads) topk_mc_hist2_kernel(McArgs a) {
+  __shared__ int h[NBIN];
+  __shared__ int g1[NBIN];
+  __shared__ int warp_tot[kMcThreads / 32];
+  __shared__ int s_bin, s_above;
   const int64_t r = blockIdx.y, n = mc_len(a, r), c0 = int64_t(blockIdx.x) * a.chunk;
   if (n <= a.k || c0 >= n) return;
   const int64_t c1 = min(n, c0 + a.chunk);
@@ -286,14 +281,6 @@ __device__ void mc_hist2_body(const McArgs& a, int* h, int* g1, int* warp_tot, i
     if (h[i]) atomicAdd(&gh[i], h[i]);
 }
 
-__global__ void __launch_bounds__(kMcThreads) topk_mc_hist2_kernel(McArgs a) {
-  __shared__ int h[NBIN];
-  __shared__ int g1[NBIN];
-  __shared__ int warp_tot[kMcThreads / 32];
-  __shared__ int s_bin, s_above;
-  mc_hist2_body(a, h, g1, warp_tot, &s_bin, &s_above);
-}
-
 // The 24-bit prefix of the k-th largest key of row r and the keys above it (both levels).
 // sh: 2 * NBIN ints of shared scratch.
 __device__ void mc_threshold(const McArgs& a, int64_t r, int* sh, int* warp_tot, int* s_bin, int* s_above,
@@ -313,12 +300,10 @@ __device__ void mc_threshold(const McArgs& a, int64_t r, int* sh, int* warp_tot,
   __syncthreads();
 }
 
-// buf: kMcChunkMax keys of shared scratch (also holds 2 * NBIN ints for the threshold search).
-__device__ void mc_collect_body(const McArgs& a, uint32_t* buf, int* warp_tot, int* s_bin_p, int* s_above_p,
-                                int* s_base_p) {
-  int& s_bin = *s_bin_p;
-  int& s_above = *s_above_p;
-  int& s_base = *s_base_p;
+__global__ void __launch_bounds__(kMcThreads) topk_mc_collect_kernel(McArgs a) {
+  __shared__ uint32_t buf[kMcChunkMax];  // this chunk's keys
+  __shared__ int warp_tot[kMcThreads / 32];
+  __shared__ int s_bin, s_above, s_base;
   const int64_t r = blockIdx.y, n = mc_len(a, r), c0 = int64_t(blockIdx.x) * a.chunk;
   if (n <= a.k || c0 >= n) return;
   const int64_t c1 = min(n, c0 + a.chunk);
@@ -370,19 +355,12 @@ __device__ void mc_collect_body(const McArgs& a, uint32_t* buf, int* warp_tot, i
   }
 }
 
-__global__ void __launch_bounds__(kMcThreads) topk_mc_collect_kernel(McArgs a) {
-  __shared__ uint32_t buf[kMcChunkMax];  // this chunk's keys
-  __shared__ int warp_tot[kMcThreads / 32];
-  __shared__ int s_bin, s_above, s_base;
-  mc_collect_body(a, buf, warp_tot, &s_bin, &s_above, &s_base);
-}
-
-// Row r's final selection (one CTA of TK_THREADS): cand = 2 * kCandCap words of shared memory.
-__device__ void mc_final_body(const McArgs& a, int64_t r, uint32_t* cand, int* ordoff, int* warp_tot, int* s_bin_p,
-                              int* s_above_p) {
-  int& s_bin = *s_bin_p;
-  int& s_above = *s_above_p;
-  const int64_t n = mc_len(a, r);
+__global__ void __launch_bounds__(TK_THREADS) topk_mc_final_kernel(McArgs a) {
+  extern __shared__ __align__(16) uint32_t cand[];  // keys [kCandCap], positions [kCandCap]
+  __shared__ int ordoff[1024];
+  __shared__ int warp_tot[TK_THREADS / 32];
+  __shared__ int s_bin, s_above;
+  const int64_t r = blockIdx.x, n = mc_len(a, r);
   int32_t* o = a.out + (a.row_base + r) * a.k;
   if (n <= a.k) {
     for (int64_t i = threadIdx.x; i < a.k; i += blockDim.x) o[i] = i < n ? int32_t(i) : -1;
@@ -424,69 +402,7 @@ __device__ void mc_final_body(const McArgs& a, int64_t r, uint32_t* cand, int* o
               mask, krem);
 }
 
-__global__ void __launch_bounds__(TK_THREADS) topk_mc_final_kernel(McArgs a) {
-  extern __shared__ __align__(16) uint32_t cand[];  // keys [kCandCap], positions [kCandCap]
-  __shared__ int ordoff[1024];
-  __shared__ int warp_tot[TK_THREADS / 32];
-  __shared__ int s_bin, s_above;
-  mc_final_body(a, blockIdx.x, cand, ordoff, warp_tot, &s_bin, &s_above);
-}
-
-// Few long rows (small-batch decode): the four phases above in ONE cooperative launch — every CTA is
-// resident (cudaLaunchCooperativeKernel guarantees it or fails), and phases are separated by
-// grid-wide barriers instead of kernel boundaries, which at batch 1 cost more than the work itself.
-// Grid (nch, rows), TK_THREADS threads; the final selection runs in CTA x = 0 of each row.
-__device__ void grid_barrier(int* counter, int expected) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    atomicAdd(counter, 1);
-    while (atomicAdd(counter, 0) < expected) __nanosleep(64);
-    __threadfence();
-  }
-  __syncthreads();
-}
-
-__global__ void __launch_bounds__(TK_THREADS) topk_mc_fused_kernel(McArgs a, int* barriers) {
-  extern __shared__ __align__(16) uint32_t cand[];  // 2 * kCandCap words, reused by every phase
-  __shared__ int ordoff[1024];
-  __shared__ int warp_tot[TK_THREADS / 32];
-  __shared__ int s_bin, s_above, s_base;
-  const int ctas = int(gridDim.x * gridDim.y);
-  int* sh = reinterpret_cast<int*>(cand);
-  mc_hist_body(a, sh);
-  grid_barrier(barriers + 0, ctas);
-  mc_hist2_body(a, sh, sh + NBIN, warp_tot, &s_bin, &s_above);
-  grid_barrier(barriers + 1, ctas);
-  mc_collect_body(a, cand, warp_tot, &s_bin, &s_above, &s_base);
-  grid_barrier(barriers + 2, ctas);
-  if (blockIdx.x == 0) mc_final_body(a, blockIdx.y, cand, ordoff, warp_tot, &s_bin, &s_above);
-}
-
 }  // namespace
-
-// CTAs of topk_mc_fused_kernel that can be resident at once (0: cooperative launch unavailable or
-// DSA_CUDA_TOPK_FUSED=0).
-static int64_t fused_capacity() {
-  static const int64_t cap = [] {
-    const char* e = std::getenv("DSA_CUDA_TOPK_FUSED");
-    if (e && *e == '0') return int64_t(0);
-    int dev = 0, coop = 0, sms = 0, per = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    if (!coop) return int64_t(0);
-    if (cudaFuncSetAttribute(topk_mc_fused_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kCandCap * 8)) !=
-            cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, topk_mc_fused_kernel, TK_THREADS, size_t(kCandCap) * 8) !=
-            cudaSuccess) {
-      cudaGetLastError();
-      return int64_t(0);
-    }
-    return int64_t(per) * sms;
-  }();
-  return cap;
-}
 
 void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
                               int64_t rows, int64_t k, int32_t* out) {
@@ -499,7 +415,7 @@ void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* na
     const int64_t nch = (ld + chunk - 1) / chunk;
     if (nch <= 1024) {
       const int64_t meta_n = 2 + 2 * nch;
-      Tensor hdr = alloc(DType::I32, {rows, 2 * NBIN + meta_n + 4});  // + 4: grid-barrier counters (fused path)
+      Tensor hdr = alloc(DType::I32, {rows, 2 * NBIN + meta_n});
       Tensor cand = alloc(DType::I32, {rows, 2 * kCandCap});
       DSA_CUDA_CHECK(cudaMemsetAsync(hdr.data, 0, hdr.nbytes()));
       McArgs a{};
@@ -511,21 +427,13 @@ void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* na
       a.ckey = reinterpret_cast<uint32_t*>(cand.data);
       a.cpos = cand.ptr<int32_t>() + rows * kCandCap;
       a.out = out;
-      const size_t smem = size_t(kCandCap) * 8;
-      if (nch * rows <= fused_capacity()) {
-        int* barriers = hdr.ptr<int32_t>() + rows * (2 * NBIN + meta_n);
-        void* args[] = {&a, &barriers};
-        DSA_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(topk_mc_fused_kernel),
-                                                   dim3(unsigned(nch), unsigned(rows)), dim3(TK_THREADS), args, smem,
-                                                   cudaStreamPerThread));
-        return;
-      }
       topk_mc_hist_kernel<<<dim3(unsigned(nch), unsigned(rows)), kMcThreads>>>(a);
       DSA_LAUNCH_CHECK();
       topk_mc_hist2_kernel<<<dim3(unsigned(nch), unsigned(rows)), kMcThreads>>>(a);
       DSA_LAUNCH_CHECK();
       topk_mc_collect_kernel<<<dim3(unsigned(nch), unsigned(rows)), kMcThreads>>>(a);
       DSA_LAUNCH_CHECK();
+      const size_t smem = size_t(kCandCap) * 8;
       static bool attr = false;
       if (!attr) {
         DSA_CUDA_CHECK(cudaFuncSetAttribute(topk_mc_final_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
