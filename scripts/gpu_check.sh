@@ -79,7 +79,7 @@ left() { echo $((BUDGET - SECONDS)); }
 
 GPU=$(nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.total,driver_version --format=csv,noheader 2>&1)
 echo "$GPU"
-note "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)'); stages $STAGES"
+note "stages $STAGES (the device copy's .git is not the tree's: record the commit on the calling side)"
 S=$DEV/sysroot/usr
 export PKG_CONFIG_PATH=$S/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
 B=$ROOT/build-gpu
