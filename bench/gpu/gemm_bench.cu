@@ -17,11 +17,14 @@
 #include <vector>
 
 #include "backends/cuda/cuda_backend.h"
+#include "bench_util.h"
 #include "backends/cuda/gemm/fp8_gemm.h"
 
 using namespace dsa;
 
 namespace {
+
+using dsa::bench::chk;
 
 constexpr double kCopyTBs = 4.2, kFp8TF = 1300;
 
@@ -45,44 +48,14 @@ __global__ void fill_bf16(uint16_t* p, size_t n, uint32_t seed) {
   }
 }
 
-void chk(cudaError_t e, const char* w) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "CUDA error %s: %s\n", w, cudaGetErrorString(e));
-    std::exit(1);
-  }
-}
-
 template <typename T> T* dalloc(size_t n) {
   void* p = nullptr;
   chk(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)), "cudaMalloc");
   return static_cast<T*>(p);
 }
 
-double time_ms(const std::function<void(int)>& fn, int reps) {
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  fn(0);
-  fn(1);
-  chk(cudaDeviceSynchronize(), "warm-up");
-  std::vector<float> ts;
-  float total = 0;
-  for (int r = 0; r < reps; ++r) {
-    cudaEventRecord(a);
-    fn(r + 2);
-    cudaEventRecord(b);
-    chk(cudaEventSynchronize(b), "timed call");
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    ts.push_back(ms);
-    total += ms;
-    if (total > 1500 && r >= 2) break;
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(ts.begin(), ts.end());
-  return ts[ts.size() / 2];
-}
+// Two warm-up calls, at most `reps` timed ones within 1.5 s.
+double time_ms(const std::function<void(int)>& fn, int reps) { return dsa::bench::time_ms(fn, reps, 2, 1500); }
 
 std::vector<std::string> md;
 FILE* md_out = nullptr;  // --md: written line by line (a killed run keeps what it measured)

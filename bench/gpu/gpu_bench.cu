@@ -19,10 +19,13 @@
 #include <vector>
 
 #include "backends/cuda/cuda_backend.h"
+#include "bench_util.h"
 #include "backends/cuda/indexer/scores_sm90.h"
 #include "backends/cuda/mla/decode.h"
 
 using namespace dsa;
+using dsa::bench::chk;
+using dsa::bench::time_ms;
 
 namespace {
 
@@ -57,39 +60,6 @@ __global__ void fill_bf16(uint16_t* p, size_t n, uint32_t seed) {
     x ^= x >> 13; x *= 0x5bd1e995u; x ^= x >> 15;
     p[i] = uint16_t(0x3c00 + (x & 0x3ff)) ^ uint16_t((x >> 16) & 0x8000);  // ~[0.0078, 0.03) with random sign
   }
-}
-
-void chk(cudaError_t e, const char* w) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "CUDA error %s: %s\n", w, cudaGetErrorString(e));
-    std::exit(1);
-  }
-}
-
-// Median time in ms of fn(rep), after warm-up; reps adapt to the call's length.
-double time_ms(const std::function<void(int)>& fn, int max_reps = 30) {
-  cudaEvent_t a, b;
-  chk(cudaEventCreate(&a), "event");
-  chk(cudaEventCreate(&b), "event");
-  fn(0);
-  chk(cudaDeviceSynchronize(), "warm-up");
-  std::vector<float> ts;
-  float total = 0;
-  for (int r = 0; r < max_reps; ++r) {
-    cudaEventRecord(a);
-    fn(r + 1);
-    cudaEventRecord(b);
-    chk(cudaEventSynchronize(b), "timed call");
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    ts.push_back(ms);
-    total += ms;
-    if (total > 3000 && r >= 2) break;
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(ts.begin(), ts.end());
-  return ts[ts.size() / 2];
 }
 
 struct Row {

@@ -15,8 +15,10 @@
 #include <vector>
 
 #include "backends/cuda/cuda_backend.h"
+#include "bench_util.h"
 
 using namespace dsa;
+using dsa::bench::chk;
 
 namespace {
 
@@ -46,36 +48,6 @@ __global__ void fix_indexer_scales(uint8_t* cache, size_t blocks) {
 }
 __global__ void fill_f32(float* p, size_t n, float v) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) p[i] = v;
-}
-
-void chk(cudaError_t e, const char* w) {
-  if (e != cudaSuccess) {
-    std::fprintf(stderr, "CUDA error %s: %s\n", w, cudaGetErrorString(e));
-    std::exit(1);
-  }
-}
-
-template <class F>
-double time_ms(F&& fn, int reps) {
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  fn();
-  chk(cudaDeviceSynchronize(), "warm-up");
-  std::vector<float> ts;
-  for (int r = 0; r < reps; ++r) {
-    cudaEventRecord(a);
-    fn();
-    cudaEventRecord(b);
-    chk(cudaEventSynchronize(b), "timed call");
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    ts.push_back(ms);
-  }
-  std::sort(ts.begin(), ts.end());
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ts[ts.size() / 2];
 }
 
 std::string kfmt(int64_t L) { return L >= 1024 ? std::to_string(L / 1024) + "K" : std::to_string(L); }
@@ -146,9 +118,9 @@ int main(int argc, char** argv) {
     const double dense_flop = 2.0 * H * pairs * (DQK + DV);
     double dense_ms = -1;
     if (dense_flop <= dense_max_flop)
-      dense_ms = time_ms([&] { be.attention_mha(qm, kvu, pe, B, nullptr, scale, out); }, 3);
-    const double idx_ms = time_ms([&] { be.indexer_topk(iq, iw, kv, B, TOPK, tk); }, 3);
-    const double sp_ms = time_ms([&] { be.attention_mha(qm, kvu, pe, B, &tk, scale, out); }, 3);
+      dense_ms = bench::time_ms([&](int) { be.attention_mha(qm, kvu, pe, B, nullptr, scale, out); }, 3);
+    const double idx_ms = bench::time_ms([&](int) { be.indexer_topk(iq, iw, kv, B, TOPK, tk); }, 3);
+    const double sp_ms = bench::time_ms([&](int) { be.attention_mha(qm, kvu, pe, B, &tk, scale, out); }, 3);
     double sel = 0;
     for (int64_t j = 0; j < s; ++j) sel += double(std::min<int64_t>(TOPK, L - s + j + 1));
     const double sp_flop = 2.0 * H * sel * (DQK + DV), idx_flop = 2.0 * HI * 128 * pairs;

@@ -104,8 +104,6 @@ struct Cfg {
   int path, splits;
   int64_t max_scratch;
   const char* name;
-  int ksplit = 2;
-  int version = 2;
 };
 
 // CPU reference vs every GPU path; returns nothing, reports through gtest.
@@ -126,11 +124,6 @@ void check_all(Both& be, MlaCase& st, const Tensor* topk, int64_t H, const std::
       {1, 3, 512 << 20, "stored 3 splits"},
       {1, 64, 512 << 20, "stored max splits"},
       {1, 2, H * std::max<int64_t>(KP, 64 * 20) * 2 * 2, "stored 2 splits, token chunks"},
-      {1, 1, 512 << 20, "stored 1 split, 8-warp scores", 1},
-      {1, 0, 512 << 20, "stored auto-split, 8-warp scores", 1},
-      {1, 1, 512 << 20, "stored v1 1 split", 2, 1},
-      {1, 0, 512 << 20, "stored v1 auto-split", 2, 1},
-      {1, 2, H * std::max<int64_t>(KP, 64 * 20) * 2 * 2, "stored v1 2 splits, token chunks", 2, 1},
       {2, 1, 512 << 20, "two-pass 1 split"},
       {2, 0, 512 << 20, "two-pass auto-split"},
   };
@@ -140,8 +133,6 @@ void check_all(Both& be, MlaCase& st, const Tensor* topk, int64_t H, const std::
     cuda::mqa_tuning().path = c.path;
     cuda::mqa_tuning().force_splits = c.splits;
     cuda::mqa_tuning().max_scratch = c.max_scratch;
-    cuda::mqa_tuning().score_ksplit = c.ksplit;
-    cuda::mqa_tuning().version = c.version;
     Tensor og = be.poisoned(DType::BF16, {T, H, 512});
     be.gpu.attention_mqa(dql, dqp, st.dkv, st.b, topk ? &dtk : nullptr, scale, og);
     Tensor g = be.down(og);
@@ -280,10 +271,9 @@ TEST(GpuMla, InvalidInputsRaiseErrors) {
     EXPECT_THROW(be.gpu.synchronize(), Error);
     be.gpu.synchronize();  // the flag was cleared
   }
-  for (int version : {1, 2}) {  // a selected position in an unmapped block (stored-scores paths)
+  {  // a selected position in an unmapped block (stored-scores path)
     TuningGuard guard;
     cuda::mqa_tuning().path = 1;
-    cuda::mqa_tuning().version = version;
     Batch b = st.b;
     b.device.reset();
     b.block_table[1] = -1;  // positions 64..127

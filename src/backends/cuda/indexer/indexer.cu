@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/mma.cuh"
 #include "backends/cuda/indexer/scores_sm90.h"
 
 namespace dsa::cuda {
@@ -289,13 +290,6 @@ struct PScoreP {
   int fp8;            // use e4m3 mma where compiled (sm_89+)
 };
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 __device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                         uint32_t b1) {
@@ -416,18 +410,18 @@ __global__ void __launch_bounds__(PS_WARPS * 32, NQ == 1 ? 3 : 2) indexer_score_
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           const int ch = lane + 32 * j, r = ch / 8, c = ch % 8;
-          cp_async16(dst + r * 128 + ((c ^ ((r & 1) << 2)) * 16), src + r * 128 + c * 16);
+          mma::cp16(dst + r * 128 + ((c ^ ((r & 1) << 2)) * 16), src + r * 128 + c * 16);
         }
-        if (lane < 8) cp_async16(dst + PS_UNIT * 128 + lane * 16, base + kBlockKeyBytes + (u % 2) * PS_UNIT * 4 + lane * 16);
+        if (lane < 8) mma::cp16(dst + PS_UNIT * 128 + lane * 16, base + kBlockKeyBytes + (u % 2) * PS_UNIT * 4 + lane * 16);
       }
     }
-    cp_async_commit();
+    mma::cp_commit();
   };
 #pragma unroll
   for (int i = 0; i < PS_STAGES - 1; ++i) issue(i);
   for (int64_t i = 0; i < nmine; ++i) {
     issue(i + PS_STAGES - 1);
-    cp_async_wait<PS_STAGES - 1>();
+    mma::cp_wait<PS_STAGES - 1>();
     __syncwarp();
     const int64_t u = u0 + warp + PS_WARPS * i;
     const int blk = btrow[u / 2];
@@ -525,7 +519,7 @@ __global__ void __launch_bounds__(PS_WARPS * 32, NQ == 1 ? 3 : 2) indexer_score_
     }
     __syncwarp();  // every lane is done with this stage before it is refilled
   }
-  cp_async_wait<0>();
+  mma::cp_wait<0>();
 }
 
 size_t pipe_smem(int nq) { return size_t(nq) * (8 * 4 * 32 * 16 + 64 * 4) + size_t(PS_WARPS) * PS_STAGES * PS_STAGE_BYTES; }

@@ -18,6 +18,7 @@
 #include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/mma.cuh"
 #include "backends/cuda/indexer/scores_sm90.h"
 
 namespace dsa::cuda {
@@ -59,10 +60,6 @@ __device__ __forceinline__ void wgmma_64x64x16(float (&d)[32], uint64_t da, uint
       : "l"(da), "l"(db), "r"(accumulate));
 }
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
-}
 
 __device__ __forceinline__ uint32_t cvt_e4m3x2_f16x2(uint16_t v) {
   const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(v), __NV_E4M3);
@@ -124,15 +121,15 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_kernel(Sm90ScoreArgs 
       if (blk >= 0) {
         const uint8_t* src = p.cache + int64_t(blk) * kKvBlock * kIndexTokenBytes;
         uint8_t* dst = raw + ((b - b0) % kStages) * kRawBytes;
-        for (int ch = tid; ch < kRawBytes / 16; ch += 128) cp_async16(dst + ch * 16, src + ch * 16);
+        for (int ch = tid; ch < kRawBytes / 16; ch += 128) mma::cp16(dst + ch * 16, src + ch * 16);
       }
     }
-    asm volatile("cp.async.commit_group;\n" ::);
+    mma::cp_commit();
   };
   for (int i = 0; i < kStages - 1; ++i) issue(b0 + i);
 
   for (int64_t b = b0; b < b1; ++b) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(kStages - 2));
+    mma::cp_wait<kStages - 2>();
     __syncthreads();  // this block's bytes (all threads' copies) have landed; block b-1 is fully done
     issue(b + kStages - 1);  // refills block b-1's stage (its scales were read before the barrier)
     const int blk = bid(b);
@@ -182,7 +179,7 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_kernel(Sm90ScoreArgs 
       if (col < p.ld) orow[col] = col <= posq ? __fmul_rn(tq ? s1 : s0, ksc) : -INFINITY;
     }
   }
-  asm volatile("cp.async.wait_group 0;\n" ::);
+  mma::cp_wait<0>();
 #else
   __trap();  // never launched: sm90_scores_available() is false for this build of the kernel
 #endif

@@ -23,7 +23,7 @@
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/mla/decode.h"
-#include "backends/cuda/mla/mma.cuh"
+#include "backends/cuda/mma.cuh"
 
 namespace dsa::cuda {
 
@@ -32,9 +32,7 @@ MqaTuning& mqa_tuning() {
     MqaTuning d;
     if (const char* e = std::getenv("DSA_CUDA_MQA_PATH")) d.path = std::atoi(e);
     if (const char* e = std::getenv("DSA_CUDA_MQA_SPLITS")) d.force_splits = std::atoi(e);
-    if (const char* e = std::getenv("DSA_CUDA_MQA_KSPLIT")) d.score_ksplit = std::atoi(e);
     if (const char* e = std::getenv("DSA_CUDA_MQA_SCORES_ONLY")) d.scores_only = std::atoi(e) != 0;
-    if (const char* e = std::getenv("DSA_CUDA_MQA_V")) d.version = std::atoi(e);
     return d;
   }();
   return t;
@@ -54,12 +52,7 @@ constexpr int RAW_A = int(kMlaTokenBytes);  // 656 = 41 x 16 B: latent, scales, 
 constexpr int RAW_B = int(kMlaLatent) + 16; // 528 = 33 x 16 B: latent, scales
 constexpr uint16_t kNegInfBf = 0xff80;
 
-constexpr size_t smem_a(int ksplit) {
-  return size_t(TM + TN) * QLD * 2 + size_t(TN) * RAW_A + size_t(TM) * PLD * 2 + 2 * TN * 8 + 4 * TM * 4 +
-         (ksplit > 1 ? 8 * 32 * 16 * 4 : 0);
-}
-constexpr size_t kSmemB = size_t(TN) * VLD * 2 + 2 * size_t(TN) * RAW_B + size_t(TM) * PLD * 2 + 2 * TM * 4 + 3 * TN * 8;
-constexpr size_t kSmemB2 = size_t(TN) * VLD * 2 + 2 * size_t(TN) * RAW_B + size_t(TM) * PLD * 2 + 2 * TM * 4 + 3 * TN * 4;
+constexpr size_t kSmemB = size_t(TN) * VLD * 2 + 2 * size_t(TN) * RAW_B + size_t(TM) * PLD * 2 + 2 * TM * 4 + 3 * TN * 4;
 
 struct DecP {
   const uint16_t* qlat; const uint16_t* qpe;  // [T, H, 512], [T, H, 64]
@@ -73,26 +66,9 @@ struct DecP {
   float* ms;       // [T, H, NS, 2] per-split (max, sum exp(s - max))
   float* part;     // [T, H, NS, 512] partial P.V (NS > 1)
   uint16_t* out;   // [T, H, 512]
-  int32_t* slot;   // v2: [T, KP] cache slot per candidate (-1: none), written by kernel A, read by B
+  int32_t* slot;   // [T, KP] cache slot per candidate (-1: none), written by kernel A, read by B
   int* err;
 };
-
-// Cache slot of candidate i (< n) of token t, or -1 (padding, or an error that raises a bit).
-template <bool CHECK>
-__device__ __forceinline__ int64_t cand_slot(const DecP& p, int t, int64_t i, int posn) {
-  int idx = int(i);
-  if (p.topk) {
-    idx = p.topk[int64_t(t) * p.K + i];
-    if (idx < -1 || idx > posn) {
-      if (CHECK) atomicOr(p.err, kErrTopk);
-      return -1;
-    }
-    if (idx < 0) return -1;
-  }
-  const int64_t s = slot_of(p.bt, p.mb, p.tseq[t], idx);
-  if (CHECK && s < 0) atomicOr(p.err, kErrBlock);
-  return s;
-}
 
 // Two e4m3 values (low 16 bits of x) times a power-of-two scale -> bf16x2, exact.
 __device__ __forceinline__ uint32_t deq2(uint32_t x, float sc) {
@@ -127,182 +103,7 @@ __device__ __forceinline__ void stat_merge(float& m, float& s, float m2, float s
   m = mm;
 }
 
-// ---- kernel A: scores + per-split statistics ----------------------------------------------
-// Warp w: heads 16 (w % 4).., candidates 32 (w / 4 % 2).. of each 64 x 64 score tile. KS = 2: 16 warps,
-// warps 0-7 multiply latent dims 0..287, warps 8-15 dims 288..511 and the RoPE part (18 k-steps each);
-// the first half hands its fp32 partial sums over through shared memory.
-template <int KS>
-__global__ void __launch_bounds__(256 * KS, 1) mqa_score_kernel(DecP p) {
-  constexpr int NT = 256 * KS;
-  extern __shared__ __align__(16) uint8_t smraw[];
-  uint16_t* qs = reinterpret_cast<uint16_t*>(smraw);  // [TM][QLD]
-  uint16_t* ks = qs + TM * QLD;                       // [TN][QLD]
-  uint8_t* raw = reinterpret_cast<uint8_t*>(ks + TN * QLD);  // [TN][656]
-  uint16_t* ss = reinterpret_cast<uint16_t*>(raw + TN * RAW_A);  // [TM][PLD]
-  int64_t* slots = reinterpret_cast<int64_t*>(ss + TM * PLD);    // [2][TN]
-  float* redm = reinterpret_cast<float*>(slots + 2 * TN);        // [2][TM]
-  float* reds = redm + 2 * TM;                                   // [2][TM]
-  float4* kred = reinterpret_cast<float4*>(reds + 2 * TM);       // KS = 2: [8 warps][4][32 lanes]
-  const int t = blockIdx.x, h0 = blockIdx.y * TM, split = blockIdx.z, tid = threadIdx.x;
-  const int warp = tid / 32, lane = tid % 32, gid = lane / 4, tq = lane % 4;
-  const int posn = p.pos[t];
-  const int64_t n = p.topk ? p.K : int64_t(posn) + 1;
-  const int64_t c_begin = int64_t(split) * p.tiles_per * TN, c_end = min(n, c_begin + int64_t(p.tiles_per) * TN);
-  for (int i = tid; i < TM * 72; i += NT) {  // Q: 72 x 16 bytes per head row
-    const int h = i / 72, c = i % 72;
-    uint16_t* dst = qs + h * QLD + c * 8;
-    if (h0 + h < p.H) {
-      const int64_t row = int64_t(t) * p.H + h0 + h;
-      cp16(dst, c < 64 ? static_cast<const void*>(p.qlat + row * 512 + c * 8) : static_cast<const void*>(p.qpe + row * 64 + (c - 64) * 8));
-    } else {
-      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-    }
-  }
-  auto gather = [&](const int64_t* sl) {
-    for (int i = tid; i < TN * (RAW_A / 16); i += NT) {
-      const int r = i / (RAW_A / 16), c = i - r * (RAW_A / 16);
-      const int64_t s = sl[r];
-      if (s >= 0) cp16(raw + r * RAW_A + c * 16, p.cache + s * kMlaTokenBytes + c * 16);
-    }
-  };
-  if (tid < TN) slots[tid] = c_begin + tid < c_end ? cand_slot<true>(p, t, c_begin + tid, posn) : -1;
-  __syncthreads();
-  if (c_begin < c_end) gather(slots);
-  cp_commit();
-  const int ws = warp / 8, w8 = warp % 8;  // k-set, warp within the set
-  const int wh = (w8 % 4) * 16, wk = (w8 / 4) * 32;
-  const bool last = ws == KS - 1;          // this warp finishes the scores
-  float m0 = -INFINITY, s0 = 0.f, m1 = -INFINITY, s1 = 0.f;  // rows gid, gid + 8 of this warp
-  int cur = 0;
-  for (int64_t c0 = c_begin; c0 < c_end; c0 += TN, cur ^= 1) {
-    cp_wait<0>();
-    __syncthreads();  // raw holds this tile; every reader of ks / ss / slots[cur ^ 1] is done
-    {  // dequantise: 64 rows x 32 chunks of 16 latents, then 64 rows x 8 chunks of RoPE
-      const int64_t* sl = slots + cur * TN;
-#pragma unroll 2
-      for (int i = tid; i < TN * 32; i += NT) {
-        const int r = i / 32, c = i % 32;
-        uint16_t* dst = ks + r * QLD + c * 16;
-        if (sl[r] >= 0) {
-          const uint8_t* row = raw + r * RAW_A;
-          deq16(row + c * 16, reinterpret_cast<const float*>(row + kScalesOff)[c / 8], dst);
-        } else {
-          reinterpret_cast<uint4*>(dst)[0] = make_uint4(0, 0, 0, 0);
-          reinterpret_cast<uint4*>(dst)[1] = make_uint4(0, 0, 0, 0);
-        }
-      }
-      for (int i = tid; i < TN * 8; i += NT) {
-        const int r = i / 8, c = i % 8;
-        *reinterpret_cast<uint4*>(ks + r * QLD + 512 + c * 8) =
-            sl[r] >= 0 ? *reinterpret_cast<const uint4*>(raw + r * RAW_A + kRopeOff + c * 16) : make_uint4(0, 0, 0, 0);
-      }
-    }
-    const int64_t c1 = c0 + TN;
-    if (tid < TN) slots[(cur ^ 1) * TN + tid] = c1 + tid < c_end ? cand_slot<true>(p, t, c1 + tid, posn) : -1;
-    __syncthreads();  // ks holds this tile, raw is free, the next tile's slots are known
-    if (c1 < c_end) gather(slots + (cur ^ 1) * TN);
-    cp_commit();
-    float cl[4][4] = {}, cr[4][4] = {};
-    {
-      const uint16_t* qa = qs + (wh + lane % 16) * QLD + (lane / 16) * 8;
-      const uint16_t* kb = ks + (wk + lane % 8 + 8 * (lane / 16)) * QLD + ((lane / 8) % 2) * 8;
-      const int klo = KS == 1 ? 0 : (ws == 0 ? 0 : 18), khi = KS == 1 ? 32 : (ws == 0 ? 18 : 32);
-#pragma unroll 2
-      for (int kk = klo; kk < khi; ++kk) {
-        uint32_t a[4], b[4], b2[4];
-        ldsm4(a, qa + kk * 16);
-        ldsm4(b, kb + kk * 16);
-        ldsm4(b2, kb + 16 * QLD + kk * 16);
-        mma16816(cl[0], a, b[0], b[1]);
-        mma16816(cl[1], a, b[2], b[3]);
-        mma16816(cl[2], a, b2[0], b2[1]);
-        mma16816(cl[3], a, b2[2], b2[3]);
-      }
-#pragma unroll
-      for (int kk = 32; kk < (last ? 36 : 32); ++kk) {
-        uint32_t a[4], b[4], b2[4];
-        ldsm4(a, qa + kk * 16);
-        ldsm4(b, kb + kk * 16);
-        ldsm4(b2, kb + 16 * QLD + kk * 16);
-        mma16816(cr[0], a, b[0], b[1]);
-        mma16816(cr[1], a, b[2], b[3]);
-        mma16816(cr[2], a, b2[0], b2[1]);
-        mma16816(cr[3], a, b2[2], b2[3]);
-      }
-    }
-    if (KS == 2) {  // hand the latent partial sums of dims 0..287 to the warps of dims 288..
-      if (!last)
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) kred[(w8 * 4 + nt) * 32 + lane] = make_float4(cl[nt][0], cl[nt][1], cl[nt][2], cl[nt][3]);
-      __syncthreads();
-      if (last)
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          const float4 o = kred[(w8 * 4 + nt) * 32 + lane];
-          cl[nt][0] = o.x + cl[nt][0]; cl[nt][1] = o.y + cl[nt][1]; cl[nt][2] = o.z + cl[nt][2]; cl[nt][3] = o.w + cl[nt][3];
-        }
-    }
-    // Exact rounding steps of the reference, online (max, sum) per row, bf16 scores to ss.
-    if (last)
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int key = wk + nt * 8 + 2 * tq, row = wh + gid + 8 * hf;
-        float& m = hf ? m1 : m0;
-        float& su = hf ? s1 : s0;
-        uint32_t pair = 0;
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float sc = rbf(__fmul_rn(rbf(__fadd_rn(rbf(cl[nt][2 * hf + e]), rbf(cr[nt][2 * hf + e]))), p.scale));
-          uint16_t bits = kNegInfBf;
-          if (slots[cur * TN + key + e] >= 0) {
-            bits = f2bf(sc);
-            if (sc > m) {
-              su = (m > -INFINITY ? su * expf(m - sc) : 0.f) + 1.0f;
-              m = sc;
-            } else {
-              su += expf(sc - m);
-            }
-          }
-          pair |= uint32_t(bits) << (16 * e);
-        }
-        *reinterpret_cast<uint32_t*>(ss + row * PLD + key) = pair;
-      }
-    __syncthreads();  // the score tile is complete
-    for (int i = tid; i < TM * 8; i += NT) {  // 64 heads x 8 chunks of 8 scores, coalesced
-      const int h = i / 8, c = i % 8;
-      if (h0 + h < p.H)
-        *reinterpret_cast<uint4*>(p.S + (int64_t(t) * p.H + h0 + h) * p.KP + c0 + c * 8) =
-            *reinterpret_cast<const uint4*>(ss + h * PLD + c * 8);
-    }
-  }
-  cp_wait<0>();
-#pragma unroll
-  for (int o = 1; o <= 2; o <<= 1) {
-    const float mo0 = __shfl_xor_sync(0xffffffffu, m0, o), so0 = __shfl_xor_sync(0xffffffffu, s0, o);
-    const float mo1 = __shfl_xor_sync(0xffffffffu, m1, o), so1 = __shfl_xor_sync(0xffffffffu, s1, o);
-    stat_merge(m0, s0, mo0, so0);
-    stat_merge(m1, s1, mo1, so1);
-  }
-  __syncthreads();
-  if (tq == 0 && last) {
-    redm[(w8 / 4) * TM + wh + gid] = m0;
-    reds[(w8 / 4) * TM + wh + gid] = s0;
-    redm[(w8 / 4) * TM + wh + gid + 8] = m1;
-    reds[(w8 / 4) * TM + wh + gid + 8] = s1;
-  }
-  __syncthreads();
-  if (tid < TM && h0 + tid < p.H) {
-    float m = redm[tid], su = reds[tid];
-    stat_merge(m, su, redm[TM + tid], reds[TM + tid]);
-    float* o = p.ms + ((int64_t(t) * p.H + h0 + tid) * p.NS + split) * 2;
-    o[0] = m;
-    o[1] = su;
-  }
-}
-
-// ---- v2 kernels: cache slots off the critical path ------------------------------------------
+// ---- cache slots off the critical path ------------------------------------------------------
 // Candidate index of position i of token t (-1 beyond c_end: treated as padding, never checked; any
 // other value, -2 included, is checked by cand_resolve); the top-k load is issued one tile ahead, the
 // block-table load half a tile ahead, both into registers.
@@ -321,14 +122,16 @@ __device__ __forceinline__ int cand_resolve(const DecP& p, int t, int idx, int p
   return int(s);
 }
 
-// Kernel A, v2: as mqa_score_kernel<2> (16 warps, dims split in two 8-warp sets), plus
+// ---- kernel A: scores + per-split statistics ----------------------------------------------
+// Kernel A: 16 warps, warp w: heads 16 (w % 4).. and candidates 32 (w / 4 % 2).. of each 64 x 64 score
+// tile; warps 0-7 multiply latent dims 0..287, warps 8-15 dims 288..511 and the RoPE part;
 //  - the slots of tile j + 1 resolved from registers (top-k loaded a tile ahead) and written to a
 //    global slot table [T, KP] (head group 0) that kernel B reads instead of resolving them again;
 //  - both sets finish half of the score tile each (set 0: candidates nt 0-1 of its warp tile, set 1:
 //    nt 2-3), exchanging partial sums through shared memory in both directions;
 //  - the score tile of j is stored to global memory while tile j + 1 is dequantised (one barrier less);
 //  - the online (max, sum) is updated once per row and tile (max of the tile's values first).
-__global__ void __launch_bounds__(512, 1) mqa_score2_kernel(DecP p) {
+__global__ void __launch_bounds__(512, 1) mqa_score_kernel(DecP p) {
   constexpr int NT = 512;
   extern __shared__ __align__(16) uint8_t smraw[];
   uint16_t* qs = reinterpret_cast<uint16_t*>(smraw);  // [TM][QLD]
@@ -548,152 +351,16 @@ __global__ void __launch_bounds__(512, 1) mqa_score2_kernel(DecP p) {
     o[1] = su;
   }
 }
-constexpr size_t kSmemA2 = size_t(TM + TN) * QLD * 2 + size_t(TN) * RAW_A + size_t(TM) * PLD * 2 + 2 * TN * 4 +
+constexpr size_t kSmemA = size_t(TM + TN) * QLD * 2 + size_t(TN) * RAW_A + size_t(TM) * PLD * 2 + 2 * TN * 4 +
                            8 * TM * 4 + 8 * 6 * 32 * 16;
 
 // ---- kernel B: P = bf16(exp(s - m) / l), O += P.V -----------------------------------------
 // 16 warps; warp w: all 64 heads x latent dims 32w..32w+31 (4 x 4 mma tiles, 64 fp32 accumulators).
 constexpr int kPvThreads = 512;
+// The slots come from kernel A's table (register prefetch one tile ahead of their use, nothing
+// resolved between barriers) and the stored scores of tile j + 1 are loaded into registers while
+// tile j is multiplied.
 __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
-  extern __shared__ __align__(16) uint8_t smraw[];
-  uint16_t* vs = reinterpret_cast<uint16_t*>(smraw);                // [TN][VLD]
-  uint8_t* raw = reinterpret_cast<uint8_t*>(vs + TN * VLD);         // [2][TN][528]
-  uint16_t* ps = reinterpret_cast<uint16_t*>(raw + 2 * TN * RAW_B); // [TM][PLD]
-  float* rowM = reinterpret_cast<float*>(ps + TM * PLD);
-  float* rowI = rowM + TM;
-  int64_t* slots = reinterpret_cast<int64_t*>(rowI + TM);          // [3][TN]
-  const int t = blockIdx.x, h0 = blockIdx.y * TM, split = blockIdx.z, tid = threadIdx.x;
-  const int warp = tid / 32, lane = tid % 32, gid = lane / 4, tq = lane % 4;
-  const int posn = p.pos[t];
-  const int64_t n = p.topk ? p.K : int64_t(posn) + 1;
-  const int64_t c_begin = int64_t(split) * p.tiles_per * TN, c_end = min(n, c_begin + int64_t(p.tiles_per) * TN);
-  if (tid < TM) {  // combine the split statistics of head h0 + tid
-    float m = -INFINITY, su = 0.f;
-    if (h0 + tid < p.H) {
-      const float* ms = p.ms + (int64_t(t) * p.H + h0 + tid) * p.NS * 2;
-      for (int i = 0; i < p.NS; ++i) m = fmaxf(m, ms[2 * i]);
-      for (int i = 0; i < p.NS; ++i)
-        if (ms[2 * i] > -INFINITY) su += ms[2 * i + 1] * expf(ms[2 * i] - m);
-    }
-    rowM[tid] = m;
-    rowI[tid] = su > 0.f ? 1.0f / su : 0.f;
-  }
-  if (tid < TN) {
-    slots[tid] = c_begin + tid < c_end ? cand_slot<false>(p, t, c_begin + tid, posn) : -1;
-    slots[TN + tid] = c_begin + TN + tid < c_end ? cand_slot<false>(p, t, c_begin + TN + tid, posn) : -1;
-  }
-  __syncthreads();
-  auto gather = [&](int buf, const int64_t* sl) {
-    for (int i = tid; i < TN * (RAW_B / 16); i += kPvThreads) {
-      const int r = i / (RAW_B / 16), c = i - r * (RAW_B / 16);
-      const int64_t s = sl[r];
-      if (s >= 0) cp16(raw + (buf * TN + r) * RAW_B + c * 16, p.cache + s * kMlaTokenBytes + c * 16);
-    }
-  };
-  if (c_begin < c_end) gather(0, slots);
-  cp_commit();
-  if (c_begin + TN < c_end) gather(1, slots + TN);
-  cp_commit();
-  float acc[4][4][4] = {};
-  const int wd = warp * 32;
-  // this thread's score chunk: head sh, candidates sc8 .. sc8 + 7
-  const int sh = tid / 8, sc8 = (tid % 8) * 8;
-  int j = 0;
-  for (int64_t c0 = c_begin; c0 < c_end; c0 += TN, ++j) {
-    uint4 sv[1];
-#pragma unroll
-    for (int u = 0; u < 1; ++u) {
-      const int h = sh;
-      sv[u] = make_uint4(0xff80ff80u, 0xff80ff80u, 0xff80ff80u, 0xff80ff80u);
-      if (h0 + h < p.H) sv[u] = *reinterpret_cast<const uint4*>(p.S + (int64_t(t) * p.H + h0 + h) * p.KP + c0 + sc8);
-    }
-    cp_wait<1>();
-    __syncthreads();  // this tile's rows have landed; every reader of vs / ps is done
-    {
-      const int64_t* sl = slots + (j % 3) * TN;
-      const uint8_t* rb = raw + (j & 1) * TN * RAW_B;
-#pragma unroll 2
-      for (int i = tid; i < TN * 32; i += kPvThreads) {
-        const int r = i / 32, c = i % 32;
-        uint16_t* dst = vs + r * VLD + c * 16;
-        if (sl[r] >= 0) {
-          const uint8_t* row = rb + r * RAW_B;
-          deq16(row + c * 16, reinterpret_cast<const float*>(row + kScalesOff)[c / 8], dst);
-        } else {
-          reinterpret_cast<uint4*>(dst)[0] = make_uint4(0, 0, 0, 0);
-          reinterpret_cast<uint4*>(dst)[1] = make_uint4(0, 0, 0, 0);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < 1; ++u) {
-        const int h = sh;
-        const float M = rowM[h], I = rowI[h];
-        const uint32_t w[4] = {sv[u].x, sv[u].y, sv[u].z, sv[u].w};
-        uint32_t o[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          uint32_t pr = 0;
-#pragma unroll
-          for (int hl = 0; hl < 2; ++hl) {
-            const uint16_t bits = uint16_t(w[e] >> (16 * hl));
-            const float pv = bits == kNegInfBf ? 0.f : __fmul_rn(expf(__fsub_rn(bf2f(bits), M)), I);
-            pr |= uint32_t(f2bf(pv)) << (16 * hl);
-          }
-          o[e] = pr;
-        }
-        *reinterpret_cast<uint4*>(ps + h * PLD + sc8) = make_uint4(o[0], o[1], o[2], o[3]);
-      }
-      const int64_t c2 = c0 + 2 * TN;
-      if (tid < TN) slots[((j + 2) % 3) * TN + tid] = c2 + tid < c_end ? cand_slot<false>(p, t, c2 + tid, posn) : -1;
-    }
-    __syncthreads();  // vs, ps hold this tile; raw[j & 1] is free; the slots of tile j + 2 are known
-    if (c0 + 2 * TN < c_end) gather(j & 1, slots + ((j + 2) % 3) * TN);
-    cp_commit();
-    {
-      const uint16_t* pa = ps + (lane % 16) * PLD + (lane / 16) * 8;
-      const uint16_t* vb = vs + (lane % 8 + 8 * ((lane / 8) % 2)) * VLD + wd + 8 * (lane / 16);
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        uint32_t a[4][4];
-#pragma unroll
-        for (int mt = 0; mt < 4; ++mt) ldsm4(a[mt], pa + mt * 16 * PLD + kk * 16);
-#pragma unroll
-        for (int np = 0; np < 2; ++np) {
-          uint32_t b[4];
-          ldsm4t(b, vb + kk * 16 * VLD + np * 16);
-#pragma unroll
-          for (int mt = 0; mt < 4; ++mt) {
-            mma16816(acc[mt][2 * np], a[mt], b[0], b[1]);
-            mma16816(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
-          }
-        }
-      }
-    }
-  }
-  cp_wait<0>();
-#pragma unroll
-  for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int h = h0 + mt * 16 + gid + 8 * hf;
-      if (h >= p.H) continue;
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const int d = wd + nt * 8 + 2 * tq;
-        const float x0 = acc[mt][nt][2 * hf], x1 = acc[mt][nt][2 * hf + 1];
-        if (p.NS == 1) {
-          *reinterpret_cast<uint32_t*>(p.out + (int64_t(t) * p.H + h) * 512 + d) = uint32_t(f2bf(x0)) | (uint32_t(f2bf(x1)) << 16);
-        } else {
-          *reinterpret_cast<float2*>(p.part + ((int64_t(t) * p.H + h) * p.NS + split) * 512 + d) = make_float2(x0, x1);
-        }
-      }
-    }
-}
-
-// Kernel B, v2: as mqa_pv_kernel, but the slots come from kernel A's table (register prefetch one
-// tile ahead of their use, nothing resolved between barriers) and the stored scores of tile j + 1
-// are loaded into registers while tile j is multiplied.
-__global__ void __launch_bounds__(kPvThreads, 1) mqa_pv2_kernel(DecP p) {
   extern __shared__ __align__(16) uint8_t smraw[];
   uint16_t* vs = reinterpret_cast<uint16_t*>(smraw);                // [TN][VLD]
   uint8_t* raw = reinterpret_cast<uint8_t*>(vs + TN * VLD);         // [2][TN][528]
@@ -858,11 +525,8 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
   const MqaTuning& tun = mqa_tuning();
   static bool attr = false;
   if (!attr) {
-    DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_score_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_a(1))));
-    DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_score_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_a(2))));
+    DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemA)));
     DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_pv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemB)));
-    DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_score2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemA2)));
-    DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_pv2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemB2)));
     attr = true;
   }
   // Tokens per launch: the bf16 score scratch stays under tun.max_scratch bytes.
@@ -876,9 +540,7 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     NS = (ntiles + tiles_per - 1) / tiles_per;
     Tensor S = be.alloc(DType::BF16, {Tc, H, KP});
     Tensor ms = be.alloc(DType::F32, {Tc, H, NS, 2});
-    const bool v2 = tun.version >= 2 && tun.score_ksplit != 1;
-    Tensor part, slot;
-    if (v2) slot = be.alloc(DType::I32, {Tc, KP});
+    Tensor part, slot = be.alloc(DType::I32, {Tc, KP});
     if (NS > 1) part = be.alloc(DType::F32, {Tc, H, NS, 512});
     DecP p{};
     p.qlat = q_lat.ptr<uint16_t>() + t0 * H * 512; p.qpe = q_pe.ptr<uint16_t>() + t0 * H * 64;
@@ -888,15 +550,12 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     p.H = int(H); p.NS = int(NS); p.tiles_per = int(tiles_per); p.KP = KP; p.scale = scale;
     p.S = S.ptr<uint16_t>(); p.ms = ms.ptr<float>(); p.part = NS > 1 ? part.ptr<float>() : nullptr;
     p.out = out_lat.ptr<uint16_t>() + t0 * H * 512; p.err = be.err_flag();
-    p.slot = v2 ? slot.ptr<int32_t>() : nullptr;
+    p.slot = slot.ptr<int32_t>();
     const dim3 grid{unsigned(Tc), unsigned(HG), unsigned(NS)};
-    if (v2) mqa_score2_kernel<<<grid, 512, kSmemA2>>>(p);
-    else if (tun.score_ksplit == 1) mqa_score_kernel<1><<<grid, 256, smem_a(1)>>>(p);
-    else mqa_score_kernel<2><<<grid, 512, smem_a(2)>>>(p);
+    mqa_score_kernel<<<grid, 512, kSmemA>>>(p);
     DSA_LAUNCH_CHECK();
     if (tun.scores_only) continue;  // profiling only: the output is not written
-    if (v2) mqa_pv2_kernel<<<grid, kPvThreads, kSmemB2>>>(p);
-    else mqa_pv_kernel<<<grid, kPvThreads, kSmemB>>>(p);
+    mqa_pv_kernel<<<grid, kPvThreads, kSmemB>>>(p);
     DSA_LAUNCH_CHECK();
     if (NS > 1) {
       mqa_split_sum_kernel<<<cdiv(Tc * H * 128, 256), 256>>>(p.part, Tc * H, int(NS), p.out);

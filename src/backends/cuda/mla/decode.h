@@ -10,8 +10,6 @@ struct MqaTuning {
   // kernel (mma.sync, scores never stored); 3: the CUDA-core kernel (as DSA_CUDA_MQA_SIMPLE=1).
   int path = 0;
   int force_splits = 0;
-  int score_ksplit = 2;         // scores kernel: 1 = 8 warps over all 576 dims; 2 = 16 warps, dims split in two         // > 0: split the candidates into this many parts (clamped to the tiles)
-  int version = 2;               // stored-scores kernels: 2 = slot table + prefetch (default), 1 = the first version (DSA_CUDA_MQA_V)
   bool scores_only = false;     // profiling (DSA_CUDA_MQA_SCORES_ONLY=1): run the scores kernel only
   int64_t max_scratch = 512 << 20;  // bytes of bf16 scores per launch; more tokens are processed in chunks
 };

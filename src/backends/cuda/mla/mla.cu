@@ -9,6 +9,7 @@
 #include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/mma.cuh"
 #include "backends/cuda/mla/decode.h"
 
 namespace dsa::cuda {
@@ -258,21 +259,9 @@ __global__ void __launch_bounds__(256) mqa_kernel(MqaP p) {
 constexpr int MH = 64, MK = 64, SLD = 584, PLD = 72;  // row strides in halves (16-byte aligned, conflict-free)
 constexpr size_t kMqaMmaSmem = size_t(MH + MK) * SLD * 2 + size_t(MH) * PLD * 2 + 6 * MH * 4 + 2 * MK * 8;
 
-__device__ __forceinline__ void ldsm4(uint32_t (&r)[4], const uint16_t* p) {
-  const uint32_t a = uint32_t(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
-__device__ __forceinline__ void ldsm4t(uint32_t (&r)[4], const uint16_t* p) {
-  const uint32_t a = uint32_t(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
-__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+using mma::ldsm4;
+using mma::ldsm4t;
+using mma::mma16816;
 __device__ __forceinline__ void stat_merge(float& m, float& s, float m2, float s2) {
   const float mm = fmaxf(m, m2);
   if (mm == -INFINITY) return;

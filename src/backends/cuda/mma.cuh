@@ -1,5 +1,5 @@
 #pragma once
-// Warp-level tensor-core and async-copy helpers for the MLA kernels (PTX available on sm_80+):
+// Warp-level tensor-core and async-copy helpers shared by the CUDA kernels (PTX available on sm_80+):
 // ldmatrix, mma.sync m16n8k16 bf16 with fp32 accumulation, cp.async 16-byte copies.
 #include <cstdint>
 
