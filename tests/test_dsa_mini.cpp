@@ -1,6 +1,7 @@
 // End to end on the real dsa-mini checkpoint (../shared/models/dsa-mini): it loads, decodes
 // consistently with prefill, and its short-window perplexity (dense and DSA) is what the engine
 // measured when it reproduced the README's context-8192 numbers (see docs/numerics.md).
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -84,6 +85,53 @@ TEST(DsaMini, ShortWindowPerplexityDenseAndDsa) {
   EXPECT_NEAR(ppl[0], 31.3879, 31.3879 * 0.005) << "dense";
   EXPECT_NEAR(ppl[1], 31.6348, 31.6348 * 0.005) << "DSA";
   EXPECT_GT(ppl[1], ppl[0]) << "top-256 of up to 1024 keys loses a little against dense";
+}
+
+}  // namespace dsa::test
+
+namespace dsa::test {
+
+// The absorbed-form prefill (--prefill-form mqa) computes every token exactly as a decode step
+// would: the same ops per token, and every CPU op is independent of which other rows share the
+// batch — so prefilling N tokens gives the logits of feeding them one at a time, bit for bit.
+// Against the reference's MHA-form prefill it differs only by rounding (as decode does).
+TEST(DsaMini, MqaFormPrefillEqualsTokenByTokenDecode) {
+  Tokenizer tok = Tokenizer::from_dir(mini_dir());
+  std::ifstream f(std::string(DSA_SHARED_DIR) + "/data/dev/sotu__1800_john_adams_f.txt");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::vector<int32_t> toks = tok.encode_with_bos(ss.str());
+  toks.resize(300);  // > index_topk = 256: the indexer selects
+  for (auto mode : {AttentionMode::Sparse, AttentionMode::Dense}) {
+    SCOPED_TRACE(mode == AttentionMode::Sparse ? "sparse" : "dense");
+    EngineOptions o;
+    o.attention = mode;
+    o.prefill_form = PrefillForm::Mqa;
+    auto eng = Engine::load(mini_dir(), o);
+    const int64_t V = eng->model().config().vocab_size;
+    Sequence whole, steps;
+    auto lw = eng->feed(whole, toks, true);
+    std::vector<float> last;
+    for (size_t i = 0; i < toks.size(); ++i) {
+      last = eng->feed(steps, {toks[i]});
+      if (i + 1 == 100 || i + 1 == toks.size()) {  // a row before and after the indexer starts selecting
+        ASSERT_EQ(0, std::memcmp(last.data(), lw.data() + i * size_t(V), size_t(V) * sizeof(float))) << "token " << i;
+      }
+    }
+    EngineOptions r = o;
+    r.prefill_form = PrefillForm::Mha;
+    auto ref = Engine::load(mini_dir(), r);
+    Sequence s;
+    auto lr = ref->feed(s, toks, true);
+    std::vector<double> a(lw.begin(), lw.end()), b(lr.begin(), lr.end());
+    const double e = rel_l2(a, b);
+    int64_t agree = 0;
+    for (size_t i = 0; i < toks.size(); ++i) agree += argmax(lw.data() + i * V, V) == argmax(lr.data() + i * V, V);
+    std::printf("[ prefill mqa vs mha, %s ] rel-L2 %.3e, argmax agrees on %ld of %zu rows\n",
+                mode == AttentionMode::Sparse ? "dsa" : "dense", e, long(agree), toks.size());
+    EXPECT_LT(e, 0.03) << "absorbed vs MHA prefill: rounding only (architecture.md §10.12)";
+    EXPECT_GE(agree, int64_t(toks.size() * 9 / 10));
+  }
 }
 
 }  // namespace dsa::test

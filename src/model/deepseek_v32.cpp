@@ -65,8 +65,9 @@ void DeepseekV32::attention(int64_t l, const Tensor& x, Batch& b, KvLayer& kv, A
   const Tensor* sel = topk.data ? &topk : nullptr;
 
   Tensor o = be_.alloc(DType::BF16, {T, H, DV});
-  if (b.all_single_token()) {
-    // Decode: absorbed MQA form straight over the FP8 cache (architecture.md §3.3).
+  if (b.all_single_token() || prefill_form_ == PrefillForm::Mqa) {
+    // Decode (and prefill when asked for): absorbed MQA form straight over the FP8 cache
+    // (architecture.md §3.3); every token attends to its own selection (or all positions <= its own).
     Tensor qlat = be_.alloc(DType::BF16, {T, H, R}), qpe = be_.alloc(DType::BF16, {T, H, RO}), olat = be_.alloc(DType::BF16, {T, H, R});
     be_.mla_absorb_q(q, w.wkv_b_bf16, qlat);
     { Tensor src = q.view({T * H, QK}), dst = qpe.view({T * H, RO}); be_.copy_cols(src, NOPE, dst); }

@@ -11,6 +11,14 @@
 
 namespace dsa {
 
+// How a prefill step (several new tokens of a sequence) computes attention.
+enum class PrefillForm {
+  Mha,  // the reference's prefill: per-head keys and values expanded by wkv_b (architecture.md §3.2)
+  Mqa,  // the absorbed form of decode over the FP8 cache, token by token (architecture.md §3.3): the
+        // same numbers as feeding the tokens one at a time; rounds differently from the reference's
+        // prefill, and on CUDA runs on the tensor-core decode kernels instead of the MHA kernel
+};
+
 enum class AttentionMode {
   Sparse,  // DSA: lightning indexer + top-k, attention over the gathered rows only
   Dense,   // dense causal MLA for comparison — NOT DSA (the indexer does not run)
@@ -22,12 +30,15 @@ class DeepseekV32 {
   const ModelConfig& config() const { return cfg_; }
   const ModelWeights& weights() const { return w_; }
   Backend& backend() { return be_; }
+  void set_prefill_form(PrefillForm f) { prefill_form_ = f; }
+  PrefillForm prefill_form() const { return prefill_form_; }
 
   // One forward step over a ragged batch: writes every layer's caches for the new tokens and
   // returns fp32 logits [rows, vocab] on the backend for the requested token rows (indices into
   // the batch's packed tokens; e.g. the last token of each sequence, or all for perplexity).
   // ids: I32 [T] on the backend. Prefill uses the MHA form, a batch of one token per sequence
-  // the absorbed MQA form (architecture.md §10.12), as the reference does.
+  // the absorbed MQA form (architecture.md §10.12), as the reference does — unless
+  // set_prefill_form(PrefillForm::Mqa) asks for the absorbed form everywhere.
   Tensor forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionMode mode,
                  const std::vector<int32_t>& logit_rows);
 
@@ -37,6 +48,7 @@ class DeepseekV32 {
   ModelWeights w_;
   Backend& be_;
   Tensor rope_;  // F32 [max_pos, 32, 2] on the backend
+  PrefillForm prefill_form_ = PrefillForm::Mha;
 };
 
 }  // namespace dsa

@@ -16,6 +16,7 @@ std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions
   const int64_t kv_tokens = opt.kv_tokens > 0 ? opt.kv_tokens : cfg.max_position_embeddings;
   e->kv_ = std::make_unique<KvCache>(*e->be_, cfg.num_hidden_layers, (kv_tokens + kKvBlock - 1) / kKvBlock);
   e->model_ = std::make_unique<DeepseekV32>(std::move(cfg), std::move(w), *e->be_);
+  e->model_->set_prefill_form(opt.prefill_form);
   return e;
 }
 

@@ -19,6 +19,7 @@ struct EngineOptions {
   int64_t kv_tokens = 0;      // KV capacity in tokens (0: max_position_embeddings)
   int64_t prefill_chunk = 0;  // 0: the whole prompt in one step; else chunked prefill
   AttentionMode attention = AttentionMode::Sparse;
+  PrefillForm prefill_form = PrefillForm::Mha;  // Mqa: absorbed-form prefill (see deepseek_v32.h)
 };
 
 struct GenerateStats {

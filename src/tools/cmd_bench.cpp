@@ -41,7 +41,7 @@ int run(int argc, char** argv) {
   eng->backend().synchronize();
   const double prefill_s = std::chrono::duration<double>(clk::now() - tp).count();
   std::printf("prefill: %ld x %ld tokens in %.2f s = %.0f tok/s (%s, chunk %ld)\n", long(batch), long(ctx), prefill_s,
-              double(batch * ctx) / prefill_s, tools::attention_label(opt.attention).c_str(), long(opt.prefill_chunk));
+              double(batch * ctx) / prefill_s, tools::run_label(opt).c_str(), long(opt.prefill_chunk));
   std::printf("memory: weights %s, KV cache %s for %ld tokens (%s/token over all layers)\n",
               tools::human_bytes(double(eng->weight_bytes())).c_str(), tools::human_bytes(double(eng->kv().bytes())).c_str(),
               long(opt.kv_tokens), tools::human_bytes(double(eng->kv().bytes()) / double(opt.kv_tokens)).c_str());

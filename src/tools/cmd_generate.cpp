@@ -45,7 +45,7 @@ int run(int argc, char** argv) {
   DSA_CHECK(int64_t(ids.size()) < cfg.max_position_embeddings, "prompt too long: ", ids.size(),
             " tokens; the model's context is ", cfg.max_position_embeddings, " tokens (max_position_embeddings)");
   std::fprintf(stderr, "model %s on %s, attention: %s, prompt %zu tokens\n", ef.model.c_str(), eng->backend().name().c_str(),
-               tools::attention_label(ef.options().attention).c_str(), ids.size());
+               tools::run_label(ef.options()).c_str(), ids.size());
   std::unique_ptr<StreamDecoder> sd;
   if (tok) sd = std::make_unique<StreamDecoder>(*tok);
   if (tok && !quiet) std::fputs(prompt.empty() ? "" : prompt.c_str(), stdout);

@@ -32,7 +32,7 @@ int run(int argc, char** argv) {
   Tokenizer tok = Tokenizer::from_dir(ef.model);
   auto eng = Engine::load(ef.model, ef.options());
   std::fprintf(stderr, "%zu files, windows of %ld, attention: %s, device %s\n", files.size(), long(ctx),
-               tools::attention_label(ef.options().attention).c_str(), eng->backend().name().c_str());
+               tools::run_label(ef.options()).c_str(), eng->backend().name().c_str());
   const auto t0 = std::chrono::steady_clock::now();
   double run_nll = 0;
   int64_t run_n = 0;
@@ -47,7 +47,7 @@ int run(int argc, char** argv) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("perplexity %.4f over %ld predicted tokens in %ld windows of <= %ld (%ld tokens in the stream; %s)\n",
               r.ppl(), long(r.tokens), long(r.windows), long(ctx), long(r.stream_tokens),
-              tools::attention_label(ef.options().attention).c_str());
+              tools::run_label(ef.options()).c_str());
   for (const auto& g : r.groups)
     if (g.tokens) std::printf("  %-12s %.4f over %ld tokens\n", g.name.c_str(), g.ppl(), long(g.tokens));
   std::printf("time %.1f s, %.1f tokens/s\n", secs, double(r.tokens + r.windows) / secs);

@@ -14,6 +14,10 @@ void EngineFlags::add(CLI::App& app) {
   app.add_option("--prefill-chunk", prefill_chunk, "prefill in chunks of this many tokens (0: one step)");
   app.add_option("--attention", attention, "sparse (DSA) or dense (dense MLA, for comparison; not DSA)")
       ->check(CLI::IsMember({"sparse", "dense"}))->capture_default_str();
+  app.add_option("--prefill-form", prefill_form,
+                 "mha: the reference's prefill attention; mqa: the absorbed decode form for prefill too "
+                 "(same numbers as decoding token by token; faster on CUDA; rounds differently from the reference)")
+      ->check(CLI::IsMember({"mha", "mqa"}))->capture_default_str();
 }
 
 EngineOptions EngineFlags::options() const {
@@ -23,6 +27,7 @@ EngineOptions EngineFlags::options() const {
   o.kv_tokens = kv_tokens;
   o.prefill_chunk = prefill_chunk;
   o.attention = attention == "dense" ? AttentionMode::Dense : AttentionMode::Sparse;
+  o.prefill_form = prefill_form == "mqa" ? PrefillForm::Mqa : PrefillForm::Mha;
   return o;
 }
 
@@ -68,6 +73,10 @@ std::string human_bytes(double b) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1f %s", b, u[i]);
   return buf;
+}
+
+std::string run_label(const EngineOptions& o) {
+  return attention_label(o.attention) + (o.prefill_form == PrefillForm::Mqa ? ", absorbed-form prefill" : "");
 }
 
 std::string attention_label(AttentionMode m) {

@@ -16,6 +16,7 @@ struct EngineFlags {
   int64_t kv_tokens = 0;
   int64_t prefill_chunk = 0;
   std::string attention = "sparse";
+  std::string prefill_form = "mha";
   void add(CLI::App& app);
   void check_model_dir() const;  // exists and has a config.json
   EngineOptions options() const;
@@ -25,6 +26,7 @@ struct EngineFlags {
 int parse(CLI::App& app, int argc, char** argv);
 std::vector<int32_t> parse_ids(const std::string& s);  // "1 2 3" or "1,2,3"
 std::string human_bytes(double b);
-std::string attention_label(AttentionMode m);  // "DSA (sparse top-k)" / "dense MLA (not DSA)"
+std::string attention_label(AttentionMode m);    // "DSA (indexer + top-k sparse MLA)" / "dense MLA (...; NOT DSA)"
+std::string run_label(const EngineOptions& o);  // the attention label + ", absorbed-form prefill" (--prefill-form mqa)
 
 }  // namespace dsa::tools
