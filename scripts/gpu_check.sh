@@ -194,6 +194,12 @@ if has real && (( $(left) > 60 )); then
     --prefill-chunk ${REAL_CHUNK:-32768} >> "$OUT/real.log" 2>&1
   note "real scale, $CTX-token prefill + decode on cuda: rc=$? in $((SECONDS - t0)) s"
   while IFS= read -r l; do note "   $l"; done < <(grep -E "prefill:|memory|ms/step|faster|SLOWER" "$OUT/real.log")
+  if (( $(left) > 60 )); then  # the same with the absorbed-form prefill (tensor-core decode kernels; not the reference's rounding)
+    t0=$SECONDS
+    timeout $(( $(left) - 10 )) "$B/dsa" bench -m "$RM" --device cuda --ctx "$CTX" --steps 4 --batch 1 \
+      --prefill-chunk ${REAL_CHUNK:-32768} --prefill-form mqa > "$OUT/real_mqa.log" 2>&1
+    note "real scale, $CTX-token prefill in the absorbed form: rc=$? in $((SECONDS - t0)) s: $(grep -m1 'prefill:' "$OUT/real_mqa.log")"
+  fi
 fi
 
 # Tables first, then the summary and the floors last (the device tool shows the tail of the output).
