@@ -165,7 +165,9 @@ if has e2e && (( $(left) > 60 )); then  # end-to-end decode step latency on dsa-
     set -- $cfg
     t0=$SECONDS
     DSA_CUDA_GRAPHS=$2 timeout 60 "$B/dsa" bench -m "$MINI" --device cuda --ctx 8000 --steps 32 --batch $1 > "$OUT/e2e.tmp" 2>&1
-    note "dsa bench (dsa-mini, cuda, ctx 8000, batch $1, graphs $([[ $2 == 1 ]] && echo on || echo off)): rc=$? in $((SECONDS - t0)) s: $(grep -E 'ms/step|faster|SLOWER' "$OUT/e2e.tmp" | sed 's/  */ /g' | tr '\n' ';')"
+    rc=$?
+    g=off; [[ $2 == 1 ]] && g=on
+    note "dsa bench (dsa-mini, cuda, ctx 8000, batch $1, graphs $g): rc=$rc in $((SECONDS - t0)) s: $(grep -E 'ms/step|faster|SLOWER' "$OUT/e2e.tmp" | sed 's/  */ /g' | tr '\n' ';')"
     cat "$OUT/e2e.tmp" >> "$OUT/e2e.log"; rm -f "$OUT/e2e.tmp"
   done
   DSA_PROFILE_OPS=1 timeout 60 "$B/dsa" bench -m "$MINI" --device cuda --ctx 8000 --steps 16 --batch 1 > "$OUT/profile.log" 2>&1
@@ -187,10 +189,11 @@ if has real && (( $(left) > 60 )); then
   RM=${REAL_MODEL_DIR:-/tmp/dsa-v32-real-attn}
   CTX=${REAL_CTX:-131072}
   t0=$SECONDS
-  [[ -f $RM/config.json ]] || "$B/dsa" make-model --preset v32-real-attn --out "$RM" > "$OUT/real.log" 2>&1
-  note "real-scale model made in $((SECONDS - t0)) s: $(du -sh "$RM" | cut -f1) ($(grep -o '"num_hidden_layers": [0-9]*' "$RM/config.json"))"
+  [[ -f $RM/config.json ]] || timeout 120 "$B/dsa" make-model --preset v32-real-attn --out "$RM" > "$OUT/real.log" 2>&1
+  note "real-scale model made in $((SECONDS - t0)) s: $(du -sh "$RM" 2>/dev/null | cut -f1) ($(grep -o '"num_hidden_layers": [0-9]*' "$RM/config.json" 2>/dev/null))"
+  (( $(left) > 30 )) || { note "real scale: no time left for the 128K run"; CTX=0; }
   t0=$SECONDS
-  timeout $(( $(left) - 10 )) "$B/dsa" bench -m "$RM" --device cuda --ctx "$CTX" --steps 8 --batch 1 \
+  (( CTX > 0 )) && timeout $(( $(left) - 10 )) "$B/dsa" bench -m "$RM" --device cuda --ctx "$CTX" --steps 8 --batch 1 \
     --prefill-chunk ${REAL_CHUNK:-32768} >> "$OUT/real.log" 2>&1
   note "real scale, $CTX-token prefill + decode on cuda: rc=$? in $((SECONDS - t0)) s"
   while IFS= read -r l; do note "   $l"; done < <(grep -E "prefill:|memory|ms/step|faster|SLOWER" "$OUT/real.log")

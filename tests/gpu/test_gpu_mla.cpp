@@ -168,6 +168,29 @@ TEST(GpuMla, SparseShapes) {
     }
 }
 
+// GPUs with less shared memory per block (sm_80: 163 KB, sm_86/89: 99 KB) cannot launch the
+// stored-scores kernels; attention_mqa must fall back (two-pass, then CUDA cores) and stay correct.
+TEST(GpuMla, SmallSharedMemoryFallsBack) {
+  REQUIRE_GPU();
+  Both be;
+  const size_t real = be.gpu.smem_optin();
+  MlaCase st = make_setup(be, {300, 2048 + 70}, 1);
+  const int64_t H = 16, T = st.b.n_tokens(), K = 256;
+  Tensor topk = make_topk(st.b, K, 1);
+  Tensor ql = rand_bf16({T, H, 512}, 0.5f), qp = rand_bf16({T, H, 64}, 0.5f);
+  Tensor oc = host_tensor(DType::BF16, {T, H, 512});
+  be.cpu.attention_mqa(ql, qp, st.hkv, st.b, &topk, 0.0722f, oc);
+  Tensor dql = be.up(ql), dqp = be.up(qp), dtk = be.up(topk);
+  for (size_t optin : {size_t(166912), size_t(101376)}) {
+    SCOPED_TRACE("smem per block " + std::to_string(optin));
+    be.gpu.set_smem_optin(optin);
+    Tensor og = be.poisoned(DType::BF16, {T, H, 512});
+    be.gpu.attention_mqa(dql, dqp, st.dkv, st.b, &dtk, 0.0722f, og);
+    expect_close(be.down(og), oc, 1e-2, "attention_mqa (fallback) vs CPU");
+  }
+  be.gpu.set_smem_optin(real);
+}
+
 TEST(GpuMla, DenseShapes) {
   REQUIRE_GPU();
   Both be;

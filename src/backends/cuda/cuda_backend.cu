@@ -41,6 +41,10 @@ void* DevicePool::get(size_t bytes) {
   cudaError_t e = cudaMalloc(&p, sz);
   if (e != cudaSuccess) {
     cudaGetLastError();
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(cudaStreamPerThread, &cs) == cudaSuccess && cs != cudaStreamCaptureStatusNone)
+      fail("CUDA out of memory allocating ", bytes, " bytes inside a decode-step graph capture (", in_use_,
+           " bytes in use); run with DSA_CUDA_GRAPHS=0 or a smaller KV cache");  // trim() would synchronise
     trim();
     e = cudaMalloc(&p, sz);
     if (e != cudaSuccess) {
@@ -65,9 +69,15 @@ void DevicePool::put(void* p, size_t bytes) {
 void DevicePool::trim() {
   std::lock_guard<std::mutex> g(mu_);
   if (!free_.empty()) cudaDeviceSynchronize();
-  for (auto& [sz, p] : free_) cudaFree(p);
-  free_.clear();
-  cached_ = 0;
+  for (auto it = free_.begin(); it != free_.end();) {
+    if (cudaFree(it->second) == cudaSuccess) {
+      cached_ -= it->first;
+      it = free_.erase(it);
+    } else {
+      cudaGetLastError();
+      ++it;  // keep what could not be freed: it stays usable, nothing leaks from the pool's view
+    }
+  }
 }
 
 DevicePool::~DevicePool() {
@@ -220,6 +230,7 @@ CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
   DSA_CHECK(prop.major >= 8, "device 'cuda': ", prop.name, " is sm_", prop.major, prop.minor,
             "; the CUDA backend needs sm_80 or newer");
   sms_ = prop.multiProcessorCount;
+  smem_optin_ = prop.sharedMemPerBlockOptin;
   DSA_CUDA_CHECK(cudaMalloc(&err_, sizeof(int)));
   DSA_CUDA_CHECK(cudaMemset(err_, 0, sizeof(int)));
   if (const char* g = std::getenv("DSA_CUDA_GRAPHS")) graphs_on_ = g[0] && !(g[0] == '0' && g[1] == 0);

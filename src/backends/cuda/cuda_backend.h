@@ -106,11 +106,18 @@ class CudaBackend : public Backend {
   const DevBatch& dev(const Batch& b);  // prepares on first use
   DevicePool& pool() { return *pool_; }
   int sm_count() const { return sms_; }
+  // Largest dynamic + static shared memory one block may use on this GPU (sm_80: 163 KB, sm_86/89:
+  // 99 KB, sm_90: 227 KB); kernels that need more fall back to a smaller variant.
+  size_t smem_optin() const { return smem_optin_; }
+  // Tests: pretend a smaller GPU (e.g. 166912 = sm_80, 101376 = sm_86/89) to exercise the MLA decode
+  // fallbacks on a big one.
+  void set_smem_optin(size_t bytes) { smem_optin_ = bytes; }
 
  private:
   std::shared_ptr<DevicePool> pool_;
   int* err_ = nullptr;
   int sms_ = 0;
+  size_t smem_optin_ = 48 * 1024;
   int64_t score_tile_floats_ = int64_t(64) << 20;  // 256 MiB of fp32 scores at most
   bool graphs_on_ = false, capturing_ = false;  // DSA_CUDA_GRAPHS=1 turns them on (see cuda_backend.cu)
   int graph_warmup_ = 0;           // eager decode steps seen (first-use uploads happen there)

@@ -541,18 +541,25 @@ void run_fp8(Fp8P p, int64_t rows_bound) {
   if (path == Fp8Path::Gemv && run_gemv(p, rows_bound)) return;
   if (path == Fp8Path::Mma64) return run_mma<2>(p, rows_bound);
   if (path == Fp8Path::Mma32) return run_mma<1>(p, rows_bound);
+  // The largest row tile whose pipeline fits this GPU's shared memory per block (sm_86/89: 99 KB
+  // rules out the 128-row tile; sm_80 and sm_90 take all three).
+  const int mi_max = mma_smem_bytes<4>() + 1024 <= max_dyn_smem() ? 4 : mma_smem_bytes<2>() + 1024 <= max_dyn_smem() ? 2 : 1;
+  auto run_mi = [&](int mi) {
+    mi = std::min(mi, mi_max);
+    if (mi == 4) return run_mma<4>(p, rows_bound);
+    if (mi == 2) return run_mma<2>(p, rows_bound);
+    return run_mma<1>(p, rows_bound);
+  };
   if (p.offs) {  // grouped: by the expected rows per expert (top-8 routing), so short experts waste little
     const int64_t avg = rows_bound * 8 / std::max(p.E, 1);
-    if (avg <= 32) return run_mma<1>(p, rows_bound);
-    if (avg <= 64) return run_mma<2>(p, rows_bound);
-    return run_mma<4>(p, rows_bound);
+    return run_mi(avg <= 32 ? 1 : avg <= 64 ? 2 : 4);
   }
   // Row tile: 128 when that still gives every SM work, else 64 / 32 (more CTAs for short M).
   const int64_t ntn = (p.N + 127) / 128, sms = device_sms();
   auto tiles = [&](int64_t bm) { return (rows_bound + bm - 1) / bm * ntn; };
-  if (tiles(128) >= 2 * sms) return run_mma<4>(p, rows_bound);
-  if (tiles(64) >= sms) return run_mma<2>(p, rows_bound);
-  return run_mma<1>(p, rows_bound);
+  if (tiles(128) >= 2 * sms) return run_mi(4);
+  if (tiles(64) >= sms) return run_mi(2);
+  return run_mi(1);
 }
 
 }  // namespace

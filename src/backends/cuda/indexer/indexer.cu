@@ -598,22 +598,32 @@ void launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms, int
   // Key blocks per token: enough CTAs to fill the GPU a few times, at least 2 key blocks per CTA.
   int64_t gx = std::max<int64_t>(1, (8 * int64_t(sms) + rows - 1) / rows);
   gx = std::min<int64_t>(gx, std::max<int64_t>(1, (max_nblk + 1) / 2));
+  // Dynamic shared memory cap: 200 KB, or less where the GPU allows less per block (sm_80: 163 KB,
+  // sm_86/89: 99 KB); more heads than fit give a clear error.
+  static const int smem_cap = [] {
+    int dev = 0, optin = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    return std::min(200 * 1024, optin > 0 ? optin - 1024 : 48 * 1024);
+  }();
   if (use_exact_indexer()) {
     const size_t smem = score_smem(p.Hi);
     static bool attr = false;
     if (!attr) {
-      DSA_CUDA_CHECK(cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+      DSA_CUDA_CHECK(cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_cap));
       attr = true;
     }
-    DSA_CHECK(smem <= 200 * 1024, "indexer: ", p.Hi, " heads need too much shared memory");
+    DSA_CHECK(smem <= size_t(smem_cap), "indexer: ", p.Hi, " heads need ", smem, " bytes of shared memory, this GPU allows ",
+              smem_cap);
     indexer_score_kernel<<<dim3(unsigned(gx), unsigned(rows)), 64, smem>>>(p);
   } else {
     static bool attr2 = false;
     if (!attr2) {
-      DSA_CUDA_CHECK(cudaFuncSetAttribute(indexer_score_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
+      DSA_CUDA_CHECK(cudaFuncSetAttribute(indexer_score_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_cap));
       attr2 = true;
     }
-    DSA_CHECK(score_mma_smem(p.Hi) <= 200 * 1024, "indexer: ", p.Hi, " heads need too much shared memory");
+    DSA_CHECK(score_mma_smem(p.Hi) <= size_t(smem_cap), "indexer: ", p.Hi, " heads need ", score_mma_smem(p.Hi),
+              " bytes of shared memory, this GPU allows ", smem_cap);
     indexer_score_mma_kernel<<<dim3(unsigned(gx), unsigned(rows)), 128, score_mma_smem(p.Hi)>>>(p);
   }
   DSA_LAUNCH_CHECK();

@@ -514,6 +514,8 @@ __global__ void mqa_split_sum_kernel(const float* part, int64_t rows, int NS, ui
 
 }  // namespace
 
+size_t mqa_stored_smem_bytes() { return std::max(kSmemA, kSmemB); }
+
 // Stored-scores decode (called by CudaBackend::attention_mqa). n_max: the largest candidate count
 // of any token (topk: K; dense: the batch's max end position).
 void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe, const KvLayer& cache,

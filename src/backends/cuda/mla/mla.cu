@@ -6,6 +6,7 @@
 // after normalising, the kernels make two passes over the candidates: pass 1 finds each row's max
 // and sum, pass 2 recomputes the scores and accumulates P.V (scores are never stored).
 #include <cfloat>
+#include <cstdio>
 #include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
@@ -14,6 +15,7 @@
 
 namespace dsa::cuda {
 
+size_t mqa_stored_smem_bytes();  // decode.cu
 void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe, const KvLayer& cache,
                        const DevBatch& d, const Tensor* topk, float scale, Tensor& out_lat);  // decode.cu
 
@@ -528,7 +530,18 @@ void CudaBackend::attention_mqa(const Tensor& q_lat, const Tensor& q_pe, const K
   if (T == 0) return;
   if (topk) DSA_CHECK(topk->dim(0) == T, "top-k rows ", topk->dim(0), " != batch tokens ", T);
   const DevBatch& d = dev(b);
-  const int path = use_simple_mqa() ? 3 : mqa_tuning().path;
+  int path = use_simple_mqa() ? 3 : mqa_tuning().path;
+  // Kernels that need more shared memory per block than this GPU has fall back, in order: stored
+  // scores (223 KB: sm_90) -> two-pass recompute (158 KB: sm_80, sm_90) -> CUDA cores (any sm_80+).
+  if ((path == 0 || path == 1) && mqa_stored_smem_bytes() > smem_optin_) path = 2;
+  if (path == 2 && kMqaMmaSmem > smem_optin_) path = 3;
+  if (path != (use_simple_mqa() ? 3 : mqa_tuning().path)) {
+    static bool said = false;
+    if (!said)
+      std::fprintf(stderr, "dsa: MLA decode: this GPU allows %zu bytes of shared memory per block; using the %s kernel\n",
+                   smem_optin_, path == 2 ? "two-pass mma.sync" : "CUDA-core");
+    said = true;
+  }
   if (path == 0 || path == 1) {  // stored scores, no recompute (decode.cu)
     mqa_decode_stored(*this, q_lat, q_pe, cache, d, topk, scale, out_lat);
     return;

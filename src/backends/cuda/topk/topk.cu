@@ -407,43 +407,62 @@ __global__ void __launch_bounds__(TK_THREADS) topk_mc_final_kernel(McArgs a) {
 void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
                               int64_t rows, int64_t k, int32_t* out) {
   if (rows == 0) return;
-  if (ld > kMcChunkMax && rows <= 65535 && k <= kCandCap) {
+  // The multi-CTA path's final kernel needs kCandCap x 8 bytes of dynamic shared memory on top of its
+  // static arrays: 164 KB, beyond sm_86/89 (99 KB) and just beyond sm_80 (163 KB) — they keep the
+  // one-CTA-per-row kernel.
+  static const bool mc_fits = [this] {
+    cudaFuncAttributes fa{};
+    if (cudaFuncGetAttributes(&fa, topk_mc_final_kernel) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return fa.sharedSizeBytes + size_t(kCandCap) * 8 <= smem_optin_;
+  }();
+  if (ld > kMcChunkMax && k <= kCandCap && mc_fits) {
+    // Rows go in groups so that the scratch (histograms + a kCandCap candidate buffer, ~160 KB per row)
+    // stays within 64 MB whatever the tile: indexer_topk may pass thousands of rows of prefill.
+    const int64_t per_row_bytes = (2 * NBIN + 2 + 2 * 1024) * 4 + 2 * int64_t(kCandCap) * 4;
+    const int64_t group = std::clamp<int64_t>((int64_t(64) << 20) / per_row_bytes, 1, 65535);
     // Long rows: chunks of 1024..8192 keys, about 2 CTAs per SM in all.
-    const int64_t per_row = std::max<int64_t>(1, (2 * int64_t(sms_) + rows - 1) / rows);
+    const int64_t per_row = std::max<int64_t>(1, (2 * int64_t(sms_) + std::min(rows, group) - 1) / std::min(rows, group));
     int64_t chunk = (ld + per_row - 1) / per_row;
     chunk = std::clamp<int64_t>((chunk + 1023) / 1024 * 1024, 1024, kMcChunkMax);
     const int64_t nch = (ld + chunk - 1) / chunk;
     if (nch <= 1024) {
-      const int64_t meta_n = 2 + 2 * nch;
-      Tensor hdr = alloc(DType::I32, {rows, 2 * NBIN + meta_n});
-      Tensor cand = alloc(DType::I32, {rows, 2 * kCandCap});
-      DSA_CUDA_CHECK(cudaMemsetAsync(hdr.data, 0, hdr.nbytes()));
-      McArgs a{};
-      a.scores = scores; a.ld = ld; a.narr = narr; a.n_add = n_add; a.row_base = row_base; a.k = k;
-      a.chunk = int(chunk); a.nch = int(nch);
-      a.hist = hdr.ptr<int32_t>();
-      a.hist2 = hdr.ptr<int32_t>() + rows * NBIN;
-      a.meta = hdr.ptr<int32_t>() + 2 * rows * NBIN;
-      a.ckey = reinterpret_cast<uint32_t*>(cand.data);
-      a.cpos = cand.ptr<int32_t>() + rows * kCandCap;
-      a.out = out;
-      topk_mc_hist_kernel<<<dim3(unsigned(nch), unsigned(rows)), kMcThreads>>>(a);
-      DSA_LAUNCH_CHECK();
-      topk_mc_hist2_kernel<<<dim3(unsigned(nch), unsigned(rows)), kMcThreads>>>(a);
-      DSA_LAUNCH_CHECK();
-      topk_mc_collect_kernel<<<dim3(unsigned(nch), unsigned(rows)), kMcThreads>>>(a);
-      DSA_LAUNCH_CHECK();
-      const size_t smem = size_t(kCandCap) * 8;
       static bool attr = false;
+      const size_t smem = size_t(kCandCap) * 8;
       if (!attr) {
         DSA_CUDA_CHECK(cudaFuncSetAttribute(topk_mc_final_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
         attr = true;
       }
-      topk_mc_final_kernel<<<unsigned(rows), TK_THREADS, smem>>>(a);
-      DSA_LAUNCH_CHECK();
+      for (int64_t r0 = 0; r0 < rows; r0 += group) {
+        const int64_t g = std::min(group, rows - r0);
+        const int64_t meta_n = 2 + 2 * nch;
+        Tensor hdr = alloc(DType::I32, {g, 2 * NBIN + meta_n});
+        Tensor cand = alloc(DType::I32, {g, 2 * kCandCap});
+        DSA_CUDA_CHECK(cudaMemsetAsync(hdr.data, 0, hdr.nbytes()));
+        McArgs a{};
+        a.scores = scores + r0 * ld; a.ld = ld; a.narr = narr; a.n_add = n_add; a.row_base = row_base + r0; a.k = k;
+        a.chunk = int(chunk); a.nch = int(nch);
+        a.hist = hdr.ptr<int32_t>();
+        a.hist2 = hdr.ptr<int32_t>() + g * NBIN;
+        a.meta = hdr.ptr<int32_t>() + 2 * g * NBIN;
+        a.ckey = reinterpret_cast<uint32_t*>(cand.data);
+        a.cpos = cand.ptr<int32_t>() + g * kCandCap;
+        a.out = out;
+        topk_mc_hist_kernel<<<dim3(unsigned(nch), unsigned(g)), kMcThreads>>>(a);
+        DSA_LAUNCH_CHECK();
+        topk_mc_hist2_kernel<<<dim3(unsigned(nch), unsigned(g)), kMcThreads>>>(a);
+        DSA_LAUNCH_CHECK();
+        topk_mc_collect_kernel<<<dim3(unsigned(nch), unsigned(g)), kMcThreads>>>(a);
+        DSA_LAUNCH_CHECK();
+        topk_mc_final_kernel<<<unsigned(g), TK_THREADS, smem>>>(a);
+        DSA_LAUNCH_CHECK();
+      }
       return;
     }
   }
+  DSA_CHECK(rows <= 2147483647, "top-k: too many rows");
   topk_kernel<<<unsigned(rows), TK_THREADS>>>(scores, ld, narr, n_add, row_base, k, out);
   DSA_LAUNCH_CHECK();
 }
