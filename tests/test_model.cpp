@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "backends/op_profiler.h"
 #include "model/random_model.h"
 #include "runtime/engine.h"
 #include "test_util.h"
@@ -40,6 +41,28 @@ static std::vector<int32_t> random_tokens(int64_t n, int64_t vocab) {
 }
 
 static std::vector<double> as_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+// DSA_PROFILE_OPS=1 wraps the backend in OpProfiler: every op forwarded unchanged (same logits, bit for
+// bit) and counted.
+TEST(Model, OpProfilerForwardsEveryOpUnchanged) {
+  ::setenv("DSA_PROFILE_OPS", "1", 1);
+  auto prof = tiny_engine(AttentionMode::Sparse);
+  ::unsetenv("DSA_PROFILE_OPS");
+  auto plain = tiny_engine(AttentionMode::Sparse);
+  auto* op = dynamic_cast<OpProfiler*>(&prof->backend());
+  ASSERT_NE(op, nullptr) << "DSA_PROFILE_OPS=1 did not wrap the backend";
+  EXPECT_EQ(dynamic_cast<OpProfiler*>(&plain->backend()), nullptr);
+  const int64_t V = prof->model().config().vocab_size, K = prof->model().config().index_topk;
+  const std::vector<int32_t> toks = random_tokens(K + 40, V);  // past index_topk: the indexer selects
+  Sequence a, b;
+  EXPECT_EQ(prof->feed(a, toks, true), plain->feed(b, toks, true));
+  EXPECT_EQ(prof->feed(a, {toks[3]}), plain->feed(b, {toks[3]}));
+  EXPECT_GT(op->calls("linear_fp8"), 0);
+  EXPECT_GT(op->calls("indexer_topk"), 0);
+  EXPECT_GT(op->calls("attention_mha sparse"), 0);
+  EXPECT_GT(op->calls("attention_mqa sparse"), 0);
+  EXPECT_EQ(op->calls("no such op"), 0);
+}
 
 TEST(Model, TinyModelIsShardedAndLoads) {
   int shards = 0;

@@ -19,6 +19,10 @@ class OpProfiler : public Backend {
   ~OpProfiler() override;
   Backend& inner() { return *be_; }
   void report() const;  // per-op calls, total ms, share (stderr)
+  int64_t calls(const std::string& op) const {
+    auto it = stats_.find(op);
+    return it == stats_.end() ? 0 : it->second.calls;
+  }
 
   std::string name() const override { return be_->name(); }
   Device device() const override { return be_->device(); }
