@@ -238,6 +238,26 @@ CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
   sm90_scores_available();
 }
 
+int device_sm_count() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev);
+    return v > 0 ? v : 1;
+  }();
+  return n;
+}
+
+int device_smem_optin() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    return v > 0 ? v : 48 * 1024;
+  }();
+  return n;
+}
+
 // ---- decode-step graphs ------------------------------------------------------------------------
 // All work goes to the per-thread default stream (built with --default-stream per-thread), which can
 // be captured. A decode step is captured, then launched once: it replaces ~60 launches per layer by

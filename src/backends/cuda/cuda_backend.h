@@ -128,6 +128,10 @@ class CudaBackend : public Backend {
   const Tensor& expert_table(const std::vector<MlpWeights>& experts);
 };
 
+// The current device's SM count and largest shared memory per block (opt-in), queried once.
+int device_sm_count();
+int device_smem_optin();
+
 // Kernel entry points shared between op files (host-side launchers).
 void launch_act_quant(const uint16_t* x, int64_t rows, int64_t K, uint8_t* q, float* s);
 // out[M,N] = bf16(sum_kb dot128(aq, wq) * (as * ws)); grouped when table != nullptr.

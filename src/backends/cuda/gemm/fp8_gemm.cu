@@ -460,25 +460,6 @@ __global__ void __launch_bounds__(kThreads) f32_gemv_kernel(const uint16_t* x, i
 }
 
 // ---- host side -----------------------------------------------------------------------------
-int device_sms() {
-  static int sms = [] {
-    int dev = 0, n = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-    return n > 0 ? n : 132;
-  }();
-  return sms;
-}
-int max_dyn_smem() {
-  static int v = [] {
-    int dev = 0, n = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    return n > 0 ? n : 48 * 1024;
-  }();
-  return v;
-}
-
 template <int MI>
 void run_mma(const Fp8P& p, int64_t T_bound) {
   static bool attr = [] {
@@ -492,7 +473,7 @@ void run_mma(const Fp8P& p, int64_t T_bound) {
   int64_t grid, items = 0;
   if (p.offs) {  // persistent: enough CTAs to fill the GPU, never more than the items can be
     const int64_t bound = int64_t(p.E) * ((T_bound + BM - 1) / BM) * ntn;
-    grid = std::min<int64_t>(bound, int64_t(device_sms()) * (MI == 4 ? 1 : 2));
+    grid = std::min<int64_t>(bound, int64_t(device_sm_count()) * (MI == 4 ? 1 : 2));
   } else {
     items = ((p.M + BM - 1) / BM) * ntn;
     grid = items;
@@ -512,16 +493,16 @@ bool run_gemv(const Fp8P& p, int64_t rows) {
   const int nt = 8 / S;
   const int rmax = int(rows);
   const size_t smem = (size_t(KB) * rmax * 8 * nt + size_t(rmax) * KB) * sizeof(float);
-  if (smem > size_t(max_dyn_smem()) - 2048) return false;
+  if (smem > size_t(device_smem_optin()) - 2048) return false;
   const int64_t items_n = (p.N + 8 * nt - 1) / (8 * nt);
   int64_t grid = items_n;
-  if (p.offs) grid = std::min<int64_t>(int64_t(p.E) * items_n, int64_t(device_sms()) * 8);
+  if (p.offs) grid = std::min<int64_t>(int64_t(p.E) * items_n, int64_t(device_sm_count()) * 8);
   if (grid <= 0) return true;
   DSA_CHECK(items_n < (int64_t(1) << 24), "fp8 gemv: N too large");
   auto go = [&](auto kern) {
     static int set = 0;  // raise the dynamic smem cap once per instantiation
     if (!set) {
-      DSA_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, max_dyn_smem() - 2048));
+      DSA_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, device_smem_optin() - 2048));
       set = 1;
     }
     kern<<<unsigned(grid), kThreads, smem>>>(p, nt, rmax, int(items_n));
@@ -543,7 +524,7 @@ void run_fp8(Fp8P p, int64_t rows_bound) {
   if (path == Fp8Path::Mma32) return run_mma<1>(p, rows_bound);
   // The largest row tile whose pipeline fits this GPU's shared memory per block (sm_86/89: 99 KB
   // rules out the 128-row tile; sm_80 and sm_90 take all three).
-  const int mi_max = mma_smem_bytes<4>() + 1024 <= max_dyn_smem() ? 4 : mma_smem_bytes<2>() + 1024 <= max_dyn_smem() ? 2 : 1;
+  const int mi_max = mma_smem_bytes<4>() + 1024 <= device_smem_optin() ? 4 : mma_smem_bytes<2>() + 1024 <= device_smem_optin() ? 2 : 1;
   auto run_mi = [&](int mi) {
     mi = std::min(mi, mi_max);
     if (mi == 4) return run_mma<4>(p, rows_bound);
@@ -555,7 +536,7 @@ void run_fp8(Fp8P p, int64_t rows_bound) {
     return run_mi(avg <= 32 ? 1 : avg <= 64 ? 2 : 4);
   }
   // Row tile: 128 when that still gives every SM work, else 64 / 32 (more CTAs for short M).
-  const int64_t ntn = (p.N + 127) / 128, sms = device_sms();
+  const int64_t ntn = (p.N + 127) / 128, sms = device_sm_count();
   auto tiles = [&](int64_t bm) { return (rows_bound + bm - 1) / bm * ntn; };
   if (tiles(128) >= 2 * sms) return run_mi(4);
   if (tiles(64) >= sms) return run_mi(2);

@@ -600,12 +600,7 @@ void launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms, int
   gx = std::min<int64_t>(gx, std::max<int64_t>(1, (max_nblk + 1) / 2));
   // Dynamic shared memory cap: 200 KB, or less where the GPU allows less per block (sm_80: 163 KB,
   // sm_86/89: 99 KB); more heads than fit give a clear error.
-  static const int smem_cap = [] {
-    int dev = 0, optin = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    return std::min(200 * 1024, optin > 0 ? optin - 1024 : 48 * 1024);
-  }();
+  static const int smem_cap = std::min(200 * 1024, device_smem_optin() - 1024);
   if (use_exact_indexer()) {
     const size_t smem = score_smem(p.Hi);
     static bool attr = false;
