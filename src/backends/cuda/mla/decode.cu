@@ -96,6 +96,25 @@ __device__ __forceinline__ void deq16(const uint8_t* src, float sc, uint16_t* ds
   reinterpret_cast<uint4*>(dst)[1] = make_uint4(o[4], o[5], o[6], o[7]);
 }
 
+// The 512 latent dims of a tile's TN gathered rows (raw stride rs bytes) -> bf16 rows of dst (stride
+// ld halves); rows without a slot become zeros. Both kernels dequantise through this.
+template <int NT>
+__device__ __forceinline__ void deq_latent_tile(const uint8_t* raw, int rs, const int* sl, uint16_t* dst, int ld,
+                                                int tid) {
+#pragma unroll 2
+  for (int i = tid; i < TN * 32; i += NT) {
+    const int r = i / 32, c = i % 32;
+    uint16_t* d = dst + r * ld + c * 16;
+    if (sl[r] >= 0) {
+      const uint8_t* row = raw + r * rs;
+      deq16(row + c * 16, reinterpret_cast<const float*>(row + kScalesOff)[c / 8], d);
+    } else {
+      reinterpret_cast<uint4*>(d)[0] = make_uint4(0, 0, 0, 0);
+      reinterpret_cast<uint4*>(d)[1] = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
 __device__ __forceinline__ void stat_merge(float& m, float& s, float m2, float s2) {
   const float mm = fmaxf(m, m2);
   if (mm == -INFINITY) return;
@@ -198,18 +217,7 @@ __global__ void __launch_bounds__(512, 1) mqa_score_kernel(DecP p) {
       }
     {  // dequantise: 64 rows x 32 chunks of 16 latents, then 64 rows x 8 chunks of RoPE
       const int* sl = slots + cur * TN;
-#pragma unroll 2
-      for (int i = tid; i < TN * 32; i += NT) {
-        const int r = i / 32, c = i % 32;
-        uint16_t* dst = ks + r * QLD + c * 16;
-        if (sl[r] >= 0) {
-          const uint8_t* row = raw + r * RAW_A;
-          deq16(row + c * 16, reinterpret_cast<const float*>(row + kScalesOff)[c / 8], dst);
-        } else {
-          reinterpret_cast<uint4*>(dst)[0] = make_uint4(0, 0, 0, 0);
-          reinterpret_cast<uint4*>(dst)[1] = make_uint4(0, 0, 0, 0);
-        }
-      }
+      deq_latent_tile<NT>(raw, RAW_A, sl, ks, QLD, tid);
       for (int i = tid; i < TN * 8; i += NT) {
         const int r = i / 8, c = i % 8;
         *reinterpret_cast<uint4*>(ks + r * QLD + 512 + c * 8) =
@@ -418,18 +426,7 @@ __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
     {
       const int* sl = slots + (j % 3) * TN;
       const uint8_t* rb = raw + (j & 1) * TN * RAW_B;
-#pragma unroll 2
-      for (int i = tid; i < TN * 32; i += kPvThreads) {
-        const int r = i / 32, c = i % 32;
-        uint16_t* dst = vs + r * VLD + c * 16;
-        if (sl[r] >= 0) {
-          const uint8_t* row = rb + r * RAW_B;
-          deq16(row + c * 16, reinterpret_cast<const float*>(row + kScalesOff)[c / 8], dst);
-        } else {
-          reinterpret_cast<uint4*>(dst)[0] = make_uint4(0, 0, 0, 0);
-          reinterpret_cast<uint4*>(dst)[1] = make_uint4(0, 0, 0, 0);
-        }
-      }
+      deq_latent_tile<kPvThreads>(rb, RAW_B, sl, vs, VLD, tid);
       {
         const float M = rowM[sh], I = rowI[sh];
         const uint32_t w[4] = {sv.x, sv.y, sv.z, sv.w};

@@ -199,14 +199,11 @@ struct McArgs {
 
 __device__ __forceinline__ int64_t mc_len(const McArgs& a, int64_t r) { return int64_t(a.narr[a.row_base + r]) + a.n_add; }
 
-__global__ void __launch_bounds__(kMcThreads) topk_mc_hist_kernel(McArgs a) {
-  __shared__ int h[NBIN];
-  const int64_t r = blockIdx.y, n = mc_len(a, r), c0 = int64_t(blockIdx.x) * a.chunk;
-  if (n <= a.k || c0 >= n) return;
-  const int64_t c1 = min(n, c0 + a.chunk);
-  const float* row = a.scores + r * a.ld;
-  for (int i = threadIdx.x; i < NBIN; i += blockDim.x) h[i] = 0;
-  __syncthreads();
+// Shared-memory histogram h of digit(key) over the keys of row[c0, c1) that pass select(key): each
+// warp counts equal digits with match_any and adds them with one atomic per distinct digit.
+template <class Select, class Digit>
+__device__ __forceinline__ void chunk_histogram(const float* row, int64_t c0, int64_t c1, int* h, Select select,
+                                                Digit digit_of) {
   constexpr int U = 4;
   for (int64_t i0 = c0; i0 < c1; i0 += int64_t(blockDim.x) * U) {
     uint32_t keys[U];
@@ -218,15 +215,26 @@ __global__ void __launch_bounds__(kMcThreads) topk_mc_hist_kernel(McArgs a) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t i = i0 + int64_t(u) * blockDim.x + threadIdx.x;
-      const bool ok = i < c1;
+      const bool ok = i < c1 && select(keys[u]);
       const unsigned bal = __ballot_sync(0xffffffffu, ok);
       if (ok) {
-        const uint32_t digit = keys[u] >> 20;
+        const uint32_t digit = digit_of(keys[u]);
         const unsigned peers = __match_any_sync(bal, digit);
         if ((threadIdx.x % 32) == unsigned(__ffs(peers) - 1)) atomicAdd(&h[digit], __popc(peers));
       }
     }
   }
+}
+
+__global__ void __launch_bounds__(kMcThreads) topk_mc_hist_kernel(McArgs a) {
+  __shared__ int h[NBIN];
+  const int64_t r = blockIdx.y, n = mc_len(a, r), c0 = int64_t(blockIdx.x) * a.chunk;
+  if (n <= a.k || c0 >= n) return;
+  const int64_t c1 = min(n, c0 + a.chunk);
+  const float* row = a.scores + r * a.ld;
+  for (int i = threadIdx.x; i < NBIN; i += blockDim.x) h[i] = 0;
+  __syncthreads();
+  chunk_histogram(row, c0, c1, h, [](uint32_t) { return true; }, [](uint32_t key) { return key >> 20; });
   __syncthreads();
   int* gh = a.hist + r * NBIN;
   for (int i = threadIdx.x; i < NBIN; i += blockDim.x)
@@ -255,26 +263,8 @@ __global__ void __launch_bounds__(kMcThreads) topk_mc_hist2_kernel(McArgs a) {
   __syncthreads();
   find_bin([&](int b) { return g1[b]; }, NBIN, int(a.k), warp_tot, &s_bin, &s_above);
   const uint32_t b1 = uint32_t(s_bin);
-  constexpr int U = 4;
-  for (int64_t i0 = c0; i0 < c1; i0 += int64_t(blockDim.x) * U) {
-    uint32_t keys[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t i = i0 + int64_t(u) * blockDim.x + threadIdx.x;
-      keys[u] = i < c1 ? order_key(row[i]) : 0u;
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t i = i0 + int64_t(u) * blockDim.x + threadIdx.x;
-      const bool ok = i < c1 && (keys[u] >> 20) == b1;
-      const unsigned bal = __ballot_sync(0xffffffffu, ok);
-      if (ok) {
-        const uint32_t digit = (keys[u] >> 8) & 0xfffu;
-        const unsigned peers = __match_any_sync(bal, digit);
-        if ((threadIdx.x % 32) == unsigned(__ffs(peers) - 1)) atomicAdd(&h[digit], __popc(peers));
-      }
-    }
-  }
+  chunk_histogram(row, c0, c1, h, [b1](uint32_t key) { return (key >> 20) == b1; },
+                  [](uint32_t key) { return (key >> 8) & 0xfffu; });
   __syncthreads();
   int* gh = a.hist2 + r * NBIN;
   for (int i = threadIdx.x; i < NBIN; i += blockDim.x)
