@@ -112,4 +112,17 @@ inline void expect_bf16_near(const Tensor& gpu_h, const Tensor& cpu_h, double ma
                                                                             << gpu_h.numel() << " differ by one ulp";
 }
 
+// Indexer queries (e4m3 [T, Hi, 128]) and head weights (fp32 [T, Hi]); small_ints: q in {-1, 0, 1} with
+// dim 0 zero and power-of-two weights, so scores are exact small numbers with many ties.
+inline void random_indexer_queries(int64_t T, int64_t Hi, bool small_ints, Tensor& q, Tensor& w) {
+  q = rand_e4m3({T, Hi, kIndexDim});
+  w = rand_f32({T, Hi}, 0.01f);
+  if (!small_ints) return;
+  for (int64_t i = 0; i < q.numel(); ++i) {
+    const int d = int(i % kIndexDim);
+    q.ptr<uint8_t>()[i] = d == 0 ? 0 : f32_to_e4m3(float(int(rng()() % 3) - 1));
+  }
+  for (int64_t i = 0; i < w.numel(); ++i) w.ptr<float>()[i] = std::ldexp(1.0f, int(rng()() % 4) - 6) * ((rng()() & 1) ? 1 : -1);
+}
+
 }  // namespace dsa::test

@@ -77,15 +77,7 @@ MCase multi_case(Both& be, const std::vector<int64_t>& ends, const std::vector<i
     off += n;
   }
   const int64_t T = int64_t(c.qpos.size());
-  c.q = rand_e4m3({T, Hi, kIndexDim});
-  c.w = rand_f32({T, Hi}, 0.01f);
-  if (small_ints) {
-    for (int64_t i = 0; i < c.q.numel(); ++i) {
-      const int d = int(i % kIndexDim);
-      c.q.ptr<uint8_t>()[i] = d == 0 ? 0 : f32_to_e4m3(float(int(rng()() % 3) - 1));
-    }
-    for (int64_t i = 0; i < c.w.numel(); ++i) c.w.ptr<float>()[i] = std::ldexp(1.0f, int(rng()() % 4) - 6) * ((rng()() & 1) ? 1 : -1);
-  }
+  random_indexer_queries(T, Hi, small_ints, c.q, c.w);
   return c;
 }
 
