@@ -75,15 +75,6 @@ void report(const std::string& what, const std::string& path, int64_t M, int64_t
   }
 }
 
-const char* pname(cuda::Fp8Path p) {
-  switch (p) {
-    case cuda::Fp8Path::Auto: return "auto";
-    case cuda::Fp8Path::Mma: return "mma128";
-    case cuda::Fp8Path::Mma64: return "mma64";
-    case cuda::Fp8Path::Mma32: return "mma32";
-    default: return "gemv";
-  }
-}
 
 }  // namespace
 
@@ -157,7 +148,7 @@ int main(int argc, char** argv) {
         const double flop = 2.0 * double(M) * double(s.N) * double(s.K);
         const double bytes = double(wbytes) + double(M) * s.K * 1.0 + double(M) * s.N * 2.0 + double(nsc) * 4 +
                              double(M) * (s.K / 128) * 4;
-        report(s.name, pname(path), M, s.N, s.K, ms, flop, bytes);
+        report(s.name, cuda::fp8_path_name(path), M, s.N, s.K, ms, flop, bytes);
       }
     }
     cuda::set_fp8_gemm_path(cuda::Fp8Path::Auto);

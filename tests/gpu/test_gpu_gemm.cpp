@@ -117,15 +117,6 @@ Tensor rand_scales(int64_t rows, int64_t cols, int lo, int span) {
 
 const cuda::Fp8Path kPaths[] = {cuda::Fp8Path::Auto, cuda::Fp8Path::Mma, cuda::Fp8Path::Mma64, cuda::Fp8Path::Mma32,
                                 cuda::Fp8Path::Gemv};
-const char* path_name(cuda::Fp8Path p) {
-  switch (p) {
-    case cuda::Fp8Path::Auto: return "auto";
-    case cuda::Fp8Path::Mma: return "mma128";
-    case cuda::Fp8Path::Mma64: return "mma64";
-    case cuda::Fp8Path::Mma32: return "mma32";
-    default: return "gemv";
-  }
-}
 
 struct PathGuard {
   ~PathGuard() { cuda::set_fp8_gemm_path(cuda::Fp8Path::Auto); }
@@ -155,7 +146,7 @@ TEST(GpuGemm, Fp8PlainAllPathsMatchReference) {
           Tensor out = be.poisoned(DType::BF16, {M, N});
           cuda::launch_linear_fp8({ad.ptr<uint8_t>(), asd.ptr<float>(), M, K, wd.ptr<uint8_t>(), wsd.ptr<float>(), N,
                                    out.ptr<uint16_t>(), N});
-          std::string what = std::string("fp8 ") + path_name(path) + " M=" + std::to_string(M) +
+          std::string what = std::string("fp8 ") + cuda::fp8_path_name(path) + " M=" + std::to_string(M) +
                              " N=" + std::to_string(N) + " K=" + std::to_string(K);
           all[pi].merge(compare(be.down(out), ref, bound, M, N, what.c_str()));
         }
@@ -163,10 +154,10 @@ TEST(GpuGemm, Fp8PlainAllPathsMatchReference) {
   for (int pi = 0; pi < 5; ++pi) {
     std::printf("[fp8 plain %-6s] %lld outputs, %lld differ from the reference (%.4f%%), max %.2f bf16 ulp, "
                 "max |diff| / (ulp + 2 d) = %.3f\n",
-                path_name(kPaths[pi]), (long long)all[pi].n, (long long)all[pi].mism,
+                cuda::fp8_path_name(kPaths[pi]), (long long)all[pi].n, (long long)all[pi].mism,
                 100.0 * double(all[pi].mism) / double(std::max<int64_t>(1, all[pi].n)), all[pi].max_ulps,
                 all[pi].max_ratio);
-    EXPECT_EQ(all[pi].bad, 0) << path_name(kPaths[pi]);
+    EXPECT_EQ(all[pi].bad, 0) << cuda::fp8_path_name(kPaths[pi]);
   }
 }
 
@@ -260,7 +251,7 @@ TEST(GpuGemm, Fp8GroupedMatchesReference) {
       cuda::launch_linear_fp8_grouped(ad.ptr<uint8_t>(), asd.ptr<float>(), maxr, K,
                                       static_cast<const void* const*>(tab.data), 1, offs_d.ptr<int32_t>(), E, N,
                                       out.ptr<uint16_t>());
-      std::string what = std::string("grouped ") + path_name(path) + " E=" + std::to_string(E) +
+      std::string what = std::string("grouped ") + cuda::fp8_path_name(path) + " E=" + std::to_string(E) +
                          " N=" + std::to_string(N) + " K=" + std::to_string(K);
       Stats st = compare(be.down(out), ref, bound, R, N, what.c_str());
       EXPECT_EQ(st.bad, 0) << what;
