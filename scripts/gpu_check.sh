@@ -16,6 +16,8 @@
 #     bench      dsa_gpu_bench (per kernel, per-layer decode dense vs DSA) + prefill bench (+ GEMM bench)
 #     e2e        dsa bench on dsa-mini (batch 1/8, graphs on/off) and an op profile of a decode step
 #     ppl        dsa-mini dev-set perplexity at context 8192 on the GPU, dense and DSA
+#     profile    (not in the default list) Nsight Compute: per-kernel durations of the batch-1 decode chains and
+#                full sections of the MLA decode and indexer score kernels (ncu_*.txt in the log archive)
 #     real       real-scale model (v32-real-attn: 7168 hidden, 128 heads, 64x128 indexer, k 2048), made
 #                on the device; 128K-token prefill then decode, dense vs DSA, with memory and speed
 #   Logs under $OUT; the floors table and one summary at the end. GPU_CHECK_BUDGET_S (default 570) stops
@@ -202,6 +204,29 @@ if has real && (( $(left) > 60 )); then
     timeout $(( $(left) - 10 )) "$B/dsa" bench -m "$RM" --device cuda --ctx "$CTX" --steps 4 --batch 1 \
       --prefill-chunk ${REAL_CHUNK:-32768} --prefill-form mqa > "$OUT/real_mqa.log" 2>&1
     note "real scale, $CTX-token prefill in the absorbed form: rc=$? in $((SECONDS - t0)) s: $(grep -m1 'prefill:' "$OUT/real_mqa.log")"
+  fi
+fi
+
+if has profile && command -v ncu > /dev/null && (( $(left) > 60 )); then  # Nsight Compute: where the time goes
+  # Per-kernel durations of the per-layer decode chains (dense and DSA) at batch 1, one metric per launch.
+  t0=$SECONDS
+  timeout $(( $(left) > 200 ? 150 : $(left) - 40 )) ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+    "$B/bench/gpu/dsa_gpu_bench" --only layer --batches 1 --ctxs ${PROFILE_CTXS:-16384,131072} > "$OUT/ncu_b1.csv" 2> "$OUT/ncu_b1.err"
+  note "ncu per-kernel durations, batch 1: rc=$? in $((SECONDS - t0)) s (ncu_b1.csv; summary in ncu_b1.txt)"
+  python3 "$ROOT/scripts/ncu_durations.py" "$OUT/ncu_b1.csv" > "$OUT/ncu_b1.txt" 2>&1 && cp "$OUT/ncu_b1.txt" "$FINAL_OUT/"
+  # Full sections for the large-batch kernels that have floors: sparse MLA decode (b=128 s_q=2) and indexer scores (64K).
+  SECTIONS="--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats"
+  if (( $(left) > 60 )); then
+    t0=$SECONDS
+    timeout $(( $(left) > 150 ? 100 : $(left) - 30 )) ncu --clock-control none $SECTIONS -k regex:'mqa_(score|pv)_kernel' -c 2 \
+      "$B/bench/gpu/dsa_gpu_bench" --only mla --quick > "$OUT/ncu_mla.txt" 2>&1
+    note "ncu sections of the MLA decode kernels (b=128 s_q=2): rc=$? in $((SECONDS - t0)) s (ncu_mla.txt)"
+  fi
+  if (( $(left) > 60 )); then
+    t0=$SECONDS
+    timeout $(( $(left) > 150 ? 100 : $(left) - 30 )) ncu --clock-control none $SECTIONS -k regex:'score' -c 3 \
+      "$B/bench/gpu/dsa_gpu_bench" --only layer --batches 128 --ctxs 65536 > "$OUT/ncu_idx.txt" 2>&1
+    note "ncu sections of the indexer score kernels (b=128, 64K): rc=$? in $((SECONDS - t0)) s (ncu_idx.txt)"
   fi
 fi
 
