@@ -274,6 +274,38 @@ int main(int argc, char** argv) {
           const double b2 = idx_bytes + double(2 * b) * L * 4;
           report("indexer scores s_q=2", "b=" + std::to_string(b) + " Hi=64 L=" + kfmt(L), s2_ms, 2.0 * 64 * 128 * double(2 * b) * L,
                  b2, 100.0 * b2 / (s2_ms * 1e-3) / 1e12 / kCopyTBs);
+          const char* sweep = std::getenv("DSA_BENCH_INDEXER_SWEEP");
+          if (sweep && *sweep == '1' && cuda::sm90_scores_available()) {
+            // every sm_90a score kernel on the same data: f16 wgmma (0) and FP8 wgmma at ring depths 3..6;
+            // row 0 of each against the portable kernel's (exact up to fp32 summation order)
+            std::vector<float> r_p(static_cast<size_t>(L)), r_x(static_cast<size_t>(L));
+            cuda::set_sm90_scores_enabled(false);
+            be.indexer_scores(iq, iw, c.kv[0], B, sc);
+            be.download(sc.rows(0, 1), r_p.data());
+            cuda::set_sm90_scores_enabled(true);
+            for (int mode : {0, 3, 4, 5, 6}) {
+              cuda::set_sm90_scores_mode(mode);
+              const std::string nm = mode ? "FP8 S=" + std::to_string(mode) : std::string("f16");
+              const double m1 = time_ms([&](int r) { be.indexer_scores(iq, iw, c.kv[size_t(r) % c.kv.size()], B, sc); }, 10);
+              report("idx sweep " + nm + " s_q=1", "b=" + std::to_string(b) + " L=" + kfmt(L), m1, 2.0 * 64 * 128 * double(b) * L,
+                     idx_bytes + double(b) * L * 4, 100.0 * (idx_bytes + double(b) * L * 4) / (m1 * 1e-3) / 1e12 / kCopyTBs);
+              be.indexer_scores(iq, iw, c.kv[0], B, sc);
+              be.download(sc.rows(0, 1), r_x.data());
+              double dmax = 0, amax = 0;
+              for (int64_t j = 0; j < L; ++j)
+                if (std::isfinite(r_p[size_t(j)])) {
+                  dmax = std::max(dmax, double(std::fabs(r_x[size_t(j)] - r_p[size_t(j)])));
+                  amax = std::max(amax, double(std::fabs(r_p[size_t(j)])));
+                }
+              std::printf("  (%s row 0 vs portable: max |diff| %.3g of max |score| %.3g)\n", nm.c_str(), dmax, amax);
+              if (mode) {
+                const double m2 = time_ms([&](int r) { be.indexer_scores(iq2, iw2, c.kv[size_t(r) % c.kv.size()], B2, sc2); }, 10);
+                report("idx sweep " + nm + " s_q=2", "b=" + std::to_string(b) + " L=" + kfmt(L), m2,
+                       2.0 * 64 * 128 * double(2 * b) * L, b2, 100.0 * b2 / (m2 * 1e-3) / 1e12 / kCopyTBs);
+              }
+            }
+            cuda::set_sm90_scores_mode(-1);
+          }
         }
         Tensor nn_h = host_tensor(DType::I32, {T});
         for (int64_t i = 0; i < T; ++i) nn_h.ptr<int32_t>()[i] = int32_t(L);

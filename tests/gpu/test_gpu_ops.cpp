@@ -6,8 +6,12 @@
 // scores and probabilities can flip by one ulp when the fp32 order changes (METHOD.md: bf16
 // operands land between 1e-3 and 1e-2).
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <iterator>
 #include <numeric>
 
+#include "backends/cuda/indexer/scores_sm90.h"
 #include "gpu_util.h"
 
 namespace dsa::test {
@@ -330,7 +334,10 @@ TEST(GpuOps, IndexerCacheAndScores) {
     for (int64_t i = 0; i < T * LL; ++i)
       inf_mismatch += std::isinf(sh.ptr<float>()[i]) != std::isinf(sc.ptr<float>()[i]);
     EXPECT_EQ(inf_mismatch, 0) << "-inf pattern (j > position)";
-    expect_close(sh, sc, 1e-5, "indexer_scores");
+    // The FP8 wgmma kernel (sm_90a default) accumulates with fewer bits than fp32: relative L2 1e-3 here, the
+    // per-element bound in test_gpu_indexer.cpp; every other kernel differs only by fp32 summation order.
+    const bool fp8 = Hi <= 64 && cuda::sm90_scores_available() && cuda::sm90_scores_mode() > 0 && !std::getenv("DSA_CUDA_INDEXER_EXACT");
+    expect_close(sh, sc, fp8 ? 1e-3 : 1e-5, "indexer_scores");
   }
   {  // weights
     Tensor w = rand_f32({9, 64}), qs = rand_f32({9, 64});
@@ -382,15 +389,31 @@ TEST(GpuOps, IndexerTopkTiledPrefill) {
   Tensor ref = host_tensor(DType::I32, {T, k});
   for (int64_t t = 0; t < T; ++t) cpu::topk_select(sh.ptr<float>() + t * L, qpos[size_t(t)] + 1, k, ref.ptr<int32_t>() + t * k);
   expect_same_bytes(th, ref, "indexer_topk vs selection over the GPU scores");
-  // and against the CPU end to end: the selected sets agree up to near-ties
-  Tensor tc = host_tensor(DType::I32, {T, k});
+  // and against the CPU end to end: the selected sets agree up to near-ties — a key selected by one side
+  // only must have a CPU score within twice the row's largest GPU-vs-CPU score error of the CPU's k-th
+  // score (the scores themselves are bounded in IndexerCacheAndScores / GpuIndexer.*)
+  Tensor tc = host_tensor(DType::I32, {T, k}), sc = host_tensor(DType::F32, {T, L});
   be.cpu.indexer_topk(c.q, c.w, c.hkv, c.b, k, tc);
-  int64_t same = 0;
+  be.cpu.indexer_scores(c.q, c.w, c.hkv, c.b, sc);
+  int64_t bad = 0, differ = 0;
   for (int64_t t = 0; t < T; ++t) {
     std::vector<int32_t> a(th.ptr<int32_t>() + t * k, th.ptr<int32_t>() + (t + 1) * k), b(tc.ptr<int32_t>() + t * k, tc.ptr<int32_t>() + (t + 1) * k);
-    same += a == b;
+    if (a == b) continue;
+    ++differ;
+    const float* cs = sc.ptr<float>() + t * L;
+    const float* gs = sh.ptr<float>() + t * L;
+    double err = 0, kth = INFINITY;
+    for (int64_t j = 0; j <= qpos[size_t(t)]; ++j) err = std::max(err, std::fabs(double(gs[j]) - cs[j]));
+    for (int32_t j : b)
+      if (j >= 0) kth = std::min(kth, double(cs[j]));
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    std::vector<int32_t> d;
+    std::set_symmetric_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(d));
+    for (int32_t j : d)
+      if (j < 0 || std::fabs(double(cs[j]) - kth) > 2 * err) ++bad;
   }
-  EXPECT_GE(same, T - 2) << "rows whose selection differs from the CPU's";
+  EXPECT_EQ(bad, 0) << "keys selected differently from the CPU that are not near-ties (" << differ << " rows differ)";
 }
 
 // The selection kernel alone on adversarial rows: few distinct values, zeros of both signs, NaN,

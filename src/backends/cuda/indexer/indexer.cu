@@ -1,5 +1,8 @@
 // Lightning indexer on CUDA (portable sm_80+, CUDA cores): the 132-byte FP8 key cache, the scores
 //   I[t, j] = k_scale[j] * sum_h w[t, h] * relu(q[t, h, :] . k[j, :])
+// (on sm_90a SASS, Hi <= 64: the FP8 wgmma kernel of scores_sm90.cu instead, for one token or token
+// pairs; DSA_CUDA_INDEXER_WGMMA_FP8=0 there selects the f16 wgmma kernel, DSA_CUDA_INDEXER_WGMMA=0 the
+// kernels below)
 // computed by tensor cores (mma.sync, f16 operands exact for e4m3, fp32 accumulation) — or, with
 // DSA_CUDA_INDEXER_EXACT=1, on CUDA cores in the CPU reference's order (per head a sequential fma chain over the 128 dims, heads
 // summed in order with fma, the key scale applied after the sum) — so the scores match the CPU's
@@ -571,11 +574,11 @@ int pipe_occupancy() {
 void launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms, int nq) {
   if (rows == 0) return;
   DSA_CHECK(rows <= 65535, "indexer: tile of ", rows, " rows");
-  if (!use_exact_indexer() && p.Hi <= 64 && nq == 1 && sm90_scores_available()) {  // Hopper: wgmma
+  if (!use_exact_indexer() && p.Hi <= 64 && sm90_scores_available() && (nq == 1 || sm90_scores_pairs())) {  // Hopper: wgmma
     Sm90ScoreArgs a{};
     a.q = p.q; a.w = p.w; a.cache = p.cache; a.pos = p.pos; a.tseq = p.tseq; a.bt = p.bt; a.mb = p.mb; a.Hi = p.Hi;
     a.t0 = p.t0; a.rows = rows; a.out = p.out; a.ld = p.ld; a.fill_ninf = p.fill_ninf;
-    launch_scores_sm90(a, max_nblk, sms);
+    launch_scores_sm90(a, max_nblk, sms, nq);
     return;
   }
   if (!use_exact_indexer() && p.Hi <= 64) {

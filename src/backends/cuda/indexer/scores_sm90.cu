@@ -1,11 +1,13 @@
-// Indexer decode/prefill scores on Hopper tensor cores (wgmma, sm_90a), one query token per CTA.
+// Indexer decode/prefill scores on Hopper tensor cores (wgmma, sm_90a). Two kernels:
 //
-// Why: the portable kernel (mma.sync m16n8k16, f16 operands) runs the tensor pipe near its mma.sync
-// ceiling at ~2 TB/s of keys; wgmma has twice the issue rate and reads both operands from shared
-// memory, so the same work takes a quarter of the tensor time and the kernel can follow HBM.
+// 1. indexer_scores_sm90_fp8_kernel (the default): e4m3 x e4m3 wgmma straight from the cache bytes,
+//    one or two query tokens of a sequence per CTA, a 4-deep cp.async ring, 4 CTAs per SM. See the
+//    comment above it. Its FP8 accumulation is not fp32 (the tests bound the difference).
+// 2. indexer_scores_sm90_kernel (DSA_CUDA_INDEXER_WGMMA_FP8=0): f16 wgmma, exact products and fp32
+//    accumulation, so it differs from the CPU only by fp32 summation order; one token per CTA.
 //
-// Work: CTA = 1 warpgroup (128 threads) x one token x a contiguous range of 64-key cache blocks.
-// Per block: cp.async brings the 8 KB of e4m3 keys + 64 scales into a 3-deep ring; the threads
+// f16 kernel. Work: CTA = 1 warpgroup (128 threads) x one token x a contiguous range of 64-key cache
+// blocks. Per block: cp.async brings the 8 KB of e4m3 keys + 64 scales into a 3-deep ring; the threads
 // convert the keys to f16 (exact for e4m3) into a 128B-swizzled K-major tile; 8 wgmma m64n64k16
 // compute S[64 keys x 64 heads] = K . Q^T in fp32 (f16 products are exact in fp32, so the scores
 // differ from the CPU only by fp32 summation order, as the portable kernel); the epilogue sums
@@ -13,8 +15,11 @@
 // Tile layout (both operands, K-major, 128B swizzle): per 64-dim half ("atom column") 64 rows of
 // 128 bytes, 16-byte chunk c of row r stored at chunk c ^ (r % 8); atoms are 8 KB and 1024-aligned;
 // a k16 step is the atom base + 32 bytes x (step % 4) in the descriptor's start address.
+// It runs at ~43-46% of copy bandwidth at b=32/128 64K: the conversion pass (all threads, then a
+// barrier before the wgmma) and only 2 blocks in flight per CTA leave both HBM and the tensor pipe idle.
 #include <cuda_fp8.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
@@ -185,13 +190,252 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_kernel(Sm90ScoreArgs 
 #endif
 }
 
+
+// ---- FP8 variant: e4m3 x e4m3 wgmma straight from the cache bytes ----------------------------------
+//
+// Why: the f16 kernel spends its time on the per-block e4m3 -> f16 conversion (all 128 threads, then a
+// barrier before the wgmma) and keeps only 2 blocks in flight per CTA; neither the tensor pipe nor HBM is
+// busy. e4m3 wgmma reads the cache bytes as they are (a key row is 128 e4m3 = exactly one 128B-swizzle
+// row), so a block is 4 x m64nNk32, there is no conversion pass, and the shared memory the f16 tiles took
+// goes into a deeper cp.async ring (STAGES blocks, STAGES-1 in flight per CTA, 2-4 CTAs per SM).
+// NQ = 2 (MTP decode: two tokens of one sequence) puts both queries' heads in N = 128 so one key block
+// feeds both.
+// Precision: Hopper's FP8 tensor cores add the 32 exact products of a k32 step and the accumulator with
+// fewer mantissa bits than fp32 (truncation after aligning to the largest addend), so the scores are not
+// the CPU's to fp32 rounding; see docs/indexer-topk-cuda.md for the bound the tests use.
+// DSA_CUDA_INDEXER_WGMMA_FP8=0 selects the f16 kernel (exact products, fp32 accumulation).
+constexpr int kFp8Bids = 1024;
+constexpr size_t fp8_smem(int nq, int stages) {
+  return 1024 /*align slack*/ + size_t(nq) * 8192 /*q*/ + size_t(stages) * (8192 + 256) /*keys, scales*/ +
+         size_t(nq) * 64 * 4 /*w*/ + kFp8Bids * 4;
+}
+
+#if DSA_WGMMA
+__device__ __forceinline__ void wgmma_fp8_n64(float (&d)[32], uint64_t da, uint64_t db, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+
+__device__ __forceinline__ void wgmma_fp8_n128(float (&d)[64], uint64_t da, uint64_t db, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+
+// Offset of 16-byte chunk c of row r in a K-major 128B-swizzled e4m3 tile (rows of 128 bytes).
+__device__ __forceinline__ int swz(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
+#endif
+
+// grid (gx, groups): group g = tokens t0 + NQ*g .. + NQ-1 (the same sequence when NQ = 2), CTA x = a
+// contiguous range of the group's 64-key blocks.
+template <int NQ, int STAGES>
+__global__ void __launch_bounds__(128) indexer_scores_sm90_fp8_kernel(Sm90ScoreArgs p, int gx) {
+#if DSA_WGMMA
+  extern __shared__ uint8_t smraw[];
+  uint8_t* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smraw) + 1023) & ~uintptr_t(1023));
+  uint8_t* qt = base;                                  // NQ*64 rows (query-major heads) x 128 e4m3, swizzled
+  uint8_t* kt = base + NQ * 8192;                      // STAGES key tiles (64 x 128 e4m3, swizzled)
+  float* kscale = reinterpret_cast<float*>(kt + STAGES * 8192);  // STAGES x 64 key scales
+  float* ws = kscale + STAGES * 64;                    // NQ x 64 head weights
+  int* bids = reinterpret_cast<int*>(ws + NQ * 64);    // physical block of each of this CTA's blocks
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, gid = lane / 4, tq = lane % 4;
+  const int64_t tfirst = p.t0 + int64_t(blockIdx.y) * NQ;
+  const int nq = int(min(int64_t(NQ), p.t0 + p.rows - tfirst));
+  int posq[NQ];
+  int posmax = 0;
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    posq[i] = i < nq ? p.pos[tfirst + i] : -1;
+    posmax = max(posmax, posq[i]);
+  }
+  const int s = p.tseq[tfirst];
+  const int cx = blockIdx.x;
+  const int64_t nblk = int64_t(posmax) / kKvBlock + 1;
+  if (p.fill_ninf)
+    for (int i = 0; i < nq; ++i) {
+      float* orow = p.out + (tfirst + i - p.t0) * p.ld;
+      for (int64_t c = nblk * kKvBlock + int64_t(cx) * 128 + tid; c < p.ld; c += int64_t(gx) * 128) orow[c] = -INFINITY;
+    }
+  const int64_t per = (nblk + gx - 1) / gx, b0 = int64_t(cx) * per, b1 = min(nblk, b0 + per);
+  if (b0 >= b1) return;
+  const int32_t* btrow = p.bt + int64_t(s) * p.mb;
+
+  // q rows (heads >= Hi and a missing second query: zero) by cp.async in the first copy group.
+  for (int ch = tid; ch < NQ * 64 * 8; ch += 128) {
+    const int r = ch / 8, c = ch % 8, qi = r / 64, h = r % 64;
+    if (qi < nq && h < p.Hi) mma::cp16(qt + swz(r, c), p.q + ((tfirst + qi) * p.Hi + h) * 128 + c * 16);
+    else *reinterpret_cast<uint4*>(qt + swz(r, c)) = make_uint4(0, 0, 0, 0);
+  }
+  for (int e = tid; e < NQ * 64; e += 128) {
+    const int qi = e / 64, h = e % 64;
+    ws[e] = (qi < nq && h < p.Hi) ? p.w[(tfirst + qi) * p.Hi + h] : 0.f;
+  }
+  for (int64_t i = tid; i < min(b1 - b0, int64_t(kFp8Bids)); i += 128) bids[i] = btrow[b0 + i];
+  __syncthreads();
+  auto bid = [&](int64_t b) { return b - b0 < kFp8Bids ? bids[b - b0] : btrow[b]; };
+
+  auto issue = [&](int64_t b) {
+    if (b < b1) {
+      const int blk = bid(b);
+      if (blk >= 0) {
+        const uint8_t* src = p.cache + int64_t(blk) * kKvBlock * kIndexTokenBytes;
+        const int st = int((b - b0) % STAGES);
+        uint8_t* kdst = kt + st * 8192;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {  // 512 key chunks: row r = ch / 8, chunk c = ch % 8
+          const int ch = tid + 128 * j;
+          mma::cp16(kdst + swz(ch / 8, ch % 8), src + ch * 16);
+        }
+        if (tid < 16) mma::cp16(kscale + st * 64 + tid * 4, src + kKvBlock * kIndexDim + tid * 16);
+      }
+    }
+    mma::cp_commit();
+  };
+  for (int i = 0; i < STAGES - 1; ++i) issue(b0 + i);
+
+  for (int64_t b = b0; b < b1; ++b) {
+    mma::cp_wait<STAGES - 2>();
+    // cp.async writes are generic-proxy stores as far as wgmma (async proxy) is concerned
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();  // block b has landed (all threads' copies); block b-1 is fully done
+    issue(b + STAGES - 1);  // refills block b-1's stage
+    const int blk = bid(b);
+    const int st = int((b - b0) % STAGES);
+    const int64_t col0 = b * kKvBlock;
+    if (blk < 0) {  // unmapped block: no keys
+      if (tid < 64)
+        for (int i = 0; i < nq; ++i)
+          if (col0 + tid < p.ld) p.out[(tfirst + i - p.t0) * p.ld + col0 + tid] = -INFINITY;
+      continue;
+    }
+    float d[NQ * 32];
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      if constexpr (NQ == 1) wgmma_fp8_n64(d, smem_desc(kt + st * 8192 + ks * 32), smem_desc(qt + ks * 32), ks > 0);
+      else wgmma_fp8_n128(d, smem_desc(kt + st * 8192 + ks * 32), smem_desc(qt + ks * 32), ks > 0);
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    // d[4j + e]: key row 16*warp + gid (+8 for e >= 2), head column 8j + 2tq (+1 for odd e); column n is
+    // head n % 64 of query n / 64.
+    float s0[NQ], s1[NQ];
+#pragma unroll
+    for (int qi = 0; qi < NQ; ++qi) {
+      s0[qi] = 0.f;
+      s1[qi] = 0.f;
+#pragma unroll
+      for (int j = 8 * qi; j < 8 * qi + 8; ++j) {
+        const float w0 = ws[8 * j + 2 * tq], w1 = ws[8 * j + 2 * tq + 1];
+        s0[qi] = fmaf(w0, fmaxf(d[4 * j + 0], 0.f), s0[qi]);
+        s0[qi] = fmaf(w1, fmaxf(d[4 * j + 1], 0.f), s0[qi]);
+        s1[qi] = fmaf(w0, fmaxf(d[4 * j + 2], 0.f), s1[qi]);
+        s1[qi] = fmaf(w1, fmaxf(d[4 * j + 3], 0.f), s1[qi]);
+      }
+      s0[qi] += __shfl_xor_sync(0xffffffffu, s0[qi], 1);
+      s0[qi] += __shfl_xor_sync(0xffffffffu, s0[qi], 2);
+      s1[qi] += __shfl_xor_sync(0xffffffffu, s1[qi], 1);
+      s1[qi] += __shfl_xor_sync(0xffffffffu, s1[qi], 2);
+    }
+    // lane tq of the quad stores key row gid (+8 for odd tq) of query tq / 2 (NQ = 2) or tq < 2 only.
+    const int qi = NQ == 2 ? tq >> 1 : 0;
+    if ((NQ == 2 || tq < 2) && qi < nq) {
+      const int key = 16 * warp + gid + 8 * (tq & 1);
+      const int64_t col = col0 + key;
+      float v = (tq & 1) ? s1[0] : s0[0];
+      if constexpr (NQ == 2)
+        if (qi) v = (tq & 1) ? s1[NQ - 1] : s0[NQ - 1];
+      const int pq = (NQ == 2 && qi) ? posq[NQ - 1] : posq[0];
+      if (col < p.ld)
+        p.out[(tfirst + qi - p.t0) * p.ld + col] = col <= pq ? __fmul_rn(v, kscale[st * 64 + key]) : -INFINITY;
+    }
+  }
+  mma::cp_wait<0>();
+#else
+  __trap();  // never launched: sm90_scores_available() is false for this build of the kernel
+#endif
+}
+
 }  // namespace
 
 namespace {
 int g_sm90_enabled = -1;  // -1: from DSA_CUDA_INDEXER_WGMMA (default on); 0/1 set by set_sm90_scores_enabled
+int g_sm90_mode = -1;     // -1: from DSA_CUDA_INDEXER_WGMMA_FP8; 0: f16 kernel; 3..6: FP8 kernel with that ring depth
+constexpr int kFp8DefaultStages = 4;  // measured best of 4 / 6 / 8 (4 CTAs per SM)
+
+template <int NQ, int STAGES>
+int fp8_occupancy() {  // CTAs per SM (also sets the kernel's shared-memory limit, once)
+  static const int occ = [] {
+    if (cudaFuncSetAttribute(indexer_scores_sm90_fp8_kernel<NQ, STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(fp8_smem(NQ, STAGES))) != cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    int n = 0;
+    DSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, indexer_scores_sm90_fp8_kernel<NQ, STAGES>, 128,
+                                                                 fp8_smem(NQ, STAGES)));
+    return n;
+  }();
+  return occ;
 }
 
+template <int NQ, int STAGES>
+void launch_fp8(const Sm90ScoreArgs& a, int64_t max_nblk, int sms) {
+  const int64_t groups = (a.rows + NQ - 1) / NQ;
+  // Enough CTAs to fill every SM's slots, at least 2 blocks per CTA.
+  int64_t gx = std::max<int64_t>(1, int64_t(std::max(fp8_occupancy<NQ, STAGES>(), 1)) * sms / groups);
+  gx = std::max<int64_t>(1, std::min<int64_t>(gx, max_nblk / 2));
+  DSA_CHECK(groups <= 65535, "indexer (sm90 fp8): tile of ", a.rows, " rows");
+  indexer_scores_sm90_fp8_kernel<NQ, STAGES>
+      <<<dim3(unsigned(gx), unsigned(groups)), 128, fp8_smem(NQ, STAGES)>>>(a, int(gx));
+  DSA_LAUNCH_CHECK();
+}
+
+template <int NQ>
+void launch_fp8_stages(const Sm90ScoreArgs& a, int64_t max_nblk, int sms, int stages) {
+  switch (stages) {
+    case 3: launch_fp8<NQ, 3>(a, max_nblk, sms); break;
+    case 5: launch_fp8<NQ, 5>(a, max_nblk, sms); break;
+    case 6: launch_fp8<NQ, 6>(a, max_nblk, sms); break;
+    default: launch_fp8<NQ, 4>(a, max_nblk, sms); break;
+  }
+}
+}  // namespace
+
 void set_sm90_scores_enabled(bool on) { g_sm90_enabled = on ? 1 : 0; }
+
+void set_sm90_scores_mode(int mode) { g_sm90_mode = mode; }
+
+void reset_sm90_scores_selection() { g_sm90_enabled = g_sm90_mode = -1; }
+
+int sm90_scores_mode() {
+  if (g_sm90_mode < 0) {
+    const char* e = std::getenv("DSA_CUDA_INDEXER_WGMMA_FP8");
+    g_sm90_mode = (e && *e == '0') ? 0 : kFp8DefaultStages;
+  }
+  return g_sm90_mode;
+}
 
 bool sm90_scores_available() {
   if (g_sm90_enabled < 0) {
@@ -212,14 +456,26 @@ bool sm90_scores_available() {
     cudaGetLastError();
     if (!launched || h != 1) return false;
     return cudaFuncSetAttribute(indexer_scores_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)) ==
-           cudaSuccess;
+               cudaSuccess &&
+           fp8_occupancy<1, 3>() > 0 && fp8_occupancy<1, 4>() > 0 && fp8_occupancy<1, 5>() > 0 &&
+           fp8_occupancy<1, 6>() > 0 && fp8_occupancy<2, 3>() > 0 && fp8_occupancy<2, 4>() > 0 &&
+           fp8_occupancy<2, 5>() > 0 && fp8_occupancy<2, 6>() > 0;
   }();
   return ok;
 }
 
-void launch_scores_sm90(const Sm90ScoreArgs& a, int64_t max_nblk, int sms) {
+bool sm90_scores_pairs() { return sm90_scores_available() && sm90_scores_mode() > 0; }
+
+void launch_scores_sm90(const Sm90ScoreArgs& a, int64_t max_nblk, int sms, int nq) {
   if (a.rows == 0) return;
   DSA_CHECK(a.Hi <= 64, "indexer (sm90): ", a.Hi, " heads > 64");
+  const int mode = sm90_scores_mode();
+  if (mode > 0) {
+    if (nq == 2) launch_fp8_stages<2>(a, max_nblk, sms, mode);
+    else launch_fp8_stages<1>(a, max_nblk, sms, mode);
+    return;
+  }
+  DSA_CHECK(nq == 1, "indexer (sm90 f16): one token per CTA");
   static const int occ = [] {
     int n = 0;
     DSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, indexer_scores_sm90_kernel, 128, kSmem));
