@@ -16,6 +16,10 @@
 // buffer (e.g. a huge run of exact ties at the threshold), (3) selects from the row itself instead.
 #include <algorithm>
 
+#include "backends/cuda/topk/topk.h"
+
+#include <cstdlib>
+
 #include "backends/cuda/cuda_backend.h"
 
 namespace dsa::cuda {
@@ -182,6 +186,204 @@ __global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, i
   }
   select_core([&](int64_t i) { return order_key(row[i]); }, n, k,
               [&](int pos, int64_t i) { o[pos] = int32_t(i); });
+}
+
+// ---- on-chip path: the whole row in registers --------------------------------------------------
+// One 1024-thread CTA holds up to 1024 * KPT keys in registers (thread t: keys t, t + 1024, ...,
+// coalesced loads of any row alignment). Rows longer than that are split over a thread-block
+// cluster (sm_90, up to 8 CTAs): each CTA builds the histogram of its own keys in shared memory and
+// reads the others' through distributed shared memory (one barrier per radix pass, no global
+// atomics, one launch). Three radix passes of 11/11/10 bits over the register-resident keys, with an
+// early exit once the threshold bin is taken whole; then an ordered compaction: per (key slot j,
+// warp) counts of the keys above and equal to the threshold, one block scan over them (slot-major =
+// position order), per-CTA totals through DSMEM, and every selected key written straight to its
+// output position.
+constexpr int kOcBins = 2048;  // 11-bit digits
+
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+  uint32_t r = 0;
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+#endif
+  return r;
+}
+// Full cluster barrier in two halves: arrive (release: my shared-memory writes become visible) and
+// wait (acquire).
+__device__ __forceinline__ void cluster_arrive() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#else
+  __trap();  // never launched with clusters: topk_clusters_available() is false for this build
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+// The shared variable at p in CTA `rank` of the cluster, read through DSMEM.
+__device__ __forceinline__ uint32_t dsmem_addr(const void* p, uint32_t rank) {
+  uint32_t r = 0;
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(uint32_t(__cvta_generic_to_shared(p))), "r"(rank));
+#endif
+  return r;
+}
+__device__ __forceinline__ int2 ld_dsmem_int2(uint32_t addr) {
+  int2 v = make_int2(0, 0);
+#if __CUDA_ARCH__ >= 900
+  asm volatile("ld.shared::cluster.v2.s32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(addr) : "memory");
+#endif
+  return v;
+}
+__device__ __forceinline__ int ld_dsmem_int(uint32_t addr) {
+  int v = 0;
+#if __CUDA_ARCH__ >= 900
+  asm volatile("ld.shared::cluster.s32 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
+#endif
+  return v;
+}
+
+__global__ void topk_cluster_probe_kernel(int* out) {
+#if __CUDA_ARCH__ >= 900
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+// Rows r = blockIdx.x / csize; CTA rank c of the row's cluster holds keys [c * per, (c + 1) * per).
+// AGG: warp-aggregated histogram atomics (one per distinct digit per warp: scores concentrate in a
+// few bins, where plain atomics serialise).
+template <int KPT, bool AGG>
+__global__ void __launch_bounds__(TK_THREADS, 1)
+    topk_onchip_kernel(const float* __restrict__ scores, int64_t ld, const int32_t* __restrict__ narr, int n_add,
+                       int64_t row_base, int64_t k, int32_t* __restrict__ out, int csize) {
+  __shared__ __align__(8) int hist[2][kOcBins];  // double-buffered: pass p+1 never waits for p's remote reads
+  __shared__ int tab[KPT * 32];
+  __shared__ int warp_tot[TK_THREADS / 32];
+  __shared__ int sel[3];
+  __shared__ int cta_tot;
+  const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
+  const int rank = csize > 1 ? int(cluster_ctarank()) : 0;
+  const int64_t r = blockIdx.x / csize;
+  const int64_t n = int64_t(narr[row_base + r]) + n_add;
+  int32_t* o = out + (row_base + r) * k;
+  if (n <= k) {  // the same for the whole cluster: no CTA reaches a cluster barrier
+    if (rank == 0)
+      for (int64_t i = tid; i < k; i += TK_THREADS) o[i] = i < n ? int32_t(i) : -1;
+    return;
+  }
+  const int64_t per = ((n + csize - 1) / csize + TK_THREADS - 1) / TK_THREADS * TK_THREADS;
+  const int64_t c0 = rank * per;
+  const int len = int(max(int64_t(0), min(n, c0 + per) - c0));
+  const int nv = len > tid ? (len - tid + TK_THREADS - 1) / TK_THREADS : 0;  // my keys: slots j < nv
+  const float* row = scores + r * ld + c0;
+  uint32_t key[KPT];
+#pragma unroll
+  for (int j = 0; j < KPT; ++j) key[j] = j < nv ? order_key(row[j * TK_THREADS + tid]) : 0u;
+  for (int i = tid; i < 2 * kOcBins; i += TK_THREADS) (&hist[0][0])[i] = 0;
+  __syncthreads();
+
+  uint32_t prefix = 0, mask = 0;
+  int krem = int(k);
+#pragma unroll
+  for (int p = 0; p < 3; ++p) {
+    const int shift = p == 0 ? 21 : p == 1 ? 10 : 0;
+    const uint32_t dmask = p == 2 ? 0x3ffu : 0x7ffu;
+    int* h = hist[p & 1];
+#pragma unroll
+    for (int j = 0; j < KPT; ++j) {
+      const bool m = j < nv && (key[j] & mask) == prefix;
+      const uint32_t d = (key[j] >> shift) & dmask;
+      if (AGG) {
+        const unsigned bal = __ballot_sync(0xffffffffu, m);
+        if (m) {
+          const unsigned peers = __match_any_sync(bal, d);
+          if (lane == __ffs(peers) - 1) atomicAdd(&h[d], __popc(peers));
+        }
+      } else if (m) {
+        atomicAdd(&h[d], 1);
+      }
+    }
+    if (csize > 1) {
+      cluster_arrive();
+      cluster_wait();
+    } else {
+      __syncthreads();
+    }
+    // Thread t owns bins 2047 - 2t (hi) and 2046 - 2t (lo): the scan runs from the top bin down.
+    const int b_lo = kOcBins - 2 - 2 * tid;
+    int2 v = *reinterpret_cast<const int2*>(&h[b_lo]);
+    if (csize > 1) {
+      int2 u[8];
+#pragma unroll
+      for (int c = 0; c < 8; ++c) u[c] = c < csize && c != rank ? ld_dsmem_int2(dsmem_addr(&h[b_lo], c)) : make_int2(0, 0);
+#pragma unroll
+      for (int c = 0; c < 8; ++c) v.x += u[c].x, v.y += u[c].y;
+    }
+    if (p == 1) (&hist[0][0])[tid] = 0, (&hist[0][0])[tid + TK_THREADS] = 0;  // for pass 2 (pass 0's remote reads are done)
+    const int local = v.x + v.y;
+    int x = local;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, x, off);
+      if (lane >= off) x += y;
+    }
+    if (lane == 31) warp_tot[w] = x;
+    __syncthreads();
+    const int excl = __reduce_add_sync(0xffffffffu, lane < w ? warp_tot[lane] : 0) + x - local;
+    if (excl < krem && excl + local >= krem) {
+      const bool hi = excl + v.y >= krem;
+      sel[0] = hi ? b_lo + 1 : b_lo;
+      sel[1] = hi ? excl : excl + v.y;
+      sel[2] = hi ? v.y : v.x;
+    }
+    __syncthreads();
+    prefix |= uint32_t(sel[0]) << shift;
+    mask |= dmask << shift;
+    krem -= sel[1];
+    if (sel[2] == krem) break;  // the whole threshold bin is selected: no need to resolve it further
+  }
+
+  // Ordered compaction. Selected: masked key > prefix, and the first krem (by position) == prefix.
+  const unsigned lt = (1u << lane) - 1u;
+#pragma unroll
+  for (int j = 0; j < KPT; ++j) {
+    const uint32_t mk = key[j] & mask;
+    const unsigned gtb = __ballot_sync(0xffffffffu, j < nv && mk > prefix);
+    const unsigned eqb = __ballot_sync(0xffffffffu, j < nv && mk == prefix);
+    if (lane == 0) tab[j * 32 + w] = int(__popc(gtb) << 16 | __popc(eqb));  // <= 16384 each: no carry
+  }
+  __syncthreads();
+  int tot;
+  const int ex = block_excl_scan(tid < KPT * 32 ? tab[tid] : 0, warp_tot, &tot);
+  if (tid < KPT * 32) tab[tid] = ex;
+  int gt_off = 0, eq_off = 0;  // selected keys of the lower-ranked CTAs of the cluster
+  if (csize > 1) {
+    if (tid == 0) cta_tot = tot;
+    cluster_arrive();
+    cluster_wait();
+    const int t = lane < rank ? ld_dsmem_int(dsmem_addr(&cta_tot, lane)) : 0;
+    gt_off = __reduce_add_sync(0xffffffffu, t >> 16);
+    eq_off = __reduce_add_sync(0xffffffffu, t & 0xffff);
+    cluster_arrive();  // done with the other CTAs' shared memory (waited for before exiting)
+  } else {
+    __syncthreads();
+  }
+#pragma unroll
+  for (int j = 0; j < KPT; ++j) {
+    const uint32_t mk = key[j] & mask;
+    const bool is_gt = j < nv && mk > prefix, is_eq = j < nv && mk == prefix;
+    const unsigned gtb = __ballot_sync(0xffffffffu, is_gt);
+    const unsigned eqb = __ballot_sync(0xffffffffu, is_eq);
+    const int base = tab[j * 32 + w];
+    const int gb = gt_off + (base >> 16) + __popc(gtb & lt), eb = eq_off + (base & 0xffff) + __popc(eqb & lt);
+    const int32_t pos = int32_t(c0) + j * TK_THREADS + tid;
+    if (is_gt) o[gb + min(eb, krem)] = pos;
+    else if (is_eq && eb < krem) o[gb + eb] = pos;
+  }
+  if (csize > 1) cluster_wait();
 }
 
 // ---- multi-CTA path for long rows --------------------------------------------------------------
@@ -394,9 +596,113 @@ __global__ void __launch_bounds__(TK_THREADS) topk_mc_final_kernel(McArgs a) {
 
 }  // namespace
 
+TopkTuning& topk_tuning() {
+  static TopkTuning t;
+  return t;
+}
+
+namespace {
+
+constexpr int kOcMaxCluster = 8;  // portable cluster size
+
+template <int KPT, bool AGG>
+void launch_onchip(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
+                   int64_t k, int32_t* out, int csize) {
+  DSA_CHECK(rows * csize <= 2147483647, "top-k: too many rows");
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(unsigned(rows * csize));
+  cfg.blockDim = dim3(TK_THREADS);
+  cfg.stream = 0;  // the per-thread default stream (built with --default-stream per-thread), as <<<>>>
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = unsigned(csize);
+  attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = csize > 1 ? 1 : 0;
+  DSA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, topk_onchip_kernel<KPT, AGG>, scores, ld, narr, n_add, row_base, k, out, csize));
+}
+
+template <bool AGG>
+void launch_onchip_kpt(int kpt, const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
+                       int64_t rows, int64_t k, int32_t* out, int csize) {
+  if (kpt == 4) launch_onchip<4, AGG>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
+  else if (kpt == 8) launch_onchip<8, AGG>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
+  else launch_onchip<16, AGG>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
+}
+
+bool onchip_enabled() {
+  TopkTuning& t = topk_tuning();
+  if (t.onchip < 0) {
+    const char* e = std::getenv("DSA_CUDA_TOPK_ONCHIP");
+    t.onchip = (e && *e == '0') ? 0 : 1;
+  }
+  return t.onchip != 0;
+}
+
+}  // namespace
+
+bool topk_clusters_available() {
+  static const bool ok = [] {
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    if (major < 9) return false;
+    int* d = nullptr;
+    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    int h = 0;
+    topk_cluster_probe_kernel<<<1, 1>>>(d);  // 0 when the compute_80 PTX runs (e.g. CUDA_FORCE_PTX_JIT=1)
+    const bool launched = cudaGetLastError() == cudaSuccess && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+    cudaFree(d);
+    cudaGetLastError();
+    if (!launched || h != 1) return false;
+    // A cluster of 8 one-per-SM CTAs must be schedulable (GPCs of >= 8 free SMs).
+    for (auto fn : {topk_onchip_kernel<16, true>, topk_onchip_kernel<16, false>}) {
+      cudaLaunchConfig_t cfg{};
+      cfg.gridDim = dim3(kOcMaxCluster);
+      cfg.blockDim = dim3(TK_THREADS);
+      cudaLaunchAttribute attr{};
+      attr.id = cudaLaunchAttributeClusterDimension;
+      attr.val.clusterDim.x = kOcMaxCluster;
+      attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+      cfg.attrs = &attr;
+      cfg.numAttrs = 1;
+      int nc = 0;
+      if (cudaOccupancyMaxActiveClusters(&nc, fn, &cfg) != cudaSuccess || nc < 1) {
+        cudaGetLastError();
+        return false;
+      }
+    }
+    return true;
+  }();
+  return ok;
+}
+
 void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
                               int64_t rows, int64_t k, int32_t* out) {
   if (rows == 0) return;
+  if (onchip_enabled() && k <= 65535) {
+    // Keys per thread and cluster size: the fewest keys per CTA that keep about one wave of CTAs
+    // (batch 1: spread a row over many SMs; large batches: fewer, fuller CTAs).
+    const int cmax = topk_clusters_available() ? kOcMaxCluster : 1;
+    const TopkTuning& tun = topk_tuning();
+    int kpt = 0, csize = 0;
+    for (int cand : {4, 8, 16}) {
+      if (tun.force_kpt && cand != tun.force_kpt) continue;
+      const int64_t c = (ld + int64_t(cand) * TK_THREADS - 1) / (int64_t(cand) * TK_THREADS);
+      if (c > cmax) continue;
+      if (kpt && c == csize) break;  // more keys per thread only where that means fewer CTAs
+      kpt = cand, csize = int(c);
+      if (tun.force_kpt || rows * c <= sms_) break;
+    }
+    if (kpt) {
+      if (tun.plain_atomics) launch_onchip_kpt<false>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
+      else launch_onchip_kpt<true>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
+      return;
+    }
+  }
   // The multi-CTA path's final kernel needs kCandCap x 8 bytes of dynamic shared memory on top of its
   // static arrays: 164 KB, beyond sm_86/89 (99 KB) and just beyond sm_80 (163 KB) — they keep the
   // one-CTA-per-row kernel.
