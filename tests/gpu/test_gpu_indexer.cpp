@@ -204,7 +204,7 @@ TEST(GpuIndexer, TopkRowsLongAdversarial) {
 
 // Every top-k path on the same adversarial rows, at the path boundaries: the on-chip path with each
 // register width (4/8/16 keys per thread: one CTA up to 16K, clusters beyond), plain and
-// warp-aggregated histogram atomics, and the global-memory paths (on-chip off, or rows > 128K).
+// warp-aggregated histogram atomics, and the global-memory paths (on-chip off, or rows > 256K).
 // Rows of one launch have different lengths (the cluster size follows the longest).
 TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
   REQUIRE_GPU();
@@ -213,7 +213,7 @@ TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
   const cuda::TopkTuning saved = tun;
   for (int64_t k : {int64_t(2048), int64_t(64)})
     for (int64_t ld : {int64_t(2049), int64_t(4096), int64_t(4097), int64_t(8193), int64_t(16384), int64_t(16385),
-                       int64_t(40000), int64_t(131072), int64_t(131073)}) {
+                       int64_t(40000), int64_t(131072), int64_t(131073), int64_t(262145)}) {
       if (k == 64 && ld != 4097 && ld != 131072) continue;
       const int64_t R = 7;
       const int32_t lens[R] = {int32_t(ld), int32_t(ld - 1), int32_t(k + 1), int32_t(k), int32_t(k - 1),
@@ -234,13 +234,13 @@ TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
       Tensor ref = host_tensor(DType::I32, {R, k});
       for (int64_t r = 0; r < R; ++r) cpu::topk_select(s.ptr<float>() + r * ld, lens[r], k, ref.ptr<int32_t>() + r * k);
       Tensor sg = be.up(s), ng = be.up(nn);
-      struct Cfg { int onchip, kpt; bool plain; const char* name; };
+      struct Cfg { int onchip, kpt; bool agg; const char* name; };
       for (const Cfg& c : {Cfg{1, 0, false, "auto"}, Cfg{1, 4, false, "kpt4"}, Cfg{1, 8, false, "kpt8"},
-                           Cfg{1, 16, false, "kpt16"}, Cfg{1, 16, true, "kpt16 plain atomics"},
+                           Cfg{1, 16, false, "kpt16"}, Cfg{1, 16, true, "kpt16 warp-aggregated atomics"},
                            Cfg{0, 0, false, "global-memory paths"}}) {
         tun.onchip = c.onchip;
         tun.force_kpt = c.kpt;
-        tun.plain_atomics = c.plain;
+        tun.warp_aggregated_atomics = c.agg;
         Tensor og = be.poisoned(DType::I32, {R, k});
         be.gpu.topk_rows(sg, ng.ptr<int32_t>(), k, og);
         SCOPED_TRACE("k=" + std::to_string(k) + " ld=" + std::to_string(ld) + " " + c.name);

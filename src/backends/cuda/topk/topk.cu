@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, i
 // ---- on-chip path: the whole row in registers --------------------------------------------------
 // One 1024-thread CTA holds up to 1024 * KPT keys in registers (thread t: keys t, t + 1024, ...,
 // coalesced loads of any row alignment). Rows longer than that are split over a thread-block
-// cluster (sm_90, up to 8 CTAs): each CTA builds the histogram of its own keys in shared memory and
+// cluster (sm_90, up to 16 CTAs): each CTA builds the histogram of its own keys in shared memory and
 // reads the others' through distributed shared memory (one barrier per radix pass, no global
 // atomics, one launch). Three radix passes of 11/11/10 bits over the register-resident keys, with an
 // early exit once the threshold bin is taken whole; then an ordered compaction: per (key slot j,
@@ -213,7 +213,7 @@ __device__ __forceinline__ void cluster_arrive() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
 #else
-  __trap();  // never launched with clusters: topk_clusters_available() is false for this build
+  __trap();  // never launched with clusters: topk_cluster_max() is 1 for this build
 #endif
 }
 __device__ __forceinline__ void cluster_wait() {
@@ -278,6 +278,7 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
   const int64_t c0 = rank * per;
   const int len = int(max(int64_t(0), min(n, c0 + per) - c0));
   const int nv = len > tid ? (len - tid + TK_THREADS - 1) / TK_THREADS : 0;  // my keys: slots j < nv
+  const int nvw = __shfl_sync(0xffffffffu, nv, 0);  // slots with any key in this warp (warp-uniform skips)
   const float* row = scores + r * ld + c0;
   uint32_t key[KPT];
 #pragma unroll
@@ -294,6 +295,7 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
     int* h = hist[p & 1];
 #pragma unroll
     for (int j = 0; j < KPT; ++j) {
+      if (j >= nvw) break;
       const bool m = j < nv && (key[j] & mask) == prefix;
       const uint32_t d = (key[j] >> shift) & dmask;
       if (AGG) {
@@ -316,11 +318,14 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
     const int b_lo = kOcBins - 2 - 2 * tid;
     int2 v = *reinterpret_cast<const int2*>(&h[b_lo]);
     if (csize > 1) {
-      int2 u[8];
+      for (int cb = 0; cb < csize; cb += 8) {
+        int2 u[8];  // 8 loads in flight before the adds
 #pragma unroll
-      for (int c = 0; c < 8; ++c) u[c] = c < csize && c != rank ? ld_dsmem_int2(dsmem_addr(&h[b_lo], c)) : make_int2(0, 0);
+        for (int c = 0; c < 8; ++c)
+          u[c] = cb + c < csize && cb + c != rank ? ld_dsmem_int2(dsmem_addr(&h[b_lo], cb + c)) : make_int2(0, 0);
 #pragma unroll
-      for (int c = 0; c < 8; ++c) v.x += u[c].x, v.y += u[c].y;
+        for (int c = 0; c < 8; ++c) v.x += u[c].x, v.y += u[c].y;
+      }
     }
     if (p == 1) (&hist[0][0])[tid] = 0, (&hist[0][0])[tid + TK_THREADS] = 0;  // for pass 2 (pass 0's remote reads are done)
     const int local = v.x + v.y;
@@ -350,6 +355,10 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
   const unsigned lt = (1u << lane) - 1u;
 #pragma unroll
   for (int j = 0; j < KPT; ++j) {
+    if (j >= nvw) {
+      if (lane == 0) tab[j * 32 + w] = 0;
+      continue;
+    }
     const uint32_t mk = key[j] & mask;
     const unsigned gtb = __ballot_sync(0xffffffffu, j < nv && mk > prefix);
     const unsigned eqb = __ballot_sync(0xffffffffu, j < nv && mk == prefix);
@@ -373,6 +382,7 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
   }
 #pragma unroll
   for (int j = 0; j < KPT; ++j) {
+    if (j >= nvw) break;
     const uint32_t mk = key[j] & mask;
     const bool is_gt = j < nv && mk > prefix, is_eq = j < nv && mk == prefix;
     const unsigned gtb = __ballot_sync(0xffffffffu, is_gt);
@@ -603,8 +613,6 @@ TopkTuning& topk_tuning() {
 
 namespace {
 
-constexpr int kOcMaxCluster = 8;  // portable cluster size
-
 template <int KPT, bool AGG>
 void launch_onchip(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
                    int64_t k, int32_t* out, int csize) {
@@ -641,65 +649,83 @@ bool onchip_enabled() {
 
 }  // namespace
 
-bool topk_clusters_available() {
-  static const bool ok = [] {
+namespace {
+
+// Whether clusters of `size` one-per-SM CTAs of the on-chip kernels can be scheduled (GPCs with
+// that many free SMs); sizes above 8 need the non-portable attribute (sm_90: up to 16).
+bool cluster_fits(int size) {
+  using Fn = void (*)(const float*, int64_t, const int32_t*, int, int64_t, int64_t, int32_t*, int);
+  for (Fn fn : {Fn(topk_onchip_kernel<4, false>), Fn(topk_onchip_kernel<8, false>), Fn(topk_onchip_kernel<16, false>),
+                Fn(topk_onchip_kernel<4, true>), Fn(topk_onchip_kernel<8, true>), Fn(topk_onchip_kernel<16, true>)}) {
+    if (size > 8 && cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(unsigned(size));
+    cfg.blockDim = dim3(TK_THREADS);
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = unsigned(size);
+    attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    int nc = 0;
+    if (cudaOccupancyMaxActiveClusters(&nc, fn, &cfg) != cudaSuccess || nc < 1) {
+      cudaGetLastError();
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+int topk_cluster_max() {
+  static const int cmax = [] {
     int dev = 0, major = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    if (major < 9) return false;
+    if (major < 9) return 1;
     int* d = nullptr;
     if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
       cudaGetLastError();
-      return false;
+      return 1;
     }
     int h = 0;
     topk_cluster_probe_kernel<<<1, 1>>>(d);  // 0 when the compute_80 PTX runs (e.g. CUDA_FORCE_PTX_JIT=1)
     const bool launched = cudaGetLastError() == cudaSuccess && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
     cudaFree(d);
     cudaGetLastError();
-    if (!launched || h != 1) return false;
-    // A cluster of 8 one-per-SM CTAs must be schedulable (GPCs of >= 8 free SMs).
-    for (auto fn : {topk_onchip_kernel<16, true>, topk_onchip_kernel<16, false>}) {
-      cudaLaunchConfig_t cfg{};
-      cfg.gridDim = dim3(kOcMaxCluster);
-      cfg.blockDim = dim3(TK_THREADS);
-      cudaLaunchAttribute attr{};
-      attr.id = cudaLaunchAttributeClusterDimension;
-      attr.val.clusterDim.x = kOcMaxCluster;
-      attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
-      cfg.attrs = &attr;
-      cfg.numAttrs = 1;
-      int nc = 0;
-      if (cudaOccupancyMaxActiveClusters(&nc, fn, &cfg) != cudaSuccess || nc < 1) {
-        cudaGetLastError();
-        return false;
-      }
-    }
-    return true;
+    if (!launched || h != 1) return 1;
+    return cluster_fits(16) ? 16 : cluster_fits(8) ? 8 : 1;
   }();
-  return ok;
+  return cmax;
 }
 
 void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
                               int64_t rows, int64_t k, int32_t* out) {
   if (rows == 0) return;
   if (onchip_enabled() && k <= 65535) {
-    // Keys per thread and cluster size: the fewest keys per CTA that keep about one wave of CTAs
-    // (batch 1: spread a row over many SMs; large batches: fewer, fuller CTAs).
-    const int cmax = topk_clusters_available() ? kOcMaxCluster : 1;
+    // Keys per thread and cluster size: the fewest keys per CTA (per-key work is instruction bound,
+    // so more SMs per row pay off at batch 1) while rows x cluster stays within half the SMs (large
+    // batches: fewer, fuller CTAs); 4 keys per thread only up to 8-CTA clusters (a 16-CTA cluster's
+    // barriers and DSMEM reads cost more than 8 keys per thread).
+    const int cmax = topk_cluster_max();
     const TopkTuning& tun = topk_tuning();
     int kpt = 0, csize = 0;
     for (int cand : {4, 8, 16}) {
       if (tun.force_kpt && cand != tun.force_kpt) continue;
-      const int64_t c = (ld + int64_t(cand) * TK_THREADS - 1) / (int64_t(cand) * TK_THREADS);
-      if (c > cmax) continue;
+      int64_t c = 1;  // a power of two (cluster shapes that surely schedule)
+      while (c * cand * TK_THREADS < ld) c *= 2;
+      if (c > (cand == 4 && !tun.force_kpt ? std::min(cmax, 8) : cmax)) continue;
       if (kpt && c == csize) break;  // more keys per thread only where that means fewer CTAs
       kpt = cand, csize = int(c);
-      if (tun.force_kpt || rows * c <= sms_) break;
+      if (tun.force_kpt || 2 * rows * c <= sms_) break;
     }
     if (kpt) {
-      if (tun.plain_atomics) launch_onchip_kpt<false>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
-      else launch_onchip_kpt<true>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
+      if (tun.warp_aggregated_atomics) launch_onchip_kpt<true>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
+      else launch_onchip_kpt<false>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
       return;
     }
   }
