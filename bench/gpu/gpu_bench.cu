@@ -202,11 +202,12 @@ int main(int argc, char** argv) {
         Tensor nn = be.upload(nn_h);
         cuda::TopkTuning& tun = cuda::topk_tuning();
         const cuda::TopkTuning saved = tun;
-        struct V { int onchip, kpt; bool agg; const char* name; };
+        struct V { int onchip, kpt; bool lane; const char* name; };
         for (const V& v : {V{1, 0, false, "auto"}, V{1, 4, false, "on-chip kpt=4"}, V{1, 8, false, "on-chip kpt=8"},
-                           V{1, 16, false, "on-chip kpt=16"}, V{1, 0, true, "auto, warp-aggregated atomics"},
-                           V{0, 0, false, "global-memory paths"}}) {
-          tun.onchip = v.onchip, tun.force_kpt = v.kpt, tun.warp_aggregated_atomics = v.agg;
+                           V{1, 16, false, "on-chip kpt=16"}, V{1, 0, true, "auto, lane-hist"},
+                           V{1, 4, true, "kpt=4, lane-hist"}, V{1, 8, true, "kpt=8, lane-hist"},
+                           V{1, 16, true, "kpt=16, lane-hist"}, V{0, 0, false, "global-memory paths"}}) {
+          tun.onchip = v.onchip, tun.force_kpt = v.kpt, tun.lane_histogram = v.lane;
           const double ms = time_ms([&](int) { be.topk_rows(sc, nn.ptr<int32_t>(), TOPK, tk); }, 20);
           report(std::string("top-k ") + v.name, "b=" + std::to_string(b) + " L=" + kfmt(L), ms, 0, double(b) * L * 4,
                  100.0 * double(b) * L * 4 / (ms * 1e-3) / 1e12 / kCopyTBs);

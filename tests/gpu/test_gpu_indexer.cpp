@@ -203,8 +203,8 @@ TEST(GpuIndexer, TopkRowsLongAdversarial) {
 }
 
 // Every top-k path on the same adversarial rows, at the path boundaries: the on-chip path with each
-// register width (4/8/16 keys per thread: one CTA up to 16K, clusters beyond), plain and
-// warp-aggregated histogram atomics, and the global-memory paths (on-chip off, or rows > 256K).
+// register width (4/8/16 keys per thread: one CTA up to 16K, clusters beyond), both digit schedules
+// (11/11/10; 8/12/12 with a per-lane first histogram), and the global-memory paths (on-chip off, or rows > 256K).
 // Rows of one launch have different lengths (the cluster size follows the longest).
 TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
   REQUIRE_GPU();
@@ -234,13 +234,14 @@ TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
       Tensor ref = host_tensor(DType::I32, {R, k});
       for (int64_t r = 0; r < R; ++r) cpu::topk_select(s.ptr<float>() + r * ld, lens[r], k, ref.ptr<int32_t>() + r * k);
       Tensor sg = be.up(s), ng = be.up(nn);
-      struct Cfg { int onchip, kpt; bool agg; const char* name; };
+      struct Cfg { int onchip, kpt; bool lane; const char* name; };
       for (const Cfg& c : {Cfg{1, 0, false, "auto"}, Cfg{1, 4, false, "kpt4"}, Cfg{1, 8, false, "kpt8"},
-                           Cfg{1, 16, false, "kpt16"}, Cfg{1, 16, true, "kpt16 warp-aggregated atomics"},
+                           Cfg{1, 16, false, "kpt16"}, Cfg{1, 0, true, "auto lane-hist"}, Cfg{1, 4, true, "kpt4 lane-hist"},
+                           Cfg{1, 8, true, "kpt8 lane-hist"}, Cfg{1, 16, true, "kpt16 lane-hist"},
                            Cfg{0, 0, false, "global-memory paths"}}) {
         tun.onchip = c.onchip;
         tun.force_kpt = c.kpt;
-        tun.warp_aggregated_atomics = c.agg;
+        tun.lane_histogram = c.lane;
         Tensor og = be.poisoned(DType::I32, {R, k});
         be.gpu.topk_rows(sg, ng.ptr<int32_t>(), k, og);
         SCOPED_TRACE("k=" + std::to_string(k) + " ld=" + std::to_string(ld) + " " + c.name);

@@ -198,8 +198,6 @@ __global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, i
 // warp) counts of the keys above and equal to the threshold, one block scan over them (slot-major =
 // position order), per-CTA totals through DSMEM, and every selected key written straight to its
 // output position.
-constexpr int kOcBins = 2048;  // 11-bit digits
-
 __device__ __forceinline__ uint32_t cluster_ctarank() {
   uint32_t r = 0;
 #if __CUDA_ARCH__ >= 900
@@ -229,13 +227,6 @@ __device__ __forceinline__ uint32_t dsmem_addr(const void* p, uint32_t rank) {
 #endif
   return r;
 }
-__device__ __forceinline__ int2 ld_dsmem_int2(uint32_t addr) {
-  int2 v = make_int2(0, 0);
-#if __CUDA_ARCH__ >= 900
-  asm volatile("ld.shared::cluster.v2.s32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(addr) : "memory");
-#endif
-  return v;
-}
 __device__ __forceinline__ int ld_dsmem_int(uint32_t addr) {
   int v = 0;
 #if __CUDA_ARCH__ >= 900
@@ -252,18 +243,167 @@ __global__ void topk_cluster_probe_kernel(int* out) {
 #endif
 }
 
+// Loads BPT consecutive ints (BPT = 1, 2, 4; aligned) from local shared memory or from CTA `rank`.
+template <int BPT>
+__device__ __forceinline__ void ld_bins(const int* p, int* v) {
+  if constexpr (BPT == 4) {
+    const int4 x = *reinterpret_cast<const int4*>(p);
+    v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+  } else if constexpr (BPT == 2) {
+    const int2 x = *reinterpret_cast<const int2*>(p);
+    v[0] = x.x, v[1] = x.y;
+  } else {
+    v[0] = *p;
+  }
+}
+template <int BPT>
+__device__ __forceinline__ void ld_bins_remote(const int* p, uint32_t rank, int* v) {
+#if __CUDA_ARCH__ >= 900
+  const uint32_t a = dsmem_addr(p, rank);
+  if constexpr (BPT == 4) {
+    asm volatile("ld.shared::cluster.v4.s32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3]) : "r"(a) : "memory");
+  } else if constexpr (BPT == 2) {
+    asm volatile("ld.shared::cluster.v2.s32 {%0, %1}, [%2];" : "=r"(v[0]), "=r"(v[1]) : "r"(a) : "memory");
+  } else {
+    asm volatile("ld.shared::cluster.s32 %0, [%1];" : "=r"(v[0]) : "r"(a) : "memory");
+  }
+#else
+  for (int i = 0; i < BPT; ++i) v[i] = 0;
+#endif
+}
+
+// The bin of histogram h[NB] (summed over the csize CTAs of the cluster) that holds the krem-th
+// largest key: sel = {bin, keys in higher bins, keys in the bin}. Thread t owns BPT bins, thread 0
+// the top ones; one block scan. Every thread calls it after the barrier that completes h.
+template <int NB>
+__device__ __forceinline__ void find_threshold_bin(const int* h, int csize, int rank, int krem, int* warp_tot,
+                                                   int* sel) {
+  constexpr int BPT = NB >= TK_THREADS ? NB / TK_THREADS : 1;
+  constexpr int G = BPT == 4 ? 4 : 8;  // remote loads in flight per group (registers)
+  const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
+  const bool owner = tid * BPT < NB;
+  const int b0 = NB - BPT * (tid + 1);  // my lowest bin
+  int v[BPT];
+#pragma unroll
+  for (int i = 0; i < BPT; ++i) v[i] = 0;
+  if (owner) {
+    ld_bins<BPT>(h + b0, v);
+    for (int cb = 0; cb < csize && csize > 1; cb += G) {
+      int u[G][BPT];
+#pragma unroll
+      for (int c = 0; c < G; ++c) {
+        if (cb + c < csize && cb + c != rank) ld_bins_remote<BPT>(h + b0, uint32_t(cb + c), u[c]);
+        else
+#pragma unroll
+          for (int i = 0; i < BPT; ++i) u[c][i] = 0;
+      }
+#pragma unroll
+      for (int c = 0; c < G; ++c)
+#pragma unroll
+        for (int i = 0; i < BPT; ++i) v[i] += u[c][i];
+    }
+  }
+  int local = 0;
+#pragma unroll
+  for (int i = 0; i < BPT; ++i) local += v[i];
+  int x = local;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, x, off);
+    if (lane >= off) x += y;
+  }
+  if (lane == 31) warp_tot[w] = x;
+  __syncthreads();
+  const int excl = __reduce_add_sync(0xffffffffu, lane < w ? warp_tot[lane] : 0) + x - local;
+  if (owner && excl < krem && excl + local >= krem) {
+    int cum = excl;
+#pragma unroll
+    for (int i = BPT - 1; i >= 0; --i) {
+      if (cum + v[i] >= krem) {
+        sel[0] = b0 + i, sel[1] = cum, sel[2] = v[i];
+        break;
+      }
+      cum += v[i];
+    }
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ void cluster_sync_or_block(int csize) {
+  if (csize > 1) {
+    cluster_arrive();
+    cluster_wait();
+  } else {
+    __syncthreads();
+  }
+}
+
+// Shared memory of the on-chip kernel: 8192 ints of histogram space, used as
+//  - digits 11/11/10 (LANE1 = false): pass 0 in [0, 2048), pass 1 in [2048, 4096), pass 2 in [0, 2048)
+//    again (zeroed once pass 1's barrier guarantees the other CTAs read pass 0's);
+//  - digits 8/12/12 (LANE1 = true): pass 0 per lane, [256 digits][32 lanes] (a lane's atomics never
+//    collide with another lane's: scores concentrate in a few exponent bins, where same-address
+//    atomics of one warp serialise), reduced into tot1[256]; pass 1 in [0, 4096), pass 2 in
+//    [4096, 8192).
+struct OnchipSmem {
+  int hist[8192];
+  int tot1[256];
+  int warp_tot[TK_THREADS / 32];
+  int sel[3];
+  int cta_tot;
+};
+
+// One radix pass P over the register-resident keys matching (prefix, mask). Returns true when the
+// threshold is settled (the whole threshold bin is selected: no need to resolve it further).
+template <int KPT, bool LANE1, int P>
+__device__ __forceinline__ bool onchip_pass(const uint32_t* key, int nv, int nvw, uint32_t& prefix, uint32_t& mask,
+                                            int& krem, OnchipSmem& sm, int csize, int rank) {
+  constexpr int SHIFT = LANE1 ? (P == 0 ? 24 : P == 1 ? 12 : 0) : (P == 0 ? 21 : P == 1 ? 10 : 0);
+  constexpr int BITS = LANE1 ? (P == 0 ? 8 : 12) : (P == 2 ? 10 : 11);
+  constexpr uint32_t DMASK = (1u << BITS) - 1u;
+  const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
+  int* h = LANE1 ? (P == 0 ? sm.hist : P == 1 ? sm.hist : sm.hist + 4096) : (P == 1 ? sm.hist + 2048 : sm.hist);
+#pragma unroll
+  for (int j = 0; j < KPT; ++j) {
+    if (j >= nvw) break;
+    if (j < nv && (key[j] & mask) == prefix) {
+      const uint32_t d = (key[j] >> SHIFT) & DMASK;
+      if (LANE1 && P == 0) atomicAdd(&h[d * 32 + lane], 1);
+      else atomicAdd(&h[d], 1);
+    }
+  }
+  if constexpr (LANE1 && P == 0) {
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {  // warp w: digits 8w .. 8w + 7
+      const int s = __reduce_add_sync(0xffffffffu, h[(8 * w + i) * 32 + lane]);
+      if (lane == 0) sm.tot1[8 * w + i] = s;
+    }
+    cluster_sync_or_block(csize);
+    // the per-lane histogram is dead (local only): clear all of hist for passes 1 and 2 (the
+    // scan's barriers below order this before their atomics)
+    for (int i = tid; i < 8192; i += TK_THREADS) sm.hist[i] = 0;
+    find_threshold_bin<256>(sm.tot1, csize, rank, krem, sm.warp_tot, sm.sel);
+  } else {
+    cluster_sync_or_block(csize);
+    if (!LANE1 && P == 1)  // pass 2 reuses pass 0's half (all CTAs have read it: they passed this barrier)
+      for (int i = tid; i < 2048; i += TK_THREADS) sm.hist[i] = 0;
+    find_threshold_bin<(1 << BITS) >= 2048 ? (1 << BITS) : 2048>(h, csize, rank, krem, sm.warp_tot, sm.sel);
+  }
+  prefix |= uint32_t(sm.sel[0]) << SHIFT;
+  mask |= DMASK << SHIFT;
+  krem -= sm.sel[1];
+  return sm.sel[2] == krem;
+}
+
 // Rows r = blockIdx.x / csize; CTA rank c of the row's cluster holds keys [c * per, (c + 1) * per).
-// AGG: warp-aggregated histogram atomics (one per distinct digit per warp: scores concentrate in a
-// few bins, where plain atomics serialise).
-template <int KPT, bool AGG>
+template <int KPT, bool LANE1>
 __global__ void __launch_bounds__(TK_THREADS, 1)
     topk_onchip_kernel(const float* __restrict__ scores, int64_t ld, const int32_t* __restrict__ narr, int n_add,
                        int64_t row_base, int64_t k, int32_t* __restrict__ out, int csize) {
-  __shared__ __align__(8) int hist[2][kOcBins];  // double-buffered: pass p+1 never waits for p's remote reads
+  __shared__ __align__(16) OnchipSmem sm;
   __shared__ int tab[KPT * 32];
-  __shared__ int warp_tot[TK_THREADS / 32];
-  __shared__ int sel[3];
-  __shared__ int cta_tot;
   const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
   const int rank = csize > 1 ? int(cluster_ctarank()) : 0;
   const int64_t r = blockIdx.x / csize;
@@ -283,73 +423,14 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
   uint32_t key[KPT];
 #pragma unroll
   for (int j = 0; j < KPT; ++j) key[j] = j < nv ? order_key(row[j * TK_THREADS + tid]) : 0u;
-  for (int i = tid; i < 2 * kOcBins; i += TK_THREADS) (&hist[0][0])[i] = 0;
+  for (int i = tid; i < (LANE1 ? 8192 : 4096); i += TK_THREADS) sm.hist[i] = 0;
   __syncthreads();
 
   uint32_t prefix = 0, mask = 0;
   int krem = int(k);
-#pragma unroll
-  for (int p = 0; p < 3; ++p) {
-    const int shift = p == 0 ? 21 : p == 1 ? 10 : 0;
-    const uint32_t dmask = p == 2 ? 0x3ffu : 0x7ffu;
-    int* h = hist[p & 1];
-#pragma unroll
-    for (int j = 0; j < KPT; ++j) {
-      if (j >= nvw) break;
-      const bool m = j < nv && (key[j] & mask) == prefix;
-      const uint32_t d = (key[j] >> shift) & dmask;
-      if (AGG) {
-        const unsigned bal = __ballot_sync(0xffffffffu, m);
-        if (m) {
-          const unsigned peers = __match_any_sync(bal, d);
-          if (lane == __ffs(peers) - 1) atomicAdd(&h[d], __popc(peers));
-        }
-      } else if (m) {
-        atomicAdd(&h[d], 1);
-      }
-    }
-    if (csize > 1) {
-      cluster_arrive();
-      cluster_wait();
-    } else {
-      __syncthreads();
-    }
-    // Thread t owns bins 2047 - 2t (hi) and 2046 - 2t (lo): the scan runs from the top bin down.
-    const int b_lo = kOcBins - 2 - 2 * tid;
-    int2 v = *reinterpret_cast<const int2*>(&h[b_lo]);
-    if (csize > 1) {
-      for (int cb = 0; cb < csize; cb += 8) {
-        int2 u[8];  // 8 loads in flight before the adds
-#pragma unroll
-        for (int c = 0; c < 8; ++c)
-          u[c] = cb + c < csize && cb + c != rank ? ld_dsmem_int2(dsmem_addr(&h[b_lo], cb + c)) : make_int2(0, 0);
-#pragma unroll
-        for (int c = 0; c < 8; ++c) v.x += u[c].x, v.y += u[c].y;
-      }
-    }
-    if (p == 1) (&hist[0][0])[tid] = 0, (&hist[0][0])[tid + TK_THREADS] = 0;  // for pass 2 (pass 0's remote reads are done)
-    const int local = v.x + v.y;
-    int x = local;
-#pragma unroll
-    for (int off = 1; off < 32; off <<= 1) {
-      const int y = __shfl_up_sync(0xffffffffu, x, off);
-      if (lane >= off) x += y;
-    }
-    if (lane == 31) warp_tot[w] = x;
-    __syncthreads();
-    const int excl = __reduce_add_sync(0xffffffffu, lane < w ? warp_tot[lane] : 0) + x - local;
-    if (excl < krem && excl + local >= krem) {
-      const bool hi = excl + v.y >= krem;
-      sel[0] = hi ? b_lo + 1 : b_lo;
-      sel[1] = hi ? excl : excl + v.y;
-      sel[2] = hi ? v.y : v.x;
-    }
-    __syncthreads();
-    prefix |= uint32_t(sel[0]) << shift;
-    mask |= dmask << shift;
-    krem -= sel[1];
-    if (sel[2] == krem) break;  // the whole threshold bin is selected: no need to resolve it further
-  }
+  if (!onchip_pass<KPT, LANE1, 0>(key, nv, nvw, prefix, mask, krem, sm, csize, rank))
+    if (!onchip_pass<KPT, LANE1, 1>(key, nv, nvw, prefix, mask, krem, sm, csize, rank))
+      onchip_pass<KPT, LANE1, 2>(key, nv, nvw, prefix, mask, krem, sm, csize, rank);
 
   // Ordered compaction. Selected: masked key > prefix, and the first krem (by position) == prefix.
   const unsigned lt = (1u << lane) - 1u;
@@ -366,14 +447,14 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
   }
   __syncthreads();
   int tot;
-  const int ex = block_excl_scan(tid < KPT * 32 ? tab[tid] : 0, warp_tot, &tot);
+  const int ex = block_excl_scan(tid < KPT * 32 ? tab[tid] : 0, sm.warp_tot, &tot);
   if (tid < KPT * 32) tab[tid] = ex;
   int gt_off = 0, eq_off = 0;  // selected keys of the lower-ranked CTAs of the cluster
   if (csize > 1) {
-    if (tid == 0) cta_tot = tot;
+    if (tid == 0) sm.cta_tot = tot;
     cluster_arrive();
     cluster_wait();
-    const int t = lane < rank ? ld_dsmem_int(dsmem_addr(&cta_tot, lane)) : 0;
+    const int t = lane < rank ? ld_dsmem_int(dsmem_addr(&sm.cta_tot, lane)) : 0;
     gt_off = __reduce_add_sync(0xffffffffu, t >> 16);
     eq_off = __reduce_add_sync(0xffffffffu, t & 0xffff);
     cluster_arrive();  // done with the other CTAs' shared memory (waited for before exiting)
@@ -613,7 +694,7 @@ TopkTuning& topk_tuning() {
 
 namespace {
 
-template <int KPT, bool AGG>
+template <int KPT, bool LANE1>
 void launch_onchip(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
                    int64_t k, int32_t* out, int csize) {
   DSA_CHECK(rows * csize <= 2147483647, "top-k: too many rows");
@@ -627,15 +708,15 @@ void launch_onchip(const float* scores, int64_t ld, const int32_t* narr, int n_a
   attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
   cfg.attrs = &attr;
   cfg.numAttrs = csize > 1 ? 1 : 0;
-  DSA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, topk_onchip_kernel<KPT, AGG>, scores, ld, narr, n_add, row_base, k, out, csize));
+  DSA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, topk_onchip_kernel<KPT, LANE1>, scores, ld, narr, n_add, row_base, k, out, csize));
 }
 
-template <bool AGG>
+template <bool LANE1>
 void launch_onchip_kpt(int kpt, const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
                        int64_t rows, int64_t k, int32_t* out, int csize) {
-  if (kpt == 4) launch_onchip<4, AGG>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
-  else if (kpt == 8) launch_onchip<8, AGG>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
-  else launch_onchip<16, AGG>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
+  if (kpt == 4) launch_onchip<4, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
+  else if (kpt == 8) launch_onchip<8, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
+  else launch_onchip<16, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
 }
 
 bool onchip_enabled() {
@@ -707,10 +788,12 @@ void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* na
                               int64_t rows, int64_t k, int32_t* out) {
   if (rows == 0) return;
   if (onchip_enabled() && k <= 65535) {
-    // Keys per thread and cluster size: the fewest keys per CTA (per-key work is instruction bound,
-    // so more SMs per row pay off at batch 1) while rows x cluster stays within half the SMs (large
-    // batches: fewer, fuller CTAs); 4 keys per thread only up to 8-CTA clusters (a 16-CTA cluster's
-    // barriers and DSMEM reads cost more than 8 keys per thread).
+    // Keys per thread and cluster size (measured, H200, docs/indexer-topk-cuda.md): at batch 1 more
+    // SMs per row pay off up to a point — per-key work is instruction bound, but each extra CTA
+    // adds DSMEM reads to every histogram exchange — so 4 keys per thread only up to 4-CTA clusters,
+    // 8 up to 8 (a 16-CTA cluster with 8 keys per thread is slower than 8 CTAs with 16), 16-CTA
+    // clusters only for rows > 128K. Large batches: fewer, fuller CTAs (rows x cluster within half
+    // the SMs).
     const int cmax = topk_cluster_max();
     const TopkTuning& tun = topk_tuning();
     int kpt = 0, csize = 0;
@@ -718,13 +801,13 @@ void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* na
       if (tun.force_kpt && cand != tun.force_kpt) continue;
       int64_t c = 1;  // a power of two (cluster shapes that surely schedule)
       while (c * cand * TK_THREADS < ld) c *= 2;
-      if (c > (cand == 4 && !tun.force_kpt ? std::min(cmax, 8) : cmax)) continue;
+      if (c > (tun.force_kpt ? cmax : std::min(cmax, cand == 4 ? 4 : cand == 8 ? 8 : 16))) continue;
       if (kpt && c == csize) break;  // more keys per thread only where that means fewer CTAs
       kpt = cand, csize = int(c);
       if (tun.force_kpt || 2 * rows * c <= sms_) break;
     }
     if (kpt) {
-      if (tun.warp_aggregated_atomics) launch_onchip_kpt<true>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
+      if (tun.lane_histogram) launch_onchip_kpt<true>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
       else launch_onchip_kpt<false>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
       return;
     }

@@ -8,8 +8,9 @@ struct TopkTuning {
   // (the multi-CTA / one-CTA global-memory paths); 1: on.
   int onchip = -1;
   int force_kpt = 0;          // keys per thread of the on-chip path (4, 8, 16); 0: automatic
-  bool warp_aggregated_atomics = false;  // histograms: one atomic per distinct digit per warp
-                                         // (match_any) instead of plain shared atomics
+  // Digits 8/12/12 with a per-lane first histogram (no same-address atomics within a warp) instead
+  // of 11/11/10 with plain shared atomics.
+  bool lane_histogram = false;
 };
 // Process-wide knobs (not thread-safe; tests set and restore them).
 TopkTuning& topk_tuning();
