@@ -1,10 +1,16 @@
 // Exact top-k over score rows (portable sm_80+). Keys: floats mapped to order-preserving uint32
-// (NaN ranks as -inf, -0 == +0). Selection = radix select of the k-th largest key (digits of
-// 12/10/10 bits; the bin holding the k-th key is found by a parallel scan of the histogram), then
-// an ordered compaction (per-thread segments + two block scans) that emits the selected positions
-// in ascending order; ties at the threshold go to the lower positions. Rows with n <= k give
-// 0..n-1 then -1.
-// Long rows (> 8192) take a multi-CTA path: (1) every CTA of a row adds the 4096-bin histogram of
+// (NaN ranks as -inf, -0 == +0). Selection = radix select of the k-th largest key, then an ordered
+// compaction that emits the selected positions in ascending order; ties at the threshold go to the
+// lower positions. Rows with n <= k give 0..n-1 then -1.
+// Default: the on-chip path (topk_onchip_kernel, below): the row lives in the registers of one
+// 1024-thread CTA (rows <= 16K) or of a thread-block cluster (sm_90, rows <= 128K, 256K with
+// 16-CTA clusters), all radix passes on chip, one launch. docs/indexer-topk-cuda.md has the cost
+// model and the measured numbers. The global-memory paths below are the fallback (sm_80/86/89 rows
+// > 16K, longer rows, DSA_CUDA_TOPK_ONCHIP=0):
+// Rows <= 8192 (topk_kernel): one CTA per row, digits of 12/10/10 bits over the row in global
+// memory (the bin holding the k-th key found by a parallel scan of the histogram), ordered
+// compaction by per-thread segments + two block scans.
+// Longer rows take the multi-CTA path: (1) every CTA of a row adds the 4096-bin histogram of
 // the top 12 key bits of its chunk into the row's global histogram; (2) likewise for bits 8..19 of
 // the keys in the bin that holds the k-th largest key (scores are often concentrated: one 12-bit
 // bin can hold most of a row); (3) every CTA finds the 24-bit prefix of the k-th largest key from
@@ -14,10 +20,9 @@
 // candidates are in ascending position order, and selects the k largest among them in shared
 // memory with the top 24 bits already fixed (one 8-bit radix pass). If the candidates overflow their
 // buffer (e.g. a huge run of exact ties at the threshold), (3) selects from the row itself instead.
-#include <algorithm>
-
 #include "backends/cuda/topk/topk.h"
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
@@ -189,15 +194,15 @@ __global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, i
 }
 
 // ---- on-chip path: the whole row in registers --------------------------------------------------
-// One 1024-thread CTA holds up to 1024 * KPT keys in registers (thread t: keys t, t + 1024, ...,
-// coalesced loads of any row alignment). Rows longer than that are split over a thread-block
-// cluster (sm_90, up to 16 CTAs): each CTA builds the histogram of its own keys in shared memory and
-// reads the others' through distributed shared memory (one barrier per radix pass, no global
-// atomics, one launch). Three radix passes of 11/11/10 bits over the register-resident keys, with an
-// early exit once the threshold bin is taken whole; then an ordered compaction: per (key slot j,
-// warp) counts of the keys above and equal to the threshold, one block scan over them (slot-major =
-// position order), per-CTA totals through DSMEM, and every selected key written straight to its
-// output position.
+// One 1024-thread CTA holds up to 1024 * KPT keys in registers (thread t: keys t, t + 1024, ...:
+// coalesced loads at any row alignment). Longer rows are split over a thread-block cluster (sm_90):
+// each CTA builds the histogram of its own keys in shared memory and reads the other CTAs' bins
+// through distributed shared memory (DSMEM) — one cluster barrier per radix pass, no global atomics,
+// no scratch, one launch. Three radix passes over the register-resident keys (digits 11/11/10; or
+// 8/12/12 with a per-lane first histogram, a knob), with an early exit once the threshold bin is
+// taken whole. Then the ordered compaction: per (key slot j, warp) counts of the keys above and
+// equal to the threshold (ballots), one block scan over them (slot-major order = position order),
+// per-CTA totals through DSMEM, and every selected key written straight to its output position.
 __device__ __forceinline__ uint32_t cluster_ctarank() {
   uint32_t r = 0;
 #if __CUDA_ARCH__ >= 900
