@@ -3,7 +3,7 @@
 //   §1.7), dense MLA decode, indexer decode (scores + top-k), and per-layer attention decode
 //   latency dense vs DSA at contexts 4K..128K and batch 1/32/128.
 // Each number: warm-up, then the median of several timed calls; inputs rotate among copies when
-// they would fit in L2. Usage: dsa_gpu_bench [--quick] [--md FILE] [--only mla|layer]
+// they would fit in L2. Usage: dsa_gpu_bench [--quick] [--md FILE] [--only mla|layer|topk]
 //   [--batches 1,32] [--ctxs 16384,65536]   (--only: one section; the lists override the layer sweep)
 #include <cuda_runtime.h>
 
@@ -22,6 +22,7 @@
 #include "bench_util.h"
 #include "backends/cuda/indexer/scores_sm90.h"
 #include "backends/cuda/mla/decode.h"
+#include "backends/cuda/topk/topk.h"
 
 using namespace dsa;
 using dsa::bench::chk;
@@ -184,6 +185,38 @@ int main(int argc, char** argv) {
 
   const int64_t H = 128, TOPK = 2048;
   const float scale = 0.1352f;
+  if (only == "topk") {  // the top-k paths side by side, on indexer scores of decode rows (k = 2048)
+    for (int64_t b : batch_list.empty() ? std::vector<int64_t>{1, 32, 128} : batch_list)
+      for (int64_t L : ctx_list.empty() ? std::vector<int64_t>{4096, 16384, 32768, 65536, 131072} : ctx_list) {
+        int64_t blocks;
+        Batch B = decode_batch(b, L, 1, &blocks);
+        Caches c = make_caches(be, blocks, false, true);
+        be.prepare_batch(B);
+        Tensor iq = be.alloc(DType::E4M3, {b, 64, 128}), iw = be.alloc(DType::F32, {b, 64}), sc = be.alloc(DType::F32, {b, L});
+        Tensor tk = be.alloc(DType::I32, {b, TOPK});
+        fill_random<<<256, 256>>>(iq.ptr<uint8_t>(), iq.nbytes(), 7);
+        cudaMemset(iw.data, 0x3c, iw.nbytes());
+        be.indexer_scores(iq, iw, c.kv[0], B, sc);
+        Tensor nn_h = host_tensor(DType::I32, {b});
+        for (int64_t i = 0; i < b; ++i) nn_h.ptr<int32_t>()[i] = int32_t(L);
+        Tensor nn = be.upload(nn_h);
+        cuda::TopkTuning& tun = cuda::topk_tuning();
+        const cuda::TopkTuning saved = tun;
+        struct V { int onchip, kpt; bool lane; const char* name; };
+        for (const V& v : {V{1, 0, false, "auto"}, V{1, 4, false, "on-chip kpt=4"}, V{1, 8, false, "on-chip kpt=8"},
+                           V{1, 16, false, "on-chip kpt=16"}, V{1, 0, true, "auto, lane-hist"},
+                           V{1, 4, true, "kpt=4, lane-hist"}, V{1, 8, true, "kpt=8, lane-hist"},
+                           V{1, 16, true, "kpt=16, lane-hist"}, V{0, 0, false, "global-memory paths"}}) {
+          tun.onchip = v.onchip, tun.force_kpt = v.kpt, tun.lane_histogram = v.lane;
+          const double ms = time_ms([&](int) { be.topk_rows(sc, nn.ptr<int32_t>(), TOPK, tk); }, 20);
+          report(std::string("top-k ") + v.name, "b=" + std::to_string(b) + " L=" + kfmt(L), ms, 0, double(b) * L * 4,
+                 100.0 * double(b) * L * 4 / (ms * 1e-3) / 1e12 / kCopyTBs);
+        }
+        tun = saved;
+        be.synchronize();
+      }
+    return 0;
+  }
   // ---- sparse MLA decode (FlashMLA shape: h=128, s_q=2, topk=2048, s_kv=32K) ----------------
   for (int64_t b : only == "layer" ? std::vector<int64_t>{} : quick ? std::vector<int64_t>{128} : std::vector<int64_t>{2, 64, 128}) {
     const int64_t L = 32768, s_q = 2, T = b * s_q;

@@ -22,6 +22,7 @@
 
 #include "backends/cuda/indexer/scores_sm90.h"
 #include "gpu_util.h"
+#include "backends/cuda/topk/topk.h"
 
 namespace dsa::test {
 namespace {
@@ -303,6 +304,61 @@ TEST(GpuIndexer, TopkRowsLongAdversarial) {
     std::memcpy(ref1.data, ref.ptr<int32_t>() + 4 * k, size_t(k) * 4);
     expect_same_bytes(be.down(og1), ref1, "topk_rows b=1 overflow row");
   }
+}
+
+// Every top-k path on the same adversarial rows, at the path boundaries: the on-chip path with each
+// register width (4/8/16 keys per thread: one CTA up to 16K, clusters beyond), both digit schedules
+// (11/11/10; 8/12/12 with a per-lane first histogram), and the global-memory paths (on-chip off, or rows > 256K).
+// Rows of one launch have different lengths (the cluster size follows the longest).
+TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
+  REQUIRE_GPU();
+  Both be;
+  cuda::TopkTuning& tun = cuda::topk_tuning();
+  const cuda::TopkTuning saved = tun;
+  for (int64_t k : {int64_t(2048), int64_t(64)})
+    for (int64_t ld : {int64_t(2049), int64_t(4096), int64_t(4097), int64_t(8193), int64_t(16384), int64_t(16385),
+                       int64_t(40000), int64_t(131072), int64_t(131073), int64_t(262145)}) {
+      if (k == 64 && ld != 4097 && ld != 131072) continue;
+      const int64_t R = 7;
+      const int32_t lens[R] = {int32_t(ld), int32_t(ld - 1), int32_t(k + 1), int32_t(k), int32_t(k - 1),
+                               int32_t(std::max<int64_t>(k + 1, ld / 2 + 3)), int32_t(ld)};
+      Tensor s = host_tensor(DType::F32, {R, ld});
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t i = 0; i < ld; ++i) {
+          const uint64_t u = rng()() % 100;
+          float v = randn();
+          if (r == 1) v = float(int(rng()() % 5));                                                 // few distinct
+          if (r == 2) v = u < 30 ? 0.f : u < 35 ? -0.f : u < 37 ? std::nanf("") : u < 39 ? -INFINITY : randn();
+          if (r == 5) v = 1.0f;                                                                    // all equal
+          if (r == 6) v = u < 1 ? 2.0f : u < 90 ? (u & 1 ? 0.f : -0.f) : std::ldexp(1.0f + float(u % 4) / 4, -3);
+          s.ptr<float>()[r * ld + i] = v;
+        }
+      Tensor nn = host_tensor(DType::I32, {R});
+      for (int64_t r = 0; r < R; ++r) nn.ptr<int32_t>()[r] = lens[r];
+      Tensor ref = host_tensor(DType::I32, {R, k});
+      for (int64_t r = 0; r < R; ++r) cpu::topk_select(s.ptr<float>() + r * ld, lens[r], k, ref.ptr<int32_t>() + r * k);
+      Tensor sg = be.up(s), ng = be.up(nn);
+      struct Cfg { int onchip, kpt; bool lane; const char* name; };
+      for (const Cfg& c : {Cfg{1, 0, false, "auto"}, Cfg{1, 4, false, "kpt4"}, Cfg{1, 8, false, "kpt8"},
+                           Cfg{1, 16, false, "kpt16"}, Cfg{1, 0, true, "auto lane-hist"}, Cfg{1, 4, true, "kpt4 lane-hist"},
+                           Cfg{1, 8, true, "kpt8 lane-hist"}, Cfg{1, 16, true, "kpt16 lane-hist"},
+                           Cfg{0, 0, false, "global-memory paths"}}) {
+        tun.onchip = c.onchip;
+        tun.force_kpt = c.kpt;
+        tun.lane_histogram = c.lane;
+        Tensor og = be.poisoned(DType::I32, {R, k});
+        be.gpu.topk_rows(sg, ng.ptr<int32_t>(), k, og);
+        SCOPED_TRACE("k=" + std::to_string(k) + " ld=" + std::to_string(ld) + " " + c.name);
+        expect_same_bytes(be.down(og), ref, "topk_rows");
+        // batch 1 (the widest cluster per row): the first row alone
+        Tensor o1 = be.poisoned(DType::I32, {1, k});
+        be.gpu.topk_rows(sg.rows(0, 1), ng.ptr<int32_t>(), k, o1);
+        Tensor r1 = host_tensor(DType::I32, {1, k});
+        std::memcpy(r1.data, ref.data, size_t(k) * 4);
+        expect_same_bytes(be.down(o1), r1, "topk_rows b=1");
+      }
+      tun = saved;
+    }
 }
 
 // Prefill in tiles: pairs of tokens share a CTA (even T) or not (odd T); tiles of 7 (-> 6) rows.

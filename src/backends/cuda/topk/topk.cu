@@ -1,10 +1,16 @@
 // Exact top-k over score rows (portable sm_80+). Keys: floats mapped to order-preserving uint32
-// (NaN ranks as -inf, -0 == +0). Selection = radix select of the k-th largest key (digits of
-// 12/10/10 bits; the bin holding the k-th key is found by a parallel scan of the histogram), then
-// an ordered compaction (per-thread segments + two block scans) that emits the selected positions
-// in ascending order; ties at the threshold go to the lower positions. Rows with n <= k give
-// 0..n-1 then -1.
-// Long rows (> 8192) take a multi-CTA path: (1) every CTA of a row adds the 4096-bin histogram of
+// (NaN ranks as -inf, -0 == +0). Selection = radix select of the k-th largest key, then an ordered
+// compaction that emits the selected positions in ascending order; ties at the threshold go to the
+// lower positions. Rows with n <= k give 0..n-1 then -1.
+// Default: the on-chip path (topk_onchip_kernel, below): the row lives in the registers of one
+// 1024-thread CTA (rows <= 16K) or of a thread-block cluster (sm_90, rows <= 128K, 256K with
+// 16-CTA clusters), all radix passes on chip, one launch. docs/indexer-topk-cuda.md has the cost
+// model and the measured numbers. The global-memory paths below are the fallback (sm_80/86/89 rows
+// > 16K, longer rows, DSA_CUDA_TOPK_ONCHIP=0):
+// Rows <= 8192 (topk_kernel): one CTA per row, digits of 12/10/10 bits over the row in global
+// memory (the bin holding the k-th key found by a parallel scan of the histogram), ordered
+// compaction by per-thread segments + two block scans.
+// Longer rows take the multi-CTA path: (1) every CTA of a row adds the 4096-bin histogram of
 // the top 12 key bits of its chunk into the row's global histogram; (2) likewise for bits 8..19 of
 // the keys in the bin that holds the k-th largest key (scores are often concentrated: one 12-bit
 // bin can hold most of a row); (3) every CTA finds the 24-bit prefix of the k-th largest key from
@@ -14,7 +20,10 @@
 // candidates are in ascending position order, and selects the k largest among them in shared
 // memory with the top 24 bits already fixed (one 8-bit radix pass). If the candidates overflow their
 // buffer (e.g. a huge run of exact ties at the threshold), (3) selects from the row itself instead.
+#include "backends/cuda/topk/topk.h"
+
 #include <algorithm>
+#include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
 
@@ -182,6 +191,295 @@ __global__ void __launch_bounds__(TK_THREADS) topk_kernel(const float* scores, i
   }
   select_core([&](int64_t i) { return order_key(row[i]); }, n, k,
               [&](int pos, int64_t i) { o[pos] = int32_t(i); });
+}
+
+// ---- on-chip path: the whole row in registers --------------------------------------------------
+// One 1024-thread CTA holds up to 1024 * KPT keys in registers (thread t: keys t, t + 1024, ...:
+// coalesced loads at any row alignment). Longer rows are split over a thread-block cluster (sm_90):
+// each CTA builds the histogram of its own keys in shared memory and reads the other CTAs' bins
+// through distributed shared memory (DSMEM) — one cluster barrier per radix pass, no global atomics,
+// no scratch, one launch. Three radix passes over the register-resident keys (digits 11/11/10; or
+// 8/12/12 with a per-lane first histogram, a knob), with an early exit once the threshold bin is
+// taken whole. Then the ordered compaction: per (key slot j, warp) counts of the keys above and
+// equal to the threshold (ballots), one block scan over them (slot-major order = position order),
+// per-CTA totals through DSMEM, and every selected key written straight to its output position.
+__device__ __forceinline__ uint32_t cluster_ctarank() {
+  uint32_t r = 0;
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+#endif
+  return r;
+}
+// Full cluster barrier in two halves: arrive (release: my shared-memory writes become visible) and
+// wait (acquire).
+__device__ __forceinline__ void cluster_arrive() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+#else
+  __trap();  // never launched with clusters: topk_cluster_max() is 1 for this build
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+// The shared variable at p in CTA `rank` of the cluster, read through DSMEM.
+__device__ __forceinline__ uint32_t dsmem_addr(const void* p, uint32_t rank) {
+  uint32_t r = 0;
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(uint32_t(__cvta_generic_to_shared(p))), "r"(rank));
+#endif
+  return r;
+}
+__device__ __forceinline__ int ld_dsmem_int(uint32_t addr) {
+  int v = 0;
+#if __CUDA_ARCH__ >= 900
+  asm volatile("ld.shared::cluster.s32 %0, [%1];" : "=r"(v) : "r"(addr) : "memory");
+#endif
+  return v;
+}
+
+__global__ void topk_cluster_probe_kernel(int* out) {
+#if __CUDA_ARCH__ >= 900
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+// Loads BPT consecutive ints (BPT = 1, 2, 4; aligned) from local shared memory or from CTA `rank`.
+template <int BPT>
+__device__ __forceinline__ void ld_bins(const int* p, int* v) {
+  if constexpr (BPT == 4) {
+    const int4 x = *reinterpret_cast<const int4*>(p);
+    v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+  } else if constexpr (BPT == 2) {
+    const int2 x = *reinterpret_cast<const int2*>(p);
+    v[0] = x.x, v[1] = x.y;
+  } else {
+    v[0] = *p;
+  }
+}
+template <int BPT>
+__device__ __forceinline__ void ld_bins_remote(const int* p, uint32_t rank, int* v) {
+#if __CUDA_ARCH__ >= 900
+  const uint32_t a = dsmem_addr(p, rank);
+  if constexpr (BPT == 4) {
+    asm volatile("ld.shared::cluster.v4.s32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3]) : "r"(a) : "memory");
+  } else if constexpr (BPT == 2) {
+    asm volatile("ld.shared::cluster.v2.s32 {%0, %1}, [%2];" : "=r"(v[0]), "=r"(v[1]) : "r"(a) : "memory");
+  } else {
+    asm volatile("ld.shared::cluster.s32 %0, [%1];" : "=r"(v[0]) : "r"(a) : "memory");
+  }
+#else
+  for (int i = 0; i < BPT; ++i) v[i] = 0;
+#endif
+}
+
+// The bin of histogram h[NB] (summed over the csize CTAs of the cluster) that holds the krem-th
+// largest key: sel = {bin, keys in higher bins, keys in the bin}. Thread t owns BPT bins, thread 0
+// the top ones; one block scan. Every thread calls it after the barrier that completes h.
+template <int NB>
+__device__ __forceinline__ void find_threshold_bin(const int* h, int csize, int rank, int krem, int* warp_tot,
+                                                   int* sel) {
+  constexpr int BPT = NB >= TK_THREADS ? NB / TK_THREADS : 1;
+  constexpr int G = BPT == 4 ? 4 : 8;  // remote loads in flight per group (registers)
+  const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
+  const bool owner = tid * BPT < NB;
+  const int b0 = NB - BPT * (tid + 1);  // my lowest bin
+  int v[BPT];
+#pragma unroll
+  for (int i = 0; i < BPT; ++i) v[i] = 0;
+  if (owner) {
+    ld_bins<BPT>(h + b0, v);
+    for (int cb = 0; cb < csize && csize > 1; cb += G) {
+      int u[G][BPT];
+#pragma unroll
+      for (int c = 0; c < G; ++c) {
+        if (cb + c < csize && cb + c != rank) ld_bins_remote<BPT>(h + b0, uint32_t(cb + c), u[c]);
+        else
+#pragma unroll
+          for (int i = 0; i < BPT; ++i) u[c][i] = 0;
+      }
+#pragma unroll
+      for (int c = 0; c < G; ++c)
+#pragma unroll
+        for (int i = 0; i < BPT; ++i) v[i] += u[c][i];
+    }
+  }
+  int local = 0;
+#pragma unroll
+  for (int i = 0; i < BPT; ++i) local += v[i];
+  int x = local;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, x, off);
+    if (lane >= off) x += y;
+  }
+  if (lane == 31) warp_tot[w] = x;
+  __syncthreads();
+  const int excl = __reduce_add_sync(0xffffffffu, lane < w ? warp_tot[lane] : 0) + x - local;
+  if (owner && excl < krem && excl + local >= krem) {
+    int cum = excl;
+#pragma unroll
+    for (int i = BPT - 1; i >= 0; --i) {
+      if (cum + v[i] >= krem) {
+        sel[0] = b0 + i, sel[1] = cum, sel[2] = v[i];
+        break;
+      }
+      cum += v[i];
+    }
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ void cluster_sync_or_block(int csize) {
+  if (csize > 1) {
+    cluster_arrive();
+    cluster_wait();
+  } else {
+    __syncthreads();
+  }
+}
+
+// Shared memory of the on-chip kernel: 8192 ints of histogram space, used as
+//  - digits 11/11/10 (LANE1 = false): pass 0 in [0, 2048), pass 1 in [2048, 4096), pass 2 in [0, 2048)
+//    again (zeroed once pass 1's barrier guarantees the other CTAs read pass 0's);
+//  - digits 8/12/12 (LANE1 = true): pass 0 per lane, [256 digits][32 lanes] (a lane's atomics never
+//    collide with another lane's: scores concentrate in a few exponent bins, where same-address
+//    atomics of one warp serialise), reduced into tot1[256]; pass 1 in [0, 4096), pass 2 in
+//    [4096, 8192).
+struct OnchipSmem {
+  int hist[8192];
+  int tot1[256];
+  int warp_tot[TK_THREADS / 32];
+  int sel[3];
+  int cta_tot;
+};
+
+// One radix pass P over the register-resident keys matching (prefix, mask). Returns true when the
+// threshold is settled (the whole threshold bin is selected: no need to resolve it further).
+template <int KPT, bool LANE1, int P>
+__device__ __forceinline__ bool onchip_pass(const uint32_t* key, int nv, int nvw, uint32_t& prefix, uint32_t& mask,
+                                            int& krem, OnchipSmem& sm, int csize, int rank) {
+  constexpr int SHIFT = LANE1 ? (P == 0 ? 24 : P == 1 ? 12 : 0) : (P == 0 ? 21 : P == 1 ? 10 : 0);
+  constexpr int BITS = LANE1 ? (P == 0 ? 8 : 12) : (P == 2 ? 10 : 11);
+  constexpr uint32_t DMASK = (1u << BITS) - 1u;
+  const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
+  int* h = LANE1 ? (P == 0 ? sm.hist : P == 1 ? sm.hist : sm.hist + 4096) : (P == 1 ? sm.hist + 2048 : sm.hist);
+#pragma unroll
+  for (int j = 0; j < KPT; ++j) {
+    if (j >= nvw) break;
+    if (j < nv && (key[j] & mask) == prefix) {
+      const uint32_t d = (key[j] >> SHIFT) & DMASK;
+      if (LANE1 && P == 0) atomicAdd(&h[d * 32 + lane], 1);
+      else atomicAdd(&h[d], 1);
+    }
+  }
+  if constexpr (LANE1 && P == 0) {
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {  // warp w: digits 8w .. 8w + 7
+      const int s = __reduce_add_sync(0xffffffffu, h[(8 * w + i) * 32 + lane]);
+      if (lane == 0) sm.tot1[8 * w + i] = s;
+    }
+    cluster_sync_or_block(csize);
+    // the per-lane histogram is dead (local only): clear all of hist for passes 1 and 2 (the
+    // scan's barriers below order this before their atomics)
+    for (int i = tid; i < 8192; i += TK_THREADS) sm.hist[i] = 0;
+    find_threshold_bin<256>(sm.tot1, csize, rank, krem, sm.warp_tot, sm.sel);
+  } else {
+    cluster_sync_or_block(csize);
+    if (!LANE1 && P == 1)  // pass 2 reuses pass 0's half (all CTAs have read it: they passed this barrier)
+      for (int i = tid; i < 2048; i += TK_THREADS) sm.hist[i] = 0;
+    find_threshold_bin<(1 << BITS) >= 2048 ? (1 << BITS) : 2048>(h, csize, rank, krem, sm.warp_tot, sm.sel);
+  }
+  prefix |= uint32_t(sm.sel[0]) << SHIFT;
+  mask |= DMASK << SHIFT;
+  krem -= sm.sel[1];
+  return sm.sel[2] == krem;
+}
+
+// Rows r = blockIdx.x / csize; CTA rank c of the row's cluster holds keys [c * per, (c + 1) * per).
+template <int KPT, bool LANE1>
+__global__ void __launch_bounds__(TK_THREADS, 1)
+    topk_onchip_kernel(const float* __restrict__ scores, int64_t ld, const int32_t* __restrict__ narr, int n_add,
+                       int64_t row_base, int64_t k, int32_t* __restrict__ out, int csize) {
+  __shared__ __align__(16) OnchipSmem sm;
+  __shared__ int tab[KPT * 32];
+  const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
+  const int rank = csize > 1 ? int(cluster_ctarank()) : 0;
+  const int64_t r = blockIdx.x / csize;
+  const int64_t n = int64_t(narr[row_base + r]) + n_add;
+  int32_t* o = out + (row_base + r) * k;
+  if (n <= k) {  // the same for the whole cluster: no CTA reaches a cluster barrier
+    if (rank == 0)
+      for (int64_t i = tid; i < k; i += TK_THREADS) o[i] = i < n ? int32_t(i) : -1;
+    return;
+  }
+  const int64_t per = ((n + csize - 1) / csize + TK_THREADS - 1) / TK_THREADS * TK_THREADS;
+  const int64_t c0 = rank * per;
+  const int len = int(max(int64_t(0), min(n, c0 + per) - c0));
+  const int nv = len > tid ? (len - tid + TK_THREADS - 1) / TK_THREADS : 0;  // my keys: slots j < nv
+  const int nvw = __shfl_sync(0xffffffffu, nv, 0);  // slots with any key in this warp (warp-uniform skips)
+  const float* row = scores + r * ld + c0;
+  uint32_t key[KPT];
+#pragma unroll
+  for (int j = 0; j < KPT; ++j) key[j] = j < nv ? order_key(row[j * TK_THREADS + tid]) : 0u;
+  for (int i = tid; i < (LANE1 ? 8192 : 4096); i += TK_THREADS) sm.hist[i] = 0;
+  __syncthreads();
+
+  uint32_t prefix = 0, mask = 0;
+  int krem = int(k);
+  if (!onchip_pass<KPT, LANE1, 0>(key, nv, nvw, prefix, mask, krem, sm, csize, rank))
+    if (!onchip_pass<KPT, LANE1, 1>(key, nv, nvw, prefix, mask, krem, sm, csize, rank))
+      onchip_pass<KPT, LANE1, 2>(key, nv, nvw, prefix, mask, krem, sm, csize, rank);
+
+  // Ordered compaction. Selected: masked key > prefix, and the first krem (by position) == prefix.
+  const unsigned lt = (1u << lane) - 1u;
+#pragma unroll
+  for (int j = 0; j < KPT; ++j) {
+    if (j >= nvw) {
+      if (lane == 0) tab[j * 32 + w] = 0;
+      continue;
+    }
+    const uint32_t mk = key[j] & mask;
+    const unsigned gtb = __ballot_sync(0xffffffffu, j < nv && mk > prefix);
+    const unsigned eqb = __ballot_sync(0xffffffffu, j < nv && mk == prefix);
+    if (lane == 0) tab[j * 32 + w] = int(__popc(gtb) << 16 | __popc(eqb));  // <= 16384 each: no carry
+  }
+  __syncthreads();
+  int tot;
+  const int ex = block_excl_scan(tid < KPT * 32 ? tab[tid] : 0, sm.warp_tot, &tot);
+  if (tid < KPT * 32) tab[tid] = ex;
+  int gt_off = 0, eq_off = 0;  // selected keys of the lower-ranked CTAs of the cluster
+  if (csize > 1) {
+    if (tid == 0) sm.cta_tot = tot;
+    cluster_arrive();
+    cluster_wait();
+    const int t = lane < rank ? ld_dsmem_int(dsmem_addr(&sm.cta_tot, lane)) : 0;
+    gt_off = __reduce_add_sync(0xffffffffu, t >> 16);
+    eq_off = __reduce_add_sync(0xffffffffu, t & 0xffff);
+    cluster_arrive();  // done with the other CTAs' shared memory (waited for before exiting)
+  } else {
+    __syncthreads();
+  }
+#pragma unroll
+  for (int j = 0; j < KPT; ++j) {
+    if (j >= nvw) break;
+    const uint32_t mk = key[j] & mask;
+    const bool is_gt = j < nv && mk > prefix, is_eq = j < nv && mk == prefix;
+    const unsigned gtb = __ballot_sync(0xffffffffu, is_gt);
+    const unsigned eqb = __ballot_sync(0xffffffffu, is_eq);
+    const int base = tab[j * 32 + w];
+    const int gb = gt_off + (base >> 16) + __popc(gtb & lt), eb = eq_off + (base & 0xffff) + __popc(eqb & lt);
+    const int32_t pos = int32_t(c0) + j * TK_THREADS + tid;
+    if (is_gt) o[gb + min(eb, krem)] = pos;
+    else if (is_eq && eb < krem) o[gb + eb] = pos;
+  }
+  if (csize > 1) cluster_wait();
 }
 
 // ---- multi-CTA path for long rows --------------------------------------------------------------
@@ -394,9 +692,131 @@ __global__ void __launch_bounds__(TK_THREADS) topk_mc_final_kernel(McArgs a) {
 
 }  // namespace
 
+TopkTuning& topk_tuning() {
+  static TopkTuning t;
+  return t;
+}
+
+namespace {
+
+template <int KPT, bool LANE1>
+void launch_onchip(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
+                   int64_t k, int32_t* out, int csize) {
+  DSA_CHECK(rows * csize <= 2147483647, "top-k: too many rows");
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(unsigned(rows * csize));
+  cfg.blockDim = dim3(TK_THREADS);
+  cfg.stream = 0;  // the per-thread default stream (built with --default-stream per-thread), as <<<>>>
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = unsigned(csize);
+  attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = csize > 1 ? 1 : 0;
+  DSA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, topk_onchip_kernel<KPT, LANE1>, scores, ld, narr, n_add, row_base, k, out, csize));
+}
+
+template <bool LANE1>
+void launch_onchip_kpt(int kpt, const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
+                       int64_t rows, int64_t k, int32_t* out, int csize) {
+  if (kpt == 4) launch_onchip<4, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
+  else if (kpt == 8) launch_onchip<8, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
+  else launch_onchip<16, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
+}
+
+bool onchip_enabled() {
+  TopkTuning& t = topk_tuning();
+  if (t.onchip < 0) {
+    const char* e = std::getenv("DSA_CUDA_TOPK_ONCHIP");
+    t.onchip = (e && *e == '0') ? 0 : 1;
+  }
+  return t.onchip != 0;
+}
+
+}  // namespace
+
+namespace {
+
+// Whether clusters of `size` one-per-SM CTAs of the on-chip kernels can be scheduled (GPCs with
+// that many free SMs); sizes above 8 need the non-portable attribute (sm_90: up to 16).
+bool cluster_fits(int size) {
+  using Fn = void (*)(const float*, int64_t, const int32_t*, int, int64_t, int64_t, int32_t*, int);
+  for (Fn fn : {Fn(topk_onchip_kernel<4, false>), Fn(topk_onchip_kernel<8, false>), Fn(topk_onchip_kernel<16, false>),
+                Fn(topk_onchip_kernel<4, true>), Fn(topk_onchip_kernel<8, true>), Fn(topk_onchip_kernel<16, true>)}) {
+    if (size > 8 && cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(unsigned(size));
+    cfg.blockDim = dim3(TK_THREADS);
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = unsigned(size);
+    attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    int nc = 0;
+    if (cudaOccupancyMaxActiveClusters(&nc, fn, &cfg) != cudaSuccess || nc < 1) {
+      cudaGetLastError();
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+int topk_cluster_max() {
+  static const int cmax = [] {
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    if (major < 9) return 1;
+    int* d = nullptr;
+    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
+      cudaGetLastError();
+      return 1;
+    }
+    int h = 0;
+    topk_cluster_probe_kernel<<<1, 1>>>(d);  // 0 when the compute_80 PTX runs (e.g. CUDA_FORCE_PTX_JIT=1)
+    const bool launched = cudaGetLastError() == cudaSuccess && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+    cudaFree(d);
+    cudaGetLastError();
+    if (!launched || h != 1) return 1;
+    return cluster_fits(16) ? 16 : cluster_fits(8) ? 8 : 1;
+  }();
+  return cmax;
+}
+
 void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
                               int64_t rows, int64_t k, int32_t* out) {
   if (rows == 0) return;
+  if (onchip_enabled() && k <= 65535) {
+    // Keys per thread and cluster size (measured, H200, docs/indexer-topk-cuda.md): at batch 1 more
+    // SMs per row pay off up to a point — per-key work is instruction bound, but each extra CTA
+    // adds DSMEM reads to every histogram exchange — so 4 keys per thread only up to 4-CTA clusters,
+    // 8 up to 8 (a 16-CTA cluster with 8 keys per thread is slower than 8 CTAs with 16), 16-CTA
+    // clusters only for rows > 128K. Large batches: fewer, fuller CTAs (rows x cluster within half
+    // the SMs).
+    const int cmax = topk_cluster_max();
+    const TopkTuning& tun = topk_tuning();
+    int kpt = 0, csize = 0;
+    for (int cand : {4, 8, 16}) {
+      if (tun.force_kpt && cand != tun.force_kpt) continue;
+      int64_t c = 1;  // a power of two (cluster shapes that surely schedule)
+      while (c * cand * TK_THREADS < ld) c *= 2;
+      if (c > (tun.force_kpt ? cmax : std::min(cmax, cand == 4 ? 4 : cand == 8 ? 8 : 16))) continue;
+      if (kpt && c == csize) break;  // more keys per thread only where that means fewer CTAs
+      kpt = cand, csize = int(c);
+      if (tun.force_kpt || 2 * rows * c <= sms_) break;
+    }
+    if (kpt) {
+      if (tun.lane_histogram) launch_onchip_kpt<true>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
+      else launch_onchip_kpt<false>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
+      return;
+    }
+  }
   // The multi-CTA path's final kernel needs kCandCap x 8 bytes of dynamic shared memory on top of its
   // static arrays: 164 KB, beyond sm_86/89 (99 KB) and just beyond sm_80 (163 KB) — they keep the
   // one-CTA-per-row kernel.

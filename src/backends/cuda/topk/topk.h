@@ -1,0 +1,21 @@
+#pragma once
+// Top-k path selection knobs (host-only header, for tests and benchmarks). See topk.cu.
+namespace dsa::cuda {
+
+struct TopkTuning {
+  // On-chip path (whole row in registers: one CTA for rows <= 16K keys, a thread-block cluster of
+  // up to 16 CTAs on sm_90 for rows <= 256K). -1: from DSA_CUDA_TOPK_ONCHIP (default on); 0: off
+  // (the multi-CTA / one-CTA global-memory paths); 1: on.
+  int onchip = -1;
+  int force_kpt = 0;          // keys per thread of the on-chip path (4, 8, 16); 0: automatic
+  // Digits 8/12/12 with a per-lane first histogram (no same-address atomics within a warp) instead
+  // of 11/11/10 with plain shared atomics. Slower on the bench's indexer scores (H200: 128K b=1
+  // 31.6 vs 27.5 us); kept to re-measure on scores concentrated in a few exponent bins.
+  bool lane_histogram = false;
+};
+// Process-wide knobs (not thread-safe; tests set and restore them).
+TopkTuning& topk_tuning();
+// Largest thread-block cluster the on-chip top-k may use on this GPU and build (1: no clusters).
+int topk_cluster_max();
+
+}  // namespace dsa::cuda
