@@ -6,6 +6,7 @@
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/indexer/scores_sm90.h"
+#include "backends/cuda/mla/decode_sm90.h"
 
 #include <cmath>
 #include <cstring>
@@ -236,6 +237,7 @@ CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
   if (const char* g = std::getenv("DSA_CUDA_GRAPHS")) graphs_on_ = g[0] && !(g[0] == '0' && g[1] == 0);
   // One-time probes with synchronous copies happen here, never inside a decode step (graph capture).
   sm90_scores_available();
+  mqa_score_sm90_available();
 }
 
 int device_sm_count() {

@@ -19,6 +19,7 @@
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/mma.cuh"
+#include "backends/cuda/wgmma.cuh"
 #include "backends/cuda/indexer/scores_sm90.h"
 
 namespace dsa::cuda {
@@ -32,34 +33,10 @@ constexpr int kBids = 2048;                                     // block ids sta
 constexpr size_t kSmem = 1024 /*align slack*/ + kTileBytes /*q*/ + kTileBytes /*keys*/ + kStages * kRawBytes +
                          64 * 4 /*w*/ + kBids * 4;
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define DSA_WGMMA 1
-#else
-#define DSA_WGMMA 0
-#endif
-
 __global__ void sm90_probe_kernel(int* out) { *out = DSA_WGMMA; }
 
 #if DSA_WGMMA
-__device__ __forceinline__ uint64_t smem_desc(const void* p) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  return uint64_t((a & 0x3FFFF) >> 4) | (uint64_t(1) << 16) /*LBO (unused, K-major swizzled)*/ |
-         (uint64_t(1024 >> 4) << 32) /*SBO: 8 rows x 128 B*/ | (uint64_t(1) << 62) /*128B swizzle*/;
-}
-
-__device__ __forceinline__ void wgmma_64x64x16(float (&d)[32], uint64_t da, uint64_t db, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(da), "l"(db), "r"(accumulate));
-}
-
+using wgmma::desc_sw128;
 
 __device__ __forceinline__ uint32_t cvt_e4m3x2_f16x2(uint16_t v) {
   const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(v), __NV_E4M3);
@@ -145,19 +122,19 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_kernel(Sm90ScoreArgs 
       const int ch = tid + 128 * j, r = ch / 8, c = ch % 8;
       store_f16_chunks(tile, r, c, *reinterpret_cast<const uint4*>(rb + r * 128 + c * 16));
     }
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic-proxy stores -> wgmma reads
+    wgmma::fence_proxy_async();  // generic-proxy stores -> wgmma reads
     __syncthreads();
     float d[32];
 #pragma unroll
     for (int i = 0; i < 32; ++i) d[i] = 0.f;
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+    wgmma::fence();
 #pragma unroll
     for (int ks = 0; ks < 8; ++ks) {
       const int off = (ks >> 2) * 8192 + (ks & 3) * 32;
-      wgmma_64x64x16(d, smem_desc(tile + off), smem_desc(qt + off), ks > 0);
+      wgmma::m64n64k16_f16(d, desc_sw128(tile + off), desc_sw128(qt + off), ks > 0);
     }
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wgmma::commit();
+    wgmma::wait<0>();
     // d[4j + e]: key row 16*warp + gid (+8 for e >= 2), head 8j + 2tq (+1 for odd e).
     float s0 = 0.f, s1 = 0.f;
 #pragma unroll
@@ -187,6 +164,23 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_kernel(Sm90ScoreArgs 
 
 }  // namespace
 
+bool sm90a_sass_runs() {
+  static const bool ok = [] {
+    int* d = nullptr;
+    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    int h = 0;
+    sm90_probe_kernel<<<1, 1>>>(d);
+    const bool launched = cudaGetLastError() == cudaSuccess && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+    cudaFree(d);
+    cudaGetLastError();
+    return launched && h == 1;
+  }();
+  return ok;
+}
+
 namespace {
 int g_sm90_enabled = -1;  // -1: from DSA_CUDA_INDEXER_WGMMA (default on); 0/1 set by set_sm90_scores_enabled
 }
@@ -199,21 +193,9 @@ bool sm90_scores_available() {
     g_sm90_enabled = (e && *e == '0') ? 0 : 1;
   }
   if (!g_sm90_enabled) return false;
-  static const bool ok = [] {
-    int* d = nullptr;
-    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    int h = 0;
-    sm90_probe_kernel<<<1, 1>>>(d);
-    const bool launched = cudaGetLastError() == cudaSuccess && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
-    cudaFree(d);
-    cudaGetLastError();
-    if (!launched || h != 1) return false;
-    return cudaFuncSetAttribute(indexer_scores_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)) ==
-           cudaSuccess;
-  }();
+  static const bool ok = sm90a_sass_runs() &&
+                         cudaFuncSetAttribute(indexer_scores_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              int(kSmem)) == cudaSuccess;
   return ok;
 }
 
