@@ -17,6 +17,8 @@
 // ms [T, H, NS, 2], the slot table [T, KP] (head group 0), error bits.
 #include <cuda_bf16.h>
 
+#include <cstdlib>
+
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/mla/decode_common.cuh"
 #include "backends/cuda/mla/decode_sm90.h"
@@ -108,17 +110,29 @@ __device__ __forceinline__ void score_epilogue(const float (&al)[16], const floa
 // Producer: one row's share (4 threads per row, quarter q) of a gathered cache row: latent chunks
 // q + 4i (i < 8; 16 e4m3 each, lanes read 64 contiguous bytes per row), the 4 scales, RoPE bytes
 // 32q .. 32q + 31.
+// Volatile asm: the loads stay where they are issued (a tile ahead of their use); plain __ldg may be
+// sunk by the compiler next to the use (register pressure), exposing the memory latency per tile.
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+template <bool kPinned>
 __device__ __forceinline__ void load_row_part(uint4 (&v)[11], const uint8_t* cache, int slot, int q) {
   if (slot < 0) return;
   const uint4* src = reinterpret_cast<const uint4*>(cache + int64_t(slot) * kMlaTokenBytes);
+  auto ld = [](const uint4* a) { return kPinned ? ld_stream(a) : __ldg(a); };
 #pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = __ldg(src + q + 4 * i);
-  v[8] = __ldg(src + kScalesOff / 16);
-  v[9] = __ldg(src + kRopeOff / 16 + 2 * q);
-  v[10] = __ldg(src + kRopeOff / 16 + 2 * q + 1);
+  for (int i = 0; i < 8; ++i) v[i] = ld(src + q + 4 * i);
+  v[8] = ld(src + kScalesOff / 16);
+  v[9] = ld(src + kRopeOff / 16 + 2 * q);
+  v[10] = ld(src + kRopeOff / 16 + 2 * q + 1);
 }
 #endif  // DSA_WGMMA
 
+template <bool kPinned>
 __global__ void __launch_bounds__(kThreads, 1) mqa_score_sm90_kernel(DecP p) {
 #if DSA_WGMMA
   extern __shared__ uint8_t smraw[];
@@ -140,13 +154,13 @@ __global__ void __launch_bounds__(kThreads, 1) mqa_score_sm90_kernel(DecP p) {
     int s_nxt = cand_resolve(p, t, idx_of(1), posn);
     int i_n2 = idx_of(2);
     uint4 cur[11];
-    load_row_part(cur, p.cache, s_cur, q);
+    load_row_part<kPinned>(cur, p.cache, s_cur, q);
     const uint4 z = make_uint4(0, 0, 0, 0);
     for (int j = 0; j < ntiles; ++j) {
       uint4 nxt[11];
 #pragma unroll
       for (int i = 0; i < 11; ++i) nxt[i] = z;
-      if (j + 1 < ntiles) load_row_part(nxt, p.cache, s_nxt, q);  // in flight during this tile
+      if (j + 1 < ntiles) load_row_part<kPinned>(nxt, p.cache, s_nxt, q);  // in flight during this tile
       const int s_n2 = cand_resolve(p, t, i_n2, posn);            // block table: two tiles ahead
       i_n2 = idx_of(j + 3);                                        // top-k: three tiles ahead
       const int buf = j & 1;
@@ -269,14 +283,24 @@ __global__ void __launch_bounds__(kThreads, 1) mqa_score_sm90_kernel(DecP p) {
 }  // namespace
 
 bool mqa_score_sm90_available() {
-  static const bool ok = sm90a_sass_runs() &&
-                         cudaFuncSetAttribute(mqa_score_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              int(kSmem)) == cudaSuccess;
+  static const bool ok =
+      sm90a_sass_runs() &&
+      cudaFuncSetAttribute(mqa_score_sm90_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)) ==
+          cudaSuccess &&
+      cudaFuncSetAttribute(mqa_score_sm90_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)) ==
+          cudaSuccess;
   return ok;
 }
 
 void launch_mqa_score_sm90(const DecP& p, dim3 grid) {
-  mqa_score_sm90_kernel<<<grid, kThreads, kSmem>>>(p);
+  static const int variant = [] {
+    const char* e = std::getenv("DSA_CUDA_MQA_SM90_V");
+    return e ? std::atoi(e) : 1;
+  }();
+  if (variant == 1)
+    mqa_score_sm90_kernel<true><<<grid, kThreads, kSmem>>>(p);
+  else
+    mqa_score_sm90_kernel<false><<<grid, kThreads, kSmem>>>(p);
   DSA_LAUNCH_CHECK();
 }
 
