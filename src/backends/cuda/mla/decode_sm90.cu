@@ -17,8 +17,6 @@
 // ms [T, H, NS, 2], the slot table [T, KP] (head group 0), error bits.
 #include <cuda_bf16.h>
 
-#include <cstdlib>
-
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/mla/decode_common.cuh"
 #include "backends/cuda/mla/decode_sm90.h"
@@ -88,14 +86,13 @@ __device__ __forceinline__ void score_epilogue(const float (&al)[16], const floa
     float tm = -INFINITY;
 #pragma unroll
     for (int j = 0; j < 4; ++j) tm = fmaxf(tm, fmaxf(x[4 * j + 2 * hf], x[4 * j + 2 * hf + 1]));
-    if (tm > -INFINITY) {
+    if (tm > -INFINITY) {  // exp(-inf - finite) = 0: masked candidates and an empty running max add 0
       const float mn = fmaxf(m[hf], tm);
-      float acc = m[hf] > -INFINITY ? su[hf] * expf(m[hf] - mn) : 0.f;
+      float acc = su[hf] * expf(m[hf] - mn);
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int e = 0; e < 2; ++e)
-          if (x[4 * j + 2 * hf + e] > -INFINITY) acc += expf(x[4 * j + 2 * hf + e] - mn);
+      for (int j = 0; j < 4; ++j) {
+        acc += expf(x[4 * j + 2 * hf] - mn) + expf(x[4 * j + 2 * hf + 1] - mn);
+      }
       su[hf] = acc;
       m[hf] = mn;
     }
@@ -110,29 +107,17 @@ __device__ __forceinline__ void score_epilogue(const float (&al)[16], const floa
 // Producer: one row's share (4 threads per row, quarter q) of a gathered cache row: latent chunks
 // q + 4i (i < 8; 16 e4m3 each, lanes read 64 contiguous bytes per row), the 4 scales, RoPE bytes
 // 32q .. 32q + 31.
-// Volatile asm: the loads stay where they are issued (a tile ahead of their use); plain __ldg may be
-// sunk by the compiler next to the use (register pressure), exposing the memory latency per tile.
-__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-template <bool kPinned>
 __device__ __forceinline__ void load_row_part(uint4 (&v)[11], const uint8_t* cache, int slot, int q) {
   if (slot < 0) return;
   const uint4* src = reinterpret_cast<const uint4*>(cache + int64_t(slot) * kMlaTokenBytes);
-  auto ld = [](const uint4* a) { return kPinned ? ld_stream(a) : __ldg(a); };
 #pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = ld(src + q + 4 * i);
-  v[8] = ld(src + kScalesOff / 16);
-  v[9] = ld(src + kRopeOff / 16 + 2 * q);
-  v[10] = ld(src + kRopeOff / 16 + 2 * q + 1);
+  for (int i = 0; i < 8; ++i) v[i] = __ldg(src + q + 4 * i);
+  v[8] = __ldg(src + kScalesOff / 16);
+  v[9] = __ldg(src + kRopeOff / 16 + 2 * q);
+  v[10] = __ldg(src + kRopeOff / 16 + 2 * q + 1);
 }
 #endif  // DSA_WGMMA
 
-template <bool kPinned>
 __global__ void __launch_bounds__(kThreads, 1) mqa_score_sm90_kernel(DecP p) {
 #if DSA_WGMMA
   extern __shared__ uint8_t smraw[];
@@ -149,20 +134,45 @@ __global__ void __launch_bounds__(kThreads, 1) mqa_score_sm90_kernel(DecP p) {
   if (tid >= 128) {  // ---- producers -------------------------------------------------------------
     const int pt = tid - 128, r = pt >> 2, q = pt & 3;
     int32_t* slot_out = blockIdx.y == 0 ? p.slot + int64_t(t) * p.KP + c_begin : nullptr;
+    // Slot pipeline in which no instruction waits on a load issued in the same tile: during tile
+    // j the top-k index of tile j + 3 is loaded, the index of tile j + 2 (loaded during j - 1) is
+    // checked and its block-table entry loaded, and the slot of tile j + 1 is formed from the
+    // entry loaded during j - 1 (then its gather is issued). Branching on the block-table value
+    // right after loading it (as cand_resolve does) stalled the producers two L2 round trips per tile.
+    const int32_t* bt_row = p.bt + int64_t(p.tseq[t]) * p.mb;
     auto idx_of = [&](int j) { return cand_idx(p, t, c_begin + int64_t(j) * 64 + r, c_end); };
-    int s_cur = cand_resolve(p, t, idx_of(0), posn);
-    int s_nxt = cand_resolve(p, t, idx_of(1), posn);
-    int i_n2 = idx_of(2);
+    auto checked = [&](int idx) {  // -1: no candidate
+      if (idx < -1 || idx > posn) {
+        atomicOr(p.err, kErrTopk);
+        return -1;
+      }
+      return idx;
+    };
+    auto blk_of = [&](int idx) { return idx >= 0 ? __ldg(bt_row + idx / int(kKvBlock)) : -1; };
+    auto slot_from = [&](int idx, int blk) {
+      if (idx < 0) return -1;
+      if (blk < 0) {
+        atomicOr(p.err, kErrBlock);
+        return -1;
+      }
+      return blk * int(kKvBlock) + idx % int(kKvBlock);
+    };
+    const int i0 = checked(idx_of(0));
+    int s_cur = slot_from(i0, blk_of(i0));
+    int i1 = checked(idx_of(1)), b1 = blk_of(i1);  // tile j + 1 during iteration j
+    int i2 = idx_of(2);                            // tile j + 2, not checked yet
     uint4 cur[11];
-    load_row_part<kPinned>(cur, p.cache, s_cur, q);
+    load_row_part(cur, p.cache, s_cur, q);
     const uint4 z = make_uint4(0, 0, 0, 0);
     for (int j = 0; j < ntiles; ++j) {
+      const int s_nxt = slot_from(i1, b1);
       uint4 nxt[11];
 #pragma unroll
       for (int i = 0; i < 11; ++i) nxt[i] = z;
-      if (j + 1 < ntiles) load_row_part<kPinned>(nxt, p.cache, s_nxt, q);  // in flight during this tile
-      const int s_n2 = cand_resolve(p, t, i_n2, posn);            // block table: two tiles ahead
-      i_n2 = idx_of(j + 3);                                        // top-k: three tiles ahead
+      if (j + 1 < ntiles) load_row_part(nxt, p.cache, s_nxt, q);  // in flight during this tile
+      i1 = checked(i2);
+      b1 = blk_of(i1);
+      i2 = idx_of(j + 3);
       const int buf = j & 1;
       if (j >= 2) wgmma::bar_sync(kBarEmpty + buf, kThreads);      // the consumer is done with tile j - 2
       uint8_t* tile = kt + buf * kTileBytes;
@@ -189,7 +199,6 @@ __global__ void __launch_bounds__(kThreads, 1) mqa_score_sm90_kernel(DecP p) {
 #pragma unroll
       for (int i = 0; i < 11; ++i) cur[i] = nxt[i];
       s_cur = s_nxt;
-      s_nxt = s_n2;
     }
     return;
   }
@@ -283,24 +292,14 @@ __global__ void __launch_bounds__(kThreads, 1) mqa_score_sm90_kernel(DecP p) {
 }  // namespace
 
 bool mqa_score_sm90_available() {
-  static const bool ok =
-      sm90a_sass_runs() &&
-      cudaFuncSetAttribute(mqa_score_sm90_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)) ==
-          cudaSuccess &&
-      cudaFuncSetAttribute(mqa_score_sm90_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)) ==
-          cudaSuccess;
+  static const bool ok = sm90a_sass_runs() &&
+                         cudaFuncSetAttribute(mqa_score_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              int(kSmem)) == cudaSuccess;
   return ok;
 }
 
 void launch_mqa_score_sm90(const DecP& p, dim3 grid) {
-  static const int variant = [] {
-    const char* e = std::getenv("DSA_CUDA_MQA_SM90_V");
-    return e ? std::atoi(e) : 1;
-  }();
-  if (variant == 1)
-    mqa_score_sm90_kernel<true><<<grid, kThreads, kSmem>>>(p);
-  else
-    mqa_score_sm90_kernel<false><<<grid, kThreads, kSmem>>>(p);
+  mqa_score_sm90_kernel<<<grid, kThreads, kSmem>>>(p);
   DSA_LAUNCH_CHECK();
 }
 
