@@ -463,6 +463,7 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_pv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemB)));
     attr = true;
   }
+  // Hopper: kernel A on wgmma (decode_sm90.cu, same outputs); kernel B and the split sum are shared.
   const bool use_wgmma = tun.wgmma != 0 && mqa_score_sm90_available();
   // Tokens per launch: the bf16 score scratch stays under tun.max_scratch bytes.
   const int64_t TC = std::clamp<int64_t>(tun.max_scratch / std::max<int64_t>(1, H * KP * 2), 1, T);
