@@ -104,6 +104,7 @@ struct Cfg {
   int path, splits;
   int64_t max_scratch;
   const char* name;
+  int wgmma = 1;  // MqaTuning::wgmma: 1 = the Hopper scores kernel where it runs, 0 = mma.sync everywhere
 };
 
 // CPU reference vs every GPU path; returns nothing, reports through gtest.
@@ -123,16 +124,19 @@ void check_all(Both& be, MlaCase& st, const Tensor* topk, int64_t H, const std::
       {1, 1, 512 << 20, "stored 1 split"},
       {1, 3, 512 << 20, "stored 3 splits"},
       {1, 64, 512 << 20, "stored max splits"},
+      {1, 1, 512 << 20, "stored 1 split, mma.sync scores", 0},
+      {1, 3, 512 << 20, "stored 3 splits, mma.sync scores", 0},
       {1, 2, H * std::max<int64_t>(KP, 64 * 20) * 2 * 2, "stored 2 splits, token chunks"},
       {2, 1, 512 << 20, "two-pass 1 split"},
       {2, 0, 512 << 20, "two-pass auto-split"},
   };
   if (with_simple) cfgs.push_back({3, 0, 512 << 20, "CUDA cores"});
-  Tensor stored1, twopass1;
+  Tensor stored1, mma1, twopass1;
   for (const Cfg& c : cfgs) {
     cuda::mqa_tuning().path = c.path;
     cuda::mqa_tuning().force_splits = c.splits;
     cuda::mqa_tuning().max_scratch = c.max_scratch;
+    cuda::mqa_tuning().wgmma = c.wgmma;
     Tensor og = be.poisoned(DType::BF16, {T, H, 512});
     be.gpu.attention_mqa(dql, dqp, st.dkv, st.b, topk ? &dtk : nullptr, scale, og);
     Tensor g = be.down(og);
@@ -141,12 +145,17 @@ void check_all(Both& be, MlaCase& st, const Tensor* topk, int64_t H, const std::
     int64_t same = 0;
     for (int64_t i = 0; i < g.numel(); ++i) same += g.ptr<uint16_t>()[i] == oc.ptr<uint16_t>()[i];
     std::printf("  %-40s %-30s rel-L2 %.2e, %.4f bitwise equal\n", label.c_str(), c.name, e, double(same) / double(g.numel()));
-    if (c.path == 1 && c.splits == 1) stored1 = g;
+    if (c.path == 1 && c.splits == 1 && c.wgmma) stored1 = g;
+    if (c.path == 1 && c.splits == 1 && !c.wgmma) mma1 = g;
     if (c.path == 2 && c.splits == 1) twopass1 = g;
   }
   if (stored1.data && twopass1.data) {
     SCOPED_TRACE(label);
     expect_close(stored1, twopass1, 1e-3, "stored scores vs two-pass (one split)");
+  }
+  if (stored1.data && mma1.data) {  // wgmma and mma.sync scores kernels on the same inputs
+    SCOPED_TRACE(label);
+    expect_close(stored1, mma1, 1e-3, "stored scores: default scores kernel vs mma.sync (one split)");
   }
 }
 
@@ -259,8 +268,9 @@ TEST(GpuMla, OneCandidateIsTheRowEmptyIsZero) {
       }
     }
     Tensor dtk = be.up(topk);
-    for (int path : {1, 2}) {
-      cuda::mqa_tuning().path = path;
+    for (int path : {1, 2, 0}) {  // 0: stored scores with the mma.sync scores kernel (wgmma off)
+      cuda::mqa_tuning().path = path == 0 ? 1 : path;
+      cuda::mqa_tuning().wgmma = path == 0 ? 0 : 1;
       for (int splits : {0, 1, 2}) {
         cuda::mqa_tuning().force_splits = splits;
         Tensor og = be.poisoned(DType::BF16, {T, H, 512});

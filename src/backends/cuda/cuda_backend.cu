@@ -7,6 +7,7 @@
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/indexer/scores_sm90.h"
 #include "backends/cuda/topk/topk.h"
+#include "backends/cuda/mla/decode_sm90.h"
 
 #include <cmath>
 #include <cstring>
@@ -238,6 +239,7 @@ CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
   // One-time probes with synchronous copies happen here, never inside a decode step (graph capture).
   sm90_scores_available();
   topk_cluster_max();
+  mqa_score_sm90_available();
 }
 
 int device_sm_count() {

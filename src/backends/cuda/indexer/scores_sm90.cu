@@ -24,6 +24,7 @@
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/mma.cuh"
+#include "backends/cuda/wgmma.cuh"
 #include "backends/cuda/indexer/scores_sm90.h"
 
 namespace dsa::cuda {
@@ -37,34 +38,10 @@ constexpr int kBids = 2048;                                     // block ids sta
 constexpr size_t kSmem = 1024 /*align slack*/ + kTileBytes /*q*/ + kTileBytes /*keys*/ + kStages * kRawBytes +
                          64 * 4 /*w*/ + kBids * 4;
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define DSA_WGMMA 1
-#else
-#define DSA_WGMMA 0
-#endif
-
 __global__ void sm90_probe_kernel(int* out) { *out = DSA_WGMMA; }
 
 #if DSA_WGMMA
-__device__ __forceinline__ uint64_t smem_desc(const void* p) {
-  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  return uint64_t((a & 0x3FFFF) >> 4) | (uint64_t(1) << 16) /*LBO (unused, K-major swizzled)*/ |
-         (uint64_t(1024 >> 4) << 32) /*SBO: 8 rows x 128 B*/ | (uint64_t(1) << 62) /*128B swizzle*/;
-}
-
-__device__ __forceinline__ void wgmma_64x64x16(float (&d)[32], uint64_t da, uint64_t db, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(da), "l"(db), "r"(accumulate));
-}
-
+using wgmma::desc_sw128;
 
 __device__ __forceinline__ uint32_t cvt_e4m3x2_f16x2(uint16_t v) {
   const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(v), __NV_E4M3);
@@ -150,19 +127,19 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_kernel(Sm90ScoreArgs 
       const int ch = tid + 128 * j, r = ch / 8, c = ch % 8;
       store_f16_chunks(tile, r, c, *reinterpret_cast<const uint4*>(rb + r * 128 + c * 16));
     }
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // generic-proxy stores -> wgmma reads
+    wgmma::fence_proxy_async();  // generic-proxy stores -> wgmma reads
     __syncthreads();
     float d[32];
 #pragma unroll
     for (int i = 0; i < 32; ++i) d[i] = 0.f;
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+    wgmma::fence();
 #pragma unroll
     for (int ks = 0; ks < 8; ++ks) {
       const int off = (ks >> 2) * 8192 + (ks & 3) * 32;
-      wgmma_64x64x16(d, smem_desc(tile + off), smem_desc(qt + off), ks > 0);
+      wgmma::m64n64k16_f16(d, desc_sw128(tile + off), desc_sw128(qt + off), ks > 0);
     }
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wgmma::commit();
+    wgmma::wait<0>();
     // d[4j + e]: key row 16*warp + gid (+8 for e >= 2), head 8j + 2tq (+1 for odd e).
     float s0 = 0.f, s1 = 0.f;
 #pragma unroll
@@ -210,42 +187,6 @@ constexpr size_t fp8_smem(int nq, int stages) {
          size_t(nq) * 64 * 4 /*w*/ + kFp8Bids * 4;
 }
 
-#if DSA_WGMMA
-__device__ __forceinline__ void wgmma_fp8_n64(float (&d)[32], uint64_t da, uint64_t db, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(da), "l"(db), "r"(accumulate));
-}
-
-__device__ __forceinline__ void wgmma_fp8_n128(float (&d)[64], uint64_t da, uint64_t db, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
-      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
-      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
-      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(da), "l"(db), "r"(accumulate));
-}
-
-// Offset of 16-byte chunk c of row r in a K-major 128B-swizzled e4m3 tile (rows of 128 bytes).
-__device__ __forceinline__ int swz(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
-#endif
 
 // grid (gx, groups): group g = tokens t0 + NQ*g .. + NQ-1 (the same sequence when NQ = 2), CTA x = a
 // contiguous range of the group's 64-key blocks.
@@ -284,8 +225,8 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_fp8_kernel(Sm90ScoreA
   // q rows (heads >= Hi and a missing second query: zero) by cp.async in the first copy group.
   for (int ch = tid; ch < NQ * 64 * 8; ch += 128) {
     const int r = ch / 8, c = ch % 8, qi = r / 64, h = r % 64;
-    if (qi < nq && h < p.Hi) mma::cp16(qt + swz(r, c), p.q + ((tfirst + qi) * p.Hi + h) * 128 + c * 16);
-    else *reinterpret_cast<uint4*>(qt + swz(r, c)) = make_uint4(0, 0, 0, 0);
+    if (qi < nq && h < p.Hi) mma::cp16(qt + wgmma::sw128_offset(r, c), p.q + ((tfirst + qi) * p.Hi + h) * 128 + c * 16);
+    else *reinterpret_cast<uint4*>(qt + wgmma::sw128_offset(r, c)) = make_uint4(0, 0, 0, 0);
   }
   for (int e = tid; e < NQ * 64; e += 128) {
     const int qi = e / 64, h = e % 64;
@@ -305,7 +246,7 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_fp8_kernel(Sm90ScoreA
 #pragma unroll
         for (int j = 0; j < 4; ++j) {  // 512 key chunks: row r = ch / 8, chunk c = ch % 8
           const int ch = tid + 128 * j;
-          mma::cp16(kdst + swz(ch / 8, ch % 8), src + ch * 16);
+          mma::cp16(kdst + wgmma::sw128_offset(ch / 8, ch % 8), src + ch * 16);
         }
         if (tid < 16) mma::cp16(kscale + st * 64 + tid * 4, src + kKvBlock * kIndexDim + tid * 16);
       }
@@ -317,7 +258,7 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_fp8_kernel(Sm90ScoreA
   for (int64_t b = b0; b < b1; ++b) {
     mma::cp_wait<STAGES - 2>();
     // cp.async writes are generic-proxy stores as far as wgmma (async proxy) is concerned
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    wgmma::fence_proxy_async();
     __syncthreads();  // block b has landed (all threads' copies); block b-1 is fully done
     issue(b + STAGES - 1);  // refills block b-1's stage
     const int blk = bid(b);
@@ -330,14 +271,14 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_fp8_kernel(Sm90ScoreA
       continue;
     }
     float d[NQ * 32];
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+    wgmma::fence();
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
-      if constexpr (NQ == 1) wgmma_fp8_n64(d, smem_desc(kt + st * 8192 + ks * 32), smem_desc(qt + ks * 32), ks > 0);
-      else wgmma_fp8_n128(d, smem_desc(kt + st * 8192 + ks * 32), smem_desc(qt + ks * 32), ks > 0);
+      if constexpr (NQ == 1) wgmma::m64n64k32_e4m3(d, desc_sw128(kt + st * 8192 + ks * 32), desc_sw128(qt + ks * 32), ks > 0);
+      else wgmma::m64n128k32_e4m3(d, desc_sw128(kt + st * 8192 + ks * 32), desc_sw128(qt + ks * 32), ks > 0);
     }
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wgmma::commit();
+    wgmma::wait<0>();
     // d[4j + e]: key row 16*warp + gid (+8 for e >= 2), head column 8j + 2tq (+1 for odd e); column n is
     // head n % 64 of query n / 64.
     float s0[NQ], s1[NQ];
@@ -437,12 +378,7 @@ int sm90_scores_mode() {
   return g_sm90_mode;
 }
 
-bool sm90_scores_available() {
-  if (g_sm90_enabled < 0) {
-    const char* e = std::getenv("DSA_CUDA_INDEXER_WGMMA");
-    g_sm90_enabled = (e && *e == '0') ? 0 : 1;
-  }
-  if (!g_sm90_enabled) return false;
+bool sm90a_sass_runs() {
   static const bool ok = [] {
     int* d = nullptr;
     if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
@@ -454,7 +390,19 @@ bool sm90_scores_available() {
     const bool launched = cudaGetLastError() == cudaSuccess && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
     cudaFree(d);
     cudaGetLastError();
-    if (!launched || h != 1) return false;
+    return launched && h == 1;
+  }();
+  return ok;
+}
+
+bool sm90_scores_available() {
+  if (g_sm90_enabled < 0) {
+    const char* e = std::getenv("DSA_CUDA_INDEXER_WGMMA");
+    g_sm90_enabled = (e && *e == '0') ? 0 : 1;
+  }
+  if (!g_sm90_enabled) return false;
+  static const bool ok = [] {
+    if (!sm90a_sass_runs()) return false;
     return cudaFuncSetAttribute(indexer_scores_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)) ==
                cudaSuccess &&
            fp8_occupancy<1, 3>() > 0 && fp8_occupancy<1, 4>() > 0 && fp8_occupancy<1, 5>() > 0 &&

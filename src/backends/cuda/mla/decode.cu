@@ -23,6 +23,8 @@
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/mla/decode.h"
+#include "backends/cuda/mla/decode_common.cuh"
+#include "backends/cuda/mla/decode_sm90.h"
 #include "backends/cuda/mma.cuh"
 
 namespace dsa::cuda {
@@ -32,6 +34,7 @@ MqaTuning& mqa_tuning() {
     MqaTuning d;
     if (const char* e = std::getenv("DSA_CUDA_MQA_PATH")) d.path = std::atoi(e);
     if (const char* e = std::getenv("DSA_CUDA_MQA_SPLITS")) d.force_splits = std::atoi(e);
+    if (const char* e = std::getenv("DSA_CUDA_MQA_WGMMA")) d.wgmma = std::atoi(e);
     if (const char* e = std::getenv("DSA_CUDA_MQA_SCORES_ONLY")) d.scores_only = std::atoi(e) != 0;
     return d;
   }();
@@ -41,8 +44,8 @@ MqaTuning& mqa_tuning() {
 namespace {
 
 using namespace mma;
+using namespace mqa;
 
-constexpr int kScalesOff = int(kMlaLatent), kRopeOff = int(kMlaLatent) + 16;
 constexpr int TM = 64;    // heads per CTA
 constexpr int TN = 64;    // candidates per tile
 constexpr int QLD = 584;  // halves: 1168-byte rows (73 x 16 B, odd: ldmatrix conflict-free)
@@ -53,48 +56,6 @@ constexpr int RAW_B = int(kMlaLatent) + 16; // 528 = 33 x 16 B: latent, scales
 constexpr uint16_t kNegInfBf = 0xff80;
 
 constexpr size_t kSmemB = size_t(TN) * VLD * 2 + 2 * size_t(TN) * RAW_B + size_t(TM) * PLD * 2 + 2 * TM * 4 + 3 * TN * 4;
-
-struct DecP {
-  const uint16_t* qlat; const uint16_t* qpe;  // [T, H, 512], [T, H, 64]
-  const uint8_t* cache;
-  const int32_t* topk; int64_t K;             // nullptr: dense causal
-  const int32_t* pos; const int32_t* tseq; const int32_t* bt; int mb;
-  int H, NS, tiles_per;                       // split s: tiles [s * tiles_per, (s + 1) * tiles_per)
-  int64_t KP;                                 // score row stride (a multiple of TN)
-  float scale;
-  uint16_t* S;     // [T, H, KP] bf16 scores (-inf where no candidate)
-  float* ms;       // [T, H, NS, 2] per-split (max, sum exp(s - max))
-  float* part;     // [T, H, NS, 512] partial P.V (NS > 1)
-  uint16_t* out;   // [T, H, 512]
-  int32_t* slot;   // [T, KP] cache slot per candidate (-1: none), written by kernel A, read by B
-  int* err;
-};
-
-// Two e4m3 values (low 16 bits of x) times a power-of-two scale -> bf16x2, exact.
-__device__ __forceinline__ uint32_t deq2(uint32_t x, float sc) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(x & 0xffffu), __NV_E4M3);
-  const float2 f = __half22float2(__half2(hr));
-  const __nv_bfloat162 b = __floats2bfloat162_rn(f.x * sc, f.y * sc);
-  return *reinterpret_cast<const uint32_t*>(&b);
-#else
-  return uint32_t(f2bf(__fmul_rn(e4m3_to_float(x & 0xff), sc))) |
-         (uint32_t(f2bf(__fmul_rn(e4m3_to_float((x >> 8) & 0xff), sc))) << 16);
-#endif
-}
-// 16 e4m3 -> 16 bf16 (two 16-byte stores).
-__device__ __forceinline__ void deq16(const uint8_t* src, float sc, uint16_t* dst) {
-  const uint4 w = *reinterpret_cast<const uint4*>(src);
-  const uint32_t v[4] = {w.x, w.y, w.z, w.w};
-  uint32_t o[8];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    o[2 * i] = deq2(v[i], sc);
-    o[2 * i + 1] = deq2(v[i] >> 16, sc);
-  }
-  reinterpret_cast<uint4*>(dst)[0] = make_uint4(o[0], o[1], o[2], o[3]);
-  reinterpret_cast<uint4*>(dst)[1] = make_uint4(o[4], o[5], o[6], o[7]);
-}
 
 // The 512 latent dims of a tile's TN gathered rows (raw stride rs bytes) -> bf16 rows of dst (stride
 // ld halves); rows without a slot become zeros. Both kernels dequantise through this.
@@ -113,32 +74,6 @@ __device__ __forceinline__ void deq_latent_tile(const uint8_t* raw, int rs, cons
       reinterpret_cast<uint4*>(d)[1] = make_uint4(0, 0, 0, 0);
     }
   }
-}
-
-__device__ __forceinline__ void stat_merge(float& m, float& s, float m2, float s2) {
-  const float mm = fmaxf(m, m2);
-  if (mm == -INFINITY) return;
-  s = (m > -INFINITY ? s * expf(m - mm) : 0.f) + (m2 > -INFINITY ? s2 * expf(m2 - mm) : 0.f);
-  m = mm;
-}
-
-// ---- cache slots off the critical path ------------------------------------------------------
-// Candidate index of position i of token t (-1 beyond c_end: treated as padding, never checked; any
-// other value, -2 included, is checked by cand_resolve); the top-k load is issued one tile ahead, the
-// block-table load half a tile ahead, both into registers.
-__device__ __forceinline__ int cand_idx(const DecP& p, int t, int64_t i, int64_t c_end) {
-  if (i >= c_end) return -1;
-  return p.topk ? __ldg(p.topk + int64_t(t) * p.K + i) : int(i);
-}
-__device__ __forceinline__ int cand_resolve(const DecP& p, int t, int idx, int posn) {
-  if (idx < -1 || idx > posn) {
-    atomicOr(p.err, kErrTopk);
-    return -1;
-  }
-  if (idx < 0) return -1;
-  const int64_t s = slot_of(p.bt, p.mb, p.tseq[t], idx);
-  if (s < 0) atomicOr(p.err, kErrBlock);
-  return int(s);
 }
 
 // ---- kernel A: scores + per-split statistics ----------------------------------------------
@@ -528,6 +463,8 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_pv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemB)));
     attr = true;
   }
+  // Hopper: kernel A on wgmma (decode_sm90.cu, same outputs); kernel B and the split sum are shared.
+  const bool use_wgmma = tun.wgmma != 0 && mqa_score_sm90_available();
   // Tokens per launch: the bf16 score scratch stays under tun.max_scratch bytes.
   const int64_t TC = std::clamp<int64_t>(tun.max_scratch / std::max<int64_t>(1, H * KP * 2), 1, T);
   for (int64_t t0 = 0; t0 < T; t0 += TC) {
@@ -551,8 +488,12 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     p.out = out_lat.ptr<uint16_t>() + t0 * H * 512; p.err = be.err_flag();
     p.slot = slot.ptr<int32_t>();
     const dim3 grid{unsigned(Tc), unsigned(HG), unsigned(NS)};
-    mqa_score_kernel<<<grid, 512, kSmemA>>>(p);
-    DSA_LAUNCH_CHECK();
+    if (use_wgmma) {
+      launch_mqa_score_sm90(p, grid);
+    } else {
+      mqa_score_kernel<<<grid, 512, kSmemA>>>(p);
+      DSA_LAUNCH_CHECK();
+    }
     if (tun.scores_only) continue;  // profiling only: the output is not written
     mqa_pv_kernel<<<grid, kPvThreads, kSmemB>>>(p);
     DSA_LAUNCH_CHECK();
