@@ -150,12 +150,12 @@ if has bench && (( $(left) > 60 )); then
   BQ=""; [[ $QUICK == 1 ]] && BQ=--quick
   timeout $(( $(left) > 260 ? 220 : $(left) - 40 )) "$B/bench/gpu/dsa_gpu_bench" $BQ --md "$OUT/bench.md" > "$OUT/bench.log" 2>&1
   note "dsa_gpu_bench: rc=$? in $((SECONDS - t0)) s"
-  if (( $(left) > 60 )); then
+  if [[ ${BENCH_EXTRA:-1} == 1 ]] && (( $(left) > 60 )); then  # BENCH_EXTRA=0: kernel/layer bench only
     t0=$SECONDS
     timeout 90 "$B/bench/gpu/dsa_gpu_prefill_bench" --md "$OUT/prefill.md" > "$OUT/prefill.log" 2>&1
     note "dsa_gpu_prefill_bench: rc=$? in $((SECONDS - t0)) s"
   fi
-  if [[ -x $B/bench/gpu/dsa_gpu_gemm_bench ]] && (( $(left) > 60 )); then
+  if [[ ${BENCH_EXTRA:-1} == 1 && -x $B/bench/gpu/dsa_gpu_gemm_bench ]] && (( $(left) > 60 )); then
     t0=$SECONDS
     timeout 60 "$B/bench/gpu/dsa_gpu_gemm_bench" --md "$OUT/gemm.md" > "$OUT/gemm_bench.log" 2>&1
     note "dsa_gpu_gemm_bench: rc=$? in $((SECONDS - t0)) s"

@@ -55,7 +55,6 @@ constexpr int RAW_A = int(kMlaTokenBytes);  // 656 = 41 x 16 B: latent, scales, 
 constexpr int RAW_B = int(kMlaLatent) + 16; // 528 = 33 x 16 B: latent, scales
 constexpr uint16_t kNegInfBf = 0xff80;
 
-constexpr size_t kSmemB = size_t(TN) * VLD * 2 + 2 * size_t(TN) * RAW_B + size_t(TM) * PLD * 2 + 2 * TM * 4 + 3 * TN * 4;
 
 // The 512 latent dims of a tile's TN gathered rows (raw stride rs bytes) -> bf16 rows of dst (stride
 // ld halves); rows without a slot become zeros. Both kernels dequantise through this.
@@ -299,16 +298,19 @@ constexpr size_t kSmemA = size_t(TM + TN) * QLD * 2 + size_t(TN) * RAW_A + size_
 
 // ---- kernel B: P = bf16(exp(s - m) / l), O += P.V -----------------------------------------
 // 16 warps; warp w: all 64 heads x latent dims 32w..32w+31 (4 x 4 mma tiles, 64 fp32 accumulators).
+// Software pipeline, one barrier per 64-candidate tile: while the warps multiply tile j (bf16 V and P
+// in buffer j % 2), they dequantise tile j + 1 (gathered one tile earlier) into the other buffer and
+// form its P, one quarter per k16 step, so the tensor pipe and the conversion ALU work overlap inside
+// every warp instead of alternating CTA-wide; tile j + 2 is gathered (cp.async) meanwhile. The slots
+// come from kernel A's table through a 3-entry ring filled from registers loaded a tile ahead.
 constexpr int kPvThreads = 512;
-// The slots come from kernel A's table (register prefetch one tile ahead of their use, nothing
-// resolved between barriers) and the stored scores of tile j + 1 are loaded into registers while
-// tile j is multiplied.
+constexpr size_t kSmemB = 2 * size_t(TN) * VLD * 2 + 2 * size_t(TN) * RAW_B + 2 * size_t(TM) * PLD * 2 + 2 * TM * 4 + 3 * TN * 4;
 __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
   extern __shared__ __align__(16) uint8_t smraw[];
-  uint16_t* vs = reinterpret_cast<uint16_t*>(smraw);                // [TN][VLD]
-  uint8_t* raw = reinterpret_cast<uint8_t*>(vs + TN * VLD);         // [2][TN][528]
-  uint16_t* ps = reinterpret_cast<uint16_t*>(raw + 2 * TN * RAW_B); // [TM][PLD]
-  float* rowM = reinterpret_cast<float*>(ps + TM * PLD);
+  uint16_t* vs = reinterpret_cast<uint16_t*>(smraw);                // [2][TN][VLD]
+  uint8_t* raw = reinterpret_cast<uint8_t*>(vs + 2 * TN * VLD);     // [2][TN][528]
+  uint16_t* ps = reinterpret_cast<uint16_t*>(raw + 2 * TN * RAW_B); // [2][TM][PLD]
+  float* rowM = reinterpret_cast<float*>(ps + 2 * TM * PLD);
   float* rowI = rowM + TM;
   int* slots = reinterpret_cast<int*>(rowI + TM);                  // [3][TN]
   const int t = blockIdx.x, h0 = blockIdx.y * TM, split = blockIdx.z, tid = threadIdx.x;
@@ -328,11 +330,13 @@ __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
     rowM[tid] = m;
     rowI[tid] = su > 0.f ? 1.0f / su : 0.f;
   }
-  int nsl = -1;  // tid < TN: slot of candidate tid of tile j + 2 (loaded during tile j - 1)
+  auto slot_at = [&](int64_t c) { return c < c_end ? slot_in[c] : -1; };
+  int nsl = -1;  // tid < TN: slot of candidate tid of tile j + 3 (stored into the ring during tile j)
   if (tid < TN) {
-    slots[tid] = c_begin + tid < c_end ? slot_in[c_begin + tid] : -1;
-    slots[TN + tid] = c_begin + TN + tid < c_end ? slot_in[c_begin + TN + tid] : -1;
-    nsl = c_begin + 2 * TN + tid < c_end ? slot_in[c_begin + 2 * TN + tid] : -1;
+    slots[tid] = slot_at(c_begin + tid);
+    slots[TN + tid] = slot_at(c_begin + TN + tid);
+    slots[2 * TN + tid] = slot_at(c_begin + 2 * TN + tid);
+    nsl = slot_at(c_begin + 3 * TN + tid);
   }
   __syncthreads();
   auto gather = [&](int buf, const int* sl) {
@@ -346,68 +350,91 @@ __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
   cp_commit();
   if (c_begin + TN < c_end) gather(1, slots + TN);
   cp_commit();
-  float acc[4][4][4] = {};
-  const int wd = warp * 32;
   // this thread's score chunk: head sh, candidates sc8 .. sc8 + 7
   const int sh = tid / 8, sc8 = (tid % 8) * 8;
   const uint16_t* srow = p.S + (int64_t(t) * p.H + h0 + sh) * p.KP + sc8;
   const bool hok = h0 + sh < p.H;
   const uint4 ninf4 = make_uint4(0xff80ff80u, 0xff80ff80u, 0xff80ff80u, 0xff80ff80u);
-  uint4 sv = hok && c_begin < c_end ? *reinterpret_cast<const uint4*>(srow + c_begin) : ninf4;
+  auto load_scores = [&](int64_t c) { return hok && c < c_end ? *reinterpret_cast<const uint4*>(srow + c) : ninf4; };
+  // P of one tile: bf16(exp(s - M) * (1 / l)) exactly as the CPU (k_softmax_bf16); -inf scores -> 0.
+  auto form_p = [&](const uint4& sv, uint16_t* pdst) {
+    const float M = rowM[sh], I = rowI[sh];
+    const uint32_t w[4] = {sv.x, sv.y, sv.z, sv.w};
+    uint32_t o[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      uint32_t pr = 0;
+#pragma unroll
+      for (int hl = 0; hl < 2; ++hl) {
+        const uint16_t bits = uint16_t(w[e] >> (16 * hl));
+        const float pv = bits == kNegInfBf ? 0.f : __fmul_rn(expf(__fsub_rn(bf2f(bits), M)), I);
+        pr |= uint32_t(f2bf(pv)) << (16 * hl);
+      }
+      o[e] = pr;
+    }
+    *reinterpret_cast<uint4*>(pdst + sh * PLD + sc8) = make_uint4(o[0], o[1], o[2], o[3]);
+  };
+  // One quarter (k16 step q) of a tile's dequantisation: item i = tid + 512 q of the TN x 32 chunks.
+  auto deq_quarter = [&](const uint8_t* rb, const int* sl, uint16_t* dst, int q) {
+    const int i = tid + kPvThreads * q, r = i / 32, c = i % 32;
+    uint16_t* d = dst + r * VLD + c * 16;
+    if (sl[r] >= 0) {
+      const uint8_t* row = rb + r * RAW_B;
+      deq16(row + c * 16, reinterpret_cast<const float*>(row + kScalesOff)[c / 8], d);
+    } else {
+      reinterpret_cast<uint4*>(d)[0] = make_uint4(0, 0, 0, 0);
+      reinterpret_cast<uint4*>(d)[1] = make_uint4(0, 0, 0, 0);
+    }
+  };
+  static_assert(TN * 32 == 4 * kPvThreads, "one dequantisation item per thread and k16 step");
+  // Prologue: tile 0 into buffer 0.
+  uint4 sv = load_scores(c_begin);
+  cp_wait<1>();
+  __syncthreads();  // tile 0's rows have landed; rowM / rowI are set
+  if (c_begin < c_end) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) deq_quarter(raw, slots, vs, q);
+    form_p(sv, ps);
+  }
+  sv = load_scores(c_begin + TN);
+  float acc[4][4][4] = {};
+  const int wd = warp * 32;
   int j = 0;
   for (int64_t c0 = c_begin; c0 < c_end; c0 += TN, ++j) {
-    cp_wait<1>();
-    __syncthreads();  // this tile's rows have landed; every reader of vs / ps / slots[(j + 2) % 3] is done
-    {
-      const int* sl = slots + (j % 3) * TN;
-      const uint8_t* rb = raw + (j & 1) * TN * RAW_B;
-      deq_latent_tile<kPvThreads>(rb, RAW_B, sl, vs, VLD, tid);
-      {
-        const float M = rowM[sh], I = rowI[sh];
-        const uint32_t w[4] = {sv.x, sv.y, sv.z, sv.w};
-        uint32_t o[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          uint32_t pr = 0;
-#pragma unroll
-          for (int hl = 0; hl < 2; ++hl) {
-            const uint16_t bits = uint16_t(w[e] >> (16 * hl));
-            const float pv = bits == kNegInfBf ? 0.f : __fmul_rn(expf(__fsub_rn(bf2f(bits), M)), I);
-            pr |= uint32_t(f2bf(pv)) << (16 * hl);
-          }
-          o[e] = pr;
-        }
-        *reinterpret_cast<uint4*>(ps + sh * PLD + sc8) = make_uint4(o[0], o[1], o[2], o[3]);
-      }
-      if (tid < TN) {
-        slots[((j + 2) % 3) * TN + tid] = nsl;
-        const int64_t c3 = c0 + 3 * TN + tid;
-        nsl = c3 < c_end ? slot_in[c3] : -1;
-      }
-    }
-    __syncthreads();  // vs, ps hold this tile; raw[j & 1] is free; the slots of tile j + 2 are known
-    if (c0 + 2 * TN < c_end) gather(j & 1, slots + ((j + 2) % 3) * TN);
+    const int cur = j & 1, nxt = cur ^ 1;
+    cp_wait<0>();
+    __syncthreads();  // tile j + 1 has landed; buffer cur holds tile j; every reader of buffer nxt, raw[cur]
+                      // and ring entry j % 3 (tile j) is done
+    if (c0 + 2 * TN < c_end) gather(cur, slots + ((j + 2) % 3) * TN);
     cp_commit();
-    sv = hok && c0 + TN < c_end ? *reinterpret_cast<const uint4*>(srow + c0 + TN) : ninf4;
-    {
-      const uint16_t* pa = ps + (lane % 16) * PLD + (lane / 16) * 8;
-      const uint16_t* vb = vs + (lane % 8 + 8 * ((lane / 8) % 2)) * VLD + wd + 8 * (lane / 16);
+    const bool more = c0 + TN < c_end;
+    const int* sl1 = slots + ((j + 1) % 3) * TN;
+    const uint8_t* rb1 = raw + nxt * TN * RAW_B;
+    uint16_t* vs1 = vs + nxt * TN * VLD;
+    if (more) form_p(sv, ps + nxt * TM * PLD);
+    if (tid < TN) {
+      slots[(j % 3) * TN + tid] = nsl;  // tile j + 3
+      nsl = slot_at(c0 + 4 * TN + tid);
+    }
+    sv = load_scores(c0 + 2 * TN);
+    const uint16_t* pa = ps + cur * TM * PLD + (lane % 16) * PLD + (lane / 16) * 8;
+    const uint16_t* vb = vs + cur * TN * VLD + (lane % 8 + 8 * ((lane / 8) % 2)) * VLD + wd + 8 * (lane / 16);
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        uint32_t a[4][4];
+    for (int kk = 0; kk < 4; ++kk) {
+      uint32_t a[4][4];
 #pragma unroll
-        for (int mt = 0; mt < 4; ++mt) ldsm4(a[mt], pa + mt * 16 * PLD + kk * 16);
+      for (int mt = 0; mt < 4; ++mt) ldsm4(a[mt], pa + mt * 16 * PLD + kk * 16);
 #pragma unroll
-        for (int np = 0; np < 2; ++np) {
-          uint32_t b[4];
-          ldsm4t(b, vb + kk * 16 * VLD + np * 16);
+      for (int np = 0; np < 2; ++np) {
+        uint32_t b[4];
+        ldsm4t(b, vb + kk * 16 * VLD + np * 16);
 #pragma unroll
-          for (int mt = 0; mt < 4; ++mt) {
-            mma16816(acc[mt][2 * np], a[mt], b[0], b[1]);
-            mma16816(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
-          }
+        for (int mt = 0; mt < 4; ++mt) {
+          mma16816(acc[mt][2 * np], a[mt], b[0], b[1]);
+          mma16816(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
         }
       }
+      if (more) deq_quarter(rb1, sl1, vs1, kk);  // overlaps the mma just issued
     }
   }
   cp_wait<0>();
