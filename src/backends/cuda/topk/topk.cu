@@ -454,6 +454,9 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
   int tot;
   const int ex = block_excl_scan(tid < KPT * 32 ? tab[tid] : 0, sm.warp_tot, &tot);
   if (tid < KPT * 32) tab[tid] = ex;
+  // tab is complete for the compaction below. (The cluster barrier would order it too, but
+  // compute-sanitizer's racecheck does not model it as a CTA barrier.)
+  __syncthreads();
   int gt_off = 0, eq_off = 0;  // selected keys of the lower-ranked CTAs of the cluster
   if (csize > 1) {
     if (tid == 0) sm.cta_tot = tot;
@@ -463,8 +466,6 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
     gt_off = __reduce_add_sync(0xffffffffu, t >> 16);
     eq_off = __reduce_add_sync(0xffffffffu, t & 0xffff);
     cluster_arrive();  // done with the other CTAs' shared memory (waited for before exiting)
-  } else {
-    __syncthreads();
   }
 #pragma unroll
   for (int j = 0; j < KPT; ++j) {
