@@ -58,21 +58,23 @@ constexpr uint16_t kNegInfBf = 0xff80;
 
 // The 512 latent dims of a tile's TN gathered rows (raw stride rs bytes) -> bf16 rows of dst (stride
 // ld halves); rows without a slot become zeros. Both kernels dequantise through this.
+// Chunk i (row i / 32, dims 16 (i % 32) ..) of that: one 16-byte e4m3 chunk -> two 16-byte bf16 stores.
+__device__ __forceinline__ void deq_latent_chunk(const uint8_t* raw, int rs, const int* sl, uint16_t* dst, int ld, int i) {
+  const int r = i / 32, c = i % 32;
+  uint16_t* d = dst + r * ld + c * 16;
+  if (sl[r] >= 0) {
+    const uint8_t* row = raw + r * rs;
+    deq16(row + c * 16, reinterpret_cast<const float*>(row + kScalesOff)[c / 8], d);
+  } else {
+    reinterpret_cast<uint4*>(d)[0] = make_uint4(0, 0, 0, 0);
+    reinterpret_cast<uint4*>(d)[1] = make_uint4(0, 0, 0, 0);
+  }
+}
 template <int NT>
 __device__ __forceinline__ void deq_latent_tile(const uint8_t* raw, int rs, const int* sl, uint16_t* dst, int ld,
                                                 int tid) {
 #pragma unroll 2
-  for (int i = tid; i < TN * 32; i += NT) {
-    const int r = i / 32, c = i % 32;
-    uint16_t* d = dst + r * ld + c * 16;
-    if (sl[r] >= 0) {
-      const uint8_t* row = raw + r * rs;
-      deq16(row + c * 16, reinterpret_cast<const float*>(row + kScalesOff)[c / 8], d);
-    } else {
-      reinterpret_cast<uint4*>(d)[0] = make_uint4(0, 0, 0, 0);
-      reinterpret_cast<uint4*>(d)[1] = make_uint4(0, 0, 0, 0);
-    }
-  }
+  for (int i = tid; i < TN * 32; i += NT) deq_latent_chunk(raw, rs, sl, dst, ld, i);
 }
 
 // ---- kernel A: scores + per-split statistics ----------------------------------------------
@@ -386,15 +388,7 @@ __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
   };
   // One quarter (k16 step q) of a tile's dequantisation: item i = tid + 512 q of the TN x 32 chunks.
   auto deq_quarter = [&](const uint8_t* rb, const int* sl, uint16_t* dst, int q) {
-    const int i = tid + kPvThreads * q, r = i / 32, c = i % 32;
-    uint16_t* d = dst + r * VLD + c * 16;
-    if (sl[r] >= 0) {
-      const uint8_t* row = rb + r * RAW_B;
-      deq16(row + c * 16, reinterpret_cast<const float*>(row + kScalesOff)[c / 8], d);
-    } else {
-      reinterpret_cast<uint4*>(d)[0] = make_uint4(0, 0, 0, 0);
-      reinterpret_cast<uint4*>(d)[1] = make_uint4(0, 0, 0, 0);
-    }
+    deq_latent_chunk(rb, RAW_B, sl, dst, VLD, tid + kPvThreads * q);
   };
   static_assert(TN * 32 == 4 * kPvThreads, "one dequantisation item per thread and k16 step");
   // Prologue: tile 0 into buffer 0.
