@@ -118,6 +118,10 @@ if has tests; then
   rc=$?
   note "gpu tests (sm_90a SASS): rc=$rc in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests.log") failed lines"
   grep -E "^\[  FAILED|Failure|\[ (prefill|decode|ppl|greedy|graphs)" "$OUT/tests.log" | head -40
+  # Programmatic dependent launch (opt-in, DSA_CUDA_PDL=1): the decode chain's tests once more with it on.
+  t0=$SECONDS
+  DSA_CUDA_PDL=1 timeout 120 "$T" --gtest_filter='GpuMla.SparseShapes:GpuMla.DenseShapes:GpuOps.AttentionMqa*:GpuIndexer.ScoresAndTopkRaggedBatch:GpuIndexer.LongContextDecodeExact:GpuModel.LogitsMatch*' > "$OUT/tests_pdl.log" 2>&1
+  note "decode chain with programmatic dependent launch (DSA_CUDA_PDL=1): rc=$? in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests_pdl.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests_pdl.log") failed lines"
 fi
 
 if has ptx && (( $(left) > 150 )); then

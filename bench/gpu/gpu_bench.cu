@@ -363,6 +363,23 @@ int main(int argc, char** argv) {
                  double(T) * std::min<int64_t>(TOPK, L) * kMlaTokenBytes, 100.0 * sp_flop / (ms * 1e-3) / 1e12 / kBf16TF);
         }
         tun.force_splits = saved;
+        // The DSA chain as a layer runs it (indexer + top-k, then sparse MLA on that selection, one timed
+        // call), with plain launches and with programmatic dependent launch (opt-in DSA_CUDA_PDL).
+        auto chain = [&](int r) {
+          const KvLayer& kv = c.kv[size_t(r) % c.kv.size()];
+          be.indexer_topk(iq, iw, kv, B, TOPK, tk);
+          be.attention_mqa(ql, qp, kv, B, &tk, scale, o);
+        };
+        const bool pdl_was = cuda::pdl_enabled();
+        cuda::set_pdl_enabled(false);
+        const double ch_ms = time_ms(chain, 10);
+        report("DSA chain (indexer+top-k+MLA)", "b=1 h=128 s_q=1 L=" + kfmt(L), ch_ms, 0, 0, 0);
+        cuda::set_pdl_enabled(true);
+        if (cuda::pdl_enabled()) {
+          const double pd_ms = time_ms(chain, 10);
+          report("DSA chain, PDL launches", "b=1 h=128 s_q=1 L=" + kfmt(L), pd_ms, 0, 0, 0);
+        }
+        cuda::set_pdl_enabled(pdl_was);
       }
       lat.push_back({b, L, dense_ms * 1e3, idx_ms * 1e3, sp_ms * 1e3});
       be.synchronize();

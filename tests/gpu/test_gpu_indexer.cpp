@@ -374,4 +374,32 @@ TEST(GpuIndexer, TiledPrefillPairs) {
   }
 }
 
+// Programmatic dependent launch (DSA_CUDA_PDL=1, launch.cuh): the score kernel and the on-chip top-k
+// launched back to back with the PDL attribute give exactly the bytes of plain launches (b=1 at 128K: a
+// 16-CTA cluster; a ragged batch with s_q = 2: the paired-query kernel).
+TEST(GpuIndexer, ChainedLaunchesMatchPlainBitForBit) {
+  REQUIRE_GPU();
+  Both be;
+  struct Restore {
+    bool was = cuda::pdl_enabled();
+    ~Restore() { cuda::set_pdl_enabled(was); }
+  } restore;
+  cuda::set_pdl_enabled(true);
+  if (!cuda::pdl_enabled()) GTEST_SKIP() << "programmatic dependent launch needs compute capability 9.0";
+  const std::vector<std::pair<std::vector<int64_t>, int64_t>> cases = {{{131072}, 1}, {{5000, 3333, 65, 20000}, 2}};
+  for (const auto& [ends, sq] : cases) {
+    MCase c = multi_case(be, ends, std::vector<int64_t>(ends.size(), sq), 64, false);
+    const int64_t T = int64_t(c.qpos.size()), k = 2048;
+    Tensor qg = be.up(c.q), wg = be.up(c.w);
+    Tensor out[2];
+    for (int on = 0; on < 2; ++on) {
+      cuda::set_pdl_enabled(on == 1);
+      out[on] = be.poisoned(DType::I32, {T, k});
+      for (int rep = 0; rep < 3; ++rep) be.gpu.indexer_topk(qg, wg, c.dkv, c.b, k, out[on]);
+    }
+    cuda::set_pdl_enabled(false);
+    expect_same_bytes(be.down(out[1]), be.down(out[0]), "indexer_topk with PDL vs plain launches");
+  }
+}
+
 }  // namespace dsa::test

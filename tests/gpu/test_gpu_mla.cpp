@@ -319,4 +319,39 @@ TEST(GpuMla, InvalidInputsRaiseErrors) {
   }
 }
 
+// Programmatic dependent launch (DSA_CUDA_PDL=1, launch.cuh): the scores, P.V and split-sum kernels launched
+// back to back with the PDL attribute must give exactly the bytes of plain launches — at b=1 (32 candidate
+// splits: the split-sum kernel runs) and at b=64 with s_q = 2 (one split), sparse and dense.
+TEST(GpuMla, ChainedLaunchesMatchPlainBitForBit) {
+  REQUIRE_GPU();
+  Both be;
+  struct Restore {
+    bool was = cuda::pdl_enabled();
+    ~Restore() { cuda::set_pdl_enabled(was); }
+  } restore;
+  cuda::set_pdl_enabled(true);
+  if (!cuda::pdl_enabled()) GTEST_SKIP() << "programmatic dependent launch needs compute capability 9.0";
+  for (int64_t nseq : {int64_t(1), int64_t(64)}) {
+    const int64_t sq = nseq == 1 ? 1 : 2, H = 128, K = 2048;
+    std::vector<int64_t> Ls;
+    for (int64_t s = 0; s < nseq; ++s) Ls.push_back(3000 + 37 * s);
+    MlaCase st = make_setup(be, Ls, sq);
+    const int64_t T = st.b.n_tokens();
+    Tensor topk = make_topk(st.b, K);
+    Tensor dql = be.up(rand_bf16({T, H, 512}, 0.5f)), dqp = be.up(rand_bf16({T, H, 64}, 0.5f)), dtk = be.up(topk);
+    for (bool sparse : {true, false}) {
+      SCOPED_TRACE("nseq " + std::to_string(nseq) + (sparse ? " sparse" : " dense"));
+      Tensor out[2];
+      for (int on = 0; on < 2; ++on) {
+        cuda::set_pdl_enabled(on == 1);
+        out[on] = be.poisoned(DType::BF16, {T, H, 512});
+        for (int rep = 0; rep < 3; ++rep)  // back to back: each launch chain follows the previous one's
+          be.gpu.attention_mqa(dql, dqp, st.dkv, st.b, sparse ? &dtk : nullptr, 0.0722f, out[on]);
+      }
+      cuda::set_pdl_enabled(false);
+      expect_same_bytes(be.down(out[1]), be.down(out[0]), "attention_mqa with PDL vs plain launches");
+    }
+  }
+}
+
 }  // namespace dsa::test

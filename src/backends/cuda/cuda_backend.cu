@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/launch.cuh"
 #include "backends/cuda/indexer/scores_sm90.h"
 #include "backends/cuda/topk/topk.h"
 #include "backends/cuda/mla/decode_sm90.h"
@@ -240,6 +241,28 @@ CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
   sm90_scores_available();
   topk_cluster_max();
   mqa_score_sm90_available();
+}
+
+namespace {
+int g_pdl = -1;  // -1: from DSA_CUDA_PDL (default off) and the device; 0/1 set by set_pdl_enabled
+}
+
+bool pdl_enabled() {
+  if (g_pdl < 0) {
+    const char* e = std::getenv("DSA_CUDA_PDL");
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    g_pdl = (e && e[0] == '1' && major >= 9) ? 1 : 0;
+  }
+  return g_pdl == 1;
+}
+
+void set_pdl_enabled(bool on) {
+  int dev = 0, major = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  g_pdl = on && major >= 9 ? 1 : 0;
 }
 
 int device_sm_count() {

@@ -131,6 +131,10 @@ class CudaBackend : public Backend {
 // The current device's SM count and largest shared memory per block (opt-in), queried once.
 int device_sm_count();
 int device_smem_optin();
+// Programmatic dependent launch for the decode attention chain (launch.cuh): DSA_CUDA_PDL=1 on a GPU of
+// compute capability >= 9.0; set_pdl_enabled for tests (a no-op request on older GPUs).
+bool pdl_enabled();
+void set_pdl_enabled(bool on);
 
 // Kernel entry points shared between op files (host-side launchers).
 void launch_act_quant(const uint16_t* x, int64_t rows, int64_t K, uint8_t* q, float* s);

@@ -25,6 +25,7 @@
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/mma.cuh"
 #include "backends/cuda/wgmma.cuh"
+#include "backends/cuda/launch.cuh"
 #include "backends/cuda/indexer/scores_sm90.h"
 
 namespace dsa::cuda {
@@ -192,6 +193,8 @@ constexpr size_t fp8_smem(int nq, int stages) {
 // contiguous range of the group's 64-key blocks.
 template <int NQ, int STAGES>
 __global__ void __launch_bounds__(128) indexer_scores_sm90_fp8_kernel(Sm90ScoreArgs p, int gx) {
+  pdl_wait();  // launched through launch_chained (launch.cuh)
+  pdl_launch_next();
 #if DSA_WGMMA
   extern __shared__ uint8_t smraw[];
   uint8_t* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smraw) + 1023) & ~uintptr_t(1023));
@@ -348,8 +351,8 @@ void launch_fp8(const Sm90ScoreArgs& a, int64_t max_nblk, int sms) {
   int64_t gx = std::max<int64_t>(1, int64_t(std::max(fp8_occupancy<NQ, STAGES>(), 1)) * sms / groups);
   gx = std::max<int64_t>(1, std::min<int64_t>(gx, max_nblk / 2));
   DSA_CHECK(groups <= 65535, "indexer (sm90 fp8): tile of ", a.rows, " rows");
-  indexer_scores_sm90_fp8_kernel<NQ, STAGES>
-      <<<dim3(unsigned(gx), unsigned(groups)), 128, fp8_smem(NQ, STAGES)>>>(a, int(gx));
+  launch_chained(indexer_scores_sm90_fp8_kernel<NQ, STAGES>, dim3(unsigned(gx), unsigned(groups)), dim3(128),
+                 fp8_smem(NQ, STAGES), 1, a, int(gx));
   DSA_LAUNCH_CHECK();
 }
 

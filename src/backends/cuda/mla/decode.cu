@@ -26,6 +26,7 @@
 #include "backends/cuda/mla/decode_common.cuh"
 #include "backends/cuda/mla/decode_sm90.h"
 #include "backends/cuda/mma.cuh"
+#include "backends/cuda/launch.cuh"
 
 namespace dsa::cuda {
 
@@ -308,6 +309,8 @@ constexpr size_t kSmemA = size_t(TM + TN) * QLD * 2 + size_t(TN) * RAW_A + size_
 constexpr int kPvThreads = 512;
 constexpr size_t kSmemB = 2 * size_t(TN) * VLD * 2 + 2 * size_t(TN) * RAW_B + 2 * size_t(TM) * PLD * 2 + 2 * TM * 4 + 3 * TN * 4;
 __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
+  pdl_wait();  // launched through launch_chained (launch.cuh)
+  pdl_launch_next();
   extern __shared__ __align__(16) uint8_t smraw[];
   uint16_t* vs = reinterpret_cast<uint16_t*>(smraw);                // [2][TN][VLD]
   uint8_t* raw = reinterpret_cast<uint8_t*>(vs + 2 * TN * VLD);     // [2][TN][528]
@@ -463,6 +466,7 @@ __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
 
 // out = bf16(sum over splits), 4 dims per thread.
 __global__ void mqa_split_sum_kernel(const float* part, int64_t rows, int NS, uint16_t* out) {
+  pdl_wait();  // launched through launch_chained (launch.cuh)
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (i >= rows * 128) return;
   const int64_t r = i / 128, d = (i % 128) * 4;
@@ -526,10 +530,11 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
       DSA_LAUNCH_CHECK();
     }
     if (tun.scores_only) continue;  // profiling only: the output is not written
-    mqa_pv_kernel<<<grid, kPvThreads, kSmemB>>>(p);
+    launch_chained(mqa_pv_kernel, grid, dim3(kPvThreads), kSmemB, 1, p);
     DSA_LAUNCH_CHECK();
     if (NS > 1) {
-      mqa_split_sum_kernel<<<cdiv(Tc * H * 128, 256), 256>>>(p.part, Tc * H, int(NS), p.out);
+      launch_chained(mqa_split_sum_kernel, dim3(unsigned(cdiv(Tc * H * 128, 256))), dim3(256), 0, 1, static_cast<const float*>(p.part),
+                     int64_t(Tc * H), int(NS), p.out);
       DSA_LAUNCH_CHECK();
     }
   }

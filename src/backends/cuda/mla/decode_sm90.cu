@@ -17,6 +17,7 @@
 // ms [T, H, NS, 2], the slot table [T, KP] (head group 0), error bits.
 #include <cuda_bf16.h>
 
+#include "backends/cuda/launch.cuh"
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/mla/decode_common.cuh"
 #include "backends/cuda/mla/decode_sm90.h"
@@ -119,6 +120,8 @@ __device__ __forceinline__ void load_row_part(uint4 (&v)[11], const uint8_t* cac
 #endif  // DSA_WGMMA
 
 __global__ void __launch_bounds__(kThreads, 1) mqa_score_sm90_kernel(DecP p) {
+  pdl_wait();  // launched through launch_chained (launch.cuh)
+  pdl_launch_next();
 #if DSA_WGMMA
   extern __shared__ uint8_t smraw[];
   uint8_t* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smraw) + 1023) & ~uintptr_t(1023));
@@ -299,7 +302,7 @@ bool mqa_score_sm90_available() {
 }
 
 void launch_mqa_score_sm90(const DecP& p, dim3 grid) {
-  mqa_score_sm90_kernel<<<grid, kThreads, kSmem>>>(p);
+  launch_chained(mqa_score_sm90_kernel, grid, dim3(kThreads), kSmem, 1, p);
   DSA_LAUNCH_CHECK();
 }
 

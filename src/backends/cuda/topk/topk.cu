@@ -26,6 +26,7 @@
 #include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/launch.cuh"
 
 namespace dsa::cuda {
 
@@ -409,6 +410,8 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
                        int64_t row_base, int64_t k, int32_t* __restrict__ out, int csize) {
   __shared__ __align__(16) OnchipSmem sm;
   __shared__ int tab[KPT * 32];
+  pdl_wait();  // launched through launch_chained (launch.cuh)
+  pdl_launch_next();
   const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
   const int rank = csize > 1 ? int(cluster_ctarank()) : 0;
   const int64_t r = blockIdx.x / csize;
@@ -704,17 +707,8 @@ template <int KPT, bool LANE1>
 void launch_onchip(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
                    int64_t k, int32_t* out, int csize) {
   DSA_CHECK(rows * csize <= 2147483647, "top-k: too many rows");
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(unsigned(rows * csize));
-  cfg.blockDim = dim3(TK_THREADS);
-  cfg.stream = 0;  // the per-thread default stream (built with --default-stream per-thread), as <<<>>>
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = unsigned(csize);
-  attr.val.clusterDim.y = attr.val.clusterDim.z = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = csize > 1 ? 1 : 0;
-  DSA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, topk_onchip_kernel<KPT, LANE1>, scores, ld, narr, n_add, row_base, k, out, csize));
+  launch_chained(topk_onchip_kernel<KPT, LANE1>, dim3(unsigned(rows * csize)), dim3(TK_THREADS), 0, unsigned(csize), scores,
+                 ld, narr, n_add, row_base, k, out, csize);
 }
 
 template <bool LANE1>
