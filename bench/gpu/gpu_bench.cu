@@ -337,7 +337,7 @@ int main(int argc, char** argv) {
                        2.0 * 64 * 128 * double(2 * b) * L, b2, 100.0 * b2 / (m2 * 1e-3) / 1e12 / kCopyTBs);
               }
             }
-            cuda::set_sm90_scores_mode(-1);
+            cuda::reset_sm90_scores_selection();  // back to the defaults and the environment's choice
           }
         }
         Tensor nn_h = host_tensor(DType::I32, {T});

@@ -7,8 +7,8 @@
 // products are exact in f16 operands / fp32), so relative L2 1e-5. FP8 wgmma kernel: Hopper's FP8 tensor
 // cores sum each k32 step (32 exact products + the accumulator) after aligning every addend to the largest
 // one's exponent and truncating to ~13 fraction bits, so a head's dot product q.k (4 steps) is off by at most
-// 4 x 33 x 2^-13 x M, M = sum_d |q_d k_d| (every addend, accumulator included, is at most M); ReLU is
-// 1-Lipschitz, so |score error| <= 2^-6 x scale x sum_h |w_h| M_h (checked per element, rigorous for that
+// (4 x 32 + 3) x 2^-13 x M = 131 x 2^-13 x M, M = sum_d |q_d k_d| (every addend, accumulator included, is at
+// most M); ReLU is 1-Lipschitz, so |score error| <= 131 x 2^-13 x scale x sum_h |w_h| M_h (checked per element, rigorous for that
 // model) — and relative L2 1e-3, far above what random data shows but far below a layout bug's error.
 // Top-k must be bit-identical to the CPU selection over the GPU's own scores, and to the CPU end to end
 // when every score is exact (small integers, power-of-two weights: exact in every kernel); with random
@@ -165,13 +165,13 @@ void check_case(Both& be, MCase& c, int64_t k, bool exact_scores, const char* wh
     for (int64_t i = 0; i < T * LL; ++i) {
       const double a = sh.ptr<float>()[i], b = sc.ptr<float>()[i];
       if (std::isinf(b) || std::isnan(a)) continue;
-      allow[size_t(i)] = std::ldexp(mag[size_t(i)], -6) + 1e-6 * std::fabs(b);
+      allow[size_t(i)] = 131.0 * std::ldexp(mag[size_t(i)], -13) + 1e-6 * std::fabs(b);
       if (std::fabs(a - b) > allow[size_t(i)]) ++over;
       if (mag[size_t(i)] > 0) worst = std::max(worst, std::fabs(a - b) / mag[size_t(i)]);
     }
     EXPECT_EQ(over, 0) << "scores beyond the FP8 accumulation bound";
-    std::printf("  [%s] FP8 scores: relative L2 %.3g, max |gpu - cpu| / magnitude %.3g (bound 2^-6 = %.3g)\n", what, e,
-                worst, std::ldexp(1.0, -6));
+    std::printf("  [%s] FP8 scores: relative L2 %.3g, max |gpu - cpu| / magnitude %.3g (bound 131 x 2^-13 = %.3g)\n", what, e,
+                worst, 131.0 * std::ldexp(1.0, -13));
   }
   Tensor tg = be.poisoned(DType::I32, {T, k});
   be.gpu.indexer_topk(qg, wg, c.dkv, c.b, k, tg);

@@ -346,6 +346,8 @@ int fp8_occupancy() {  // CTAs per SM (also sets the kernel's shared-memory limi
 
 template <int NQ, int STAGES>
 void launch_fp8(const Sm90ScoreArgs& a, int64_t max_nblk, int sms) {
+  // The paired kernel reads the first token's sequence for both (indexer.cu pairs_ok: even rows, same sequence).
+  DSA_CHECK(NQ == 1 || a.rows % 2 == 0, "indexer (sm90 fp8): token pairs need an even row count, got ", a.rows);
   const int64_t groups = (a.rows + NQ - 1) / NQ;
   // Enough CTAs to fill every SM's slots, at least 2 blocks per CTA.
   int64_t gx = std::max<int64_t>(1, int64_t(std::max(fp8_occupancy<NQ, STAGES>(), 1)) * sms / groups);

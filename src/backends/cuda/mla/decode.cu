@@ -35,7 +35,7 @@ MqaTuning& mqa_tuning() {
     MqaTuning d;
     if (const char* e = std::getenv("DSA_CUDA_MQA_PATH")) d.path = std::atoi(e);
     if (const char* e = std::getenv("DSA_CUDA_MQA_SPLITS")) d.force_splits = std::atoi(e);
-    if (const char* e = std::getenv("DSA_CUDA_MQA_WGMMA")) d.wgmma = std::atoi(e);
+    if (const char* e = std::getenv("DSA_CUDA_MQA_WGMMA")) d.wgmma = (*e == '0') ? 0 : 1;  // as the other switches
     if (const char* e = std::getenv("DSA_CUDA_MQA_SCORES_ONLY")) d.scores_only = std::atoi(e) != 0;
     return d;
   }();
