@@ -354,4 +354,70 @@ TEST(GpuMla, ChainedLaunchesMatchPlainBitForBit) {
   }
 }
 
+// The reference's rounding points, bit for bit, on a case built so that skipping one changes the output:
+// candidate A's latent has 257 ones, B's 256 (e4m3 1.0 x 2^0 after the cache's act_quant: exact), q_lat all
+// ones, q_pe . pe = 1 for both, scale 2^-4. Reference: bf16(q.kv) = bf16(257) = 256 (tie to even), then
+// bf16(256 + 1) = 256 for A and B alike, so both scores are 16 and p = 0.5 each; out = bf16(0.5 kvA + 0.5 kvB)
+// = 1.0 on dims 0..255, 0.5 on dim 256, 0 elsewhere. A kernel that added q_pe . pe before rounding q.kv
+// would score A at 258 / 16, B at 16 and give other probabilities. Every fp32 sum here is exact, so every
+// path must match the CPU byte for byte.
+TEST(GpuMla, ScoreRoundingStepsAsTheReference) {
+  CpuBackend cpu(2);
+  Batch w;  // one sequence of 3 tokens in block 0; token 2 attends to candidates {0, 1}
+  w.max_blocks = 1;
+  w.block_table = {0};
+  BatchSeq all;
+  all.n_new = 3;
+  w.seqs.push_back(all);
+  for (int j = 0; j < 3; ++j) w.positions.push_back(j), w.token_seq.push_back(0);
+  KvLayer hkv = host_kv(1);
+  Tensor kv = host_tensor(DType::BF16, {3, 512}), pe = host_tensor(DType::BF16, {3, 64});
+  std::memset(kv.data, 0, kv.nbytes());
+  std::memset(pe.data, 0, pe.nbytes());
+  constexpr uint16_t kOne = 0x3f80, kHalf = 0x3f00;
+  for (int d = 0; d < 257; ++d) kv.ptr<uint16_t>()[d] = kOne;
+  for (int d = 0; d < 256; ++d) kv.ptr<uint16_t>()[512 + d] = kOne;
+  pe.ptr<uint16_t>()[0] = pe.ptr<uint16_t>()[64] = kOne;
+  cpu.mla_cache_write(kv, pe, hkv, w);
+  Batch b;
+  b.max_blocks = 1;
+  b.block_table = {0};
+  BatchSeq q;
+  q.start_pos = 2;
+  q.n_new = 1;
+  b.seqs.push_back(q);
+  b.positions = {2};
+  b.token_seq = {0};
+  Tensor topk = host_tensor(DType::I32, {1, 2});
+  topk.ptr<int32_t>()[0] = 0;
+  topk.ptr<int32_t>()[1] = 1;
+  for (int64_t H : {int64_t(3), int64_t(128)}) {
+    Tensor ql = host_tensor(DType::BF16, {1, H, 512}), qp = host_tensor(DType::BF16, {1, H, 64});
+    for (int64_t i = 0; i < ql.numel(); ++i) ql.ptr<uint16_t>()[i] = kOne;
+    std::memset(qp.data, 0, qp.nbytes());
+    for (int64_t h = 0; h < H; ++h) qp.ptr<uint16_t>()[h * 64] = kOne;
+    Tensor oc = host_tensor(DType::BF16, {1, H, 512});
+    cpu.attention_mqa(ql, qp, hkv, b, &topk, 0.0625f, oc);
+    for (int64_t h = 0; h < H; ++h)  // the construction itself, on the CPU reference
+      for (int d = 0; d < 512; ++d)
+        ASSERT_EQ(oc.ptr<uint16_t>()[h * 512 + d], d < 256 ? kOne : d == 256 ? kHalf : uint16_t(0)) << "CPU, head " << h << " dim " << d;
+    if (!have_gpu()) continue;
+    Both be;
+    TuningGuard guard;
+    const KvLayer dkv = be.up(hkv);
+    const Tensor dql = be.up(ql), dqp = be.up(qp), dtk = be.up(topk);
+    for (const Cfg& c : std::vector<Cfg>{{1, 1, 512 << 20, "stored"}, {1, 1, 512 << 20, "stored, mma.sync scores", 0},
+                                         {1, 2, 512 << 20, "stored 2 splits"}, {2, 1, 512 << 20, "two-pass"},
+                                         {3, 0, 512 << 20, "CUDA cores"}}) {
+      SCOPED_TRACE(std::string(c.name) + " H=" + std::to_string(H));
+      cuda::mqa_tuning().path = c.path;
+      cuda::mqa_tuning().force_splits = c.splits;
+      cuda::mqa_tuning().wgmma = c.wgmma;
+      Tensor og = be.poisoned(DType::BF16, {1, H, 512});
+      be.gpu.attention_mqa(dql, dqp, dkv, b, &dtk, 0.0625f, og);
+      expect_same_bytes(be.down(og), oc, "attention_mqa vs CPU (exact case)");
+    }
+  }
+}
+
 }  // namespace dsa::test
