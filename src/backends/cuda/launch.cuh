@@ -33,9 +33,11 @@ __device__ __forceinline__ void pdl_launch_next() {
 }
 
 // kernel<<<grid, block, smem>>>(args...) on the launch stream, with the PDL attribute when enabled and a
-// thread-block cluster of cluster_x CTAs when cluster_x > 1. The kernel must start with pdl_wait().
+// thread-block cluster of cluster_x CTAs when cluster_x > 1; returns the launch's error. The kernel must
+// start with pdl_wait().
 template <class... KArgs, class... Args>
-void launch_chained(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, unsigned cluster_x, Args&&... args) {
+cudaError_t try_launch_chained(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, unsigned cluster_x,
+                               Args&&... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
@@ -56,7 +58,12 @@ void launch_chained(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem
   }
   cfg.attrs = at;
   cfg.numAttrs = n;
-  DSA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+// The same; a failed launch raises a dsa::Error.
+template <class... KArgs, class... Args>
+void launch_chained(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, unsigned cluster_x, Args&&... args) {
+  DSA_CUDA_CHECK(try_launch_chained(kernel, grid, block, smem, cluster_x, std::forward<Args>(args)...));
 }
 #endif
 

@@ -703,20 +703,31 @@ TopkTuning& topk_tuning() {
 
 namespace {
 
+// The largest cluster size still allowed: a size that fails to launch at run time (fewer SMs than at the probe,
+// e.g. under MPS or in a green context) halves it for later calls, and the failing call takes a global path.
+int g_cluster_cap = 1 << 30;
+
 template <int KPT, bool LANE1>
-void launch_onchip(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
+bool launch_onchip(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
                    int64_t k, int32_t* out, int csize) {
   DSA_CHECK(rows * csize <= 2147483647, "top-k: too many rows");
-  launch_chained(topk_onchip_kernel<KPT, LANE1>, dim3(unsigned(rows * csize)), dim3(TK_THREADS), 0, unsigned(csize), scores,
-                 ld, narr, n_add, row_base, k, out, csize);
+  const cudaError_t e = try_launch_chained(topk_onchip_kernel<KPT, LANE1>, dim3(unsigned(rows * csize)), dim3(TK_THREADS), 0,
+                                           unsigned(csize), scores, ld, narr, n_add, row_base, k, out, csize);
+  if (e == cudaSuccess) return true;
+  const bool cluster_unschedulable = csize > 1 && (e == cudaErrorInvalidClusterSize || e == cudaErrorLaunchOutOfResources ||
+                                                   e == cudaErrorInvalidConfiguration);
+  if (!cluster_unschedulable) DSA_CUDA_CHECK(e);
+  cudaGetLastError();  // clear the launch error
+  g_cluster_cap = std::min(g_cluster_cap, csize / 2);
+  return false;
 }
 
 template <bool LANE1>
-void launch_onchip_kpt(int kpt, const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
+bool launch_onchip_kpt(int kpt, const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
                        int64_t rows, int64_t k, int32_t* out, int csize) {
-  if (kpt == 4) launch_onchip<4, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
-  else if (kpt == 8) launch_onchip<8, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
-  else launch_onchip<16, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
+  if (kpt == 4) return launch_onchip<4, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
+  if (kpt == 8) return launch_onchip<8, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
+  return launch_onchip<16, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
 }
 
 bool onchip_enabled() {
@@ -794,7 +805,7 @@ void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* na
     // 8 up to 8 (a 16-CTA cluster with 8 keys per thread is slower than 8 CTAs with 16), 16-CTA
     // clusters only for rows > 128K. Large batches: fewer, fuller CTAs (rows x cluster within half
     // the SMs).
-    const int cmax = topk_cluster_max();
+    const int cmax = std::min(topk_cluster_max(), g_cluster_cap);
     const TopkTuning& tun = topk_tuning();
     int kpt = 0, csize = 0;
     for (int cand : {4, 8, 16}) {
@@ -807,9 +818,9 @@ void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* na
       if (tun.force_kpt || 2 * rows * c <= sms_) break;
     }
     if (kpt) {
-      if (tun.lane_histogram) launch_onchip_kpt<true>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
-      else launch_onchip_kpt<false>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
-      return;
+      const bool launched = tun.lane_histogram ? launch_onchip_kpt<true>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize)
+                                               : launch_onchip_kpt<false>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
+      if (launched) return;  // otherwise (a cluster that no longer schedules) a global-memory path below
     }
   }
   // The multi-CTA path's final kernel needs kCandCap x 8 bytes of dynamic shared memory on top of its
