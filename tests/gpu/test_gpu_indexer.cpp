@@ -348,7 +348,18 @@ TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
         tun.lane_histogram = c.lane;
         Tensor og = be.poisoned(DType::I32, {R, k});
         be.gpu.topk_rows(sg, ng.ptr<int32_t>(), k, og);
-        SCOPED_TRACE("k=" + std::to_string(k) + " ld=" + std::to_string(ld) + " " + c.name);
+        // Which kernel ran: a forced keys-per-thread count runs on chip when its cluster (the smallest power
+        // of two of CTAs that holds the row) fits this GPU, else a global-memory path; so does "off".
+        // (Automatic: 16 keys per thread is the widest choice.)
+        int64_t need = 1;
+        while (need * (c.kpt ? c.kpt : 16) * 1024 < ld) need *= 2;
+        const bool want_onchip = c.onchip && need <= cuda::topk_cluster_max();
+        const std::string ran = tun.last_kpt ? "on chip, " + std::to_string(tun.last_kpt) + " keys/thread x " +
+                                                   std::to_string(tun.last_cluster) + " CTAs"
+                                             : std::string("global-memory path");
+        SCOPED_TRACE("k=" + std::to_string(k) + " ld=" + std::to_string(ld) + " " + c.name + " (ran: " + ran + ")");
+        EXPECT_EQ(tun.last_kpt != 0, want_onchip) << "path taken";
+        if (c.kpt && tun.last_kpt) EXPECT_EQ(tun.last_kpt, c.kpt) << "forced keys per thread";
         expect_same_bytes(be.down(og), ref, "topk_rows");
         // batch 1 (the widest cluster per row): the first row alone
         Tensor o1 = be.poisoned(DType::I32, {1, k});

@@ -820,9 +820,14 @@ void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* na
     if (kpt) {
       const bool launched = tun.lane_histogram ? launch_onchip_kpt<true>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize)
                                                : launch_onchip_kpt<false>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
-      if (launched) return;  // otherwise (a cluster that no longer schedules) a global-memory path below
+      if (launched) {
+        topk_tuning().last_kpt = kpt;
+        topk_tuning().last_cluster = csize;
+        return;
+      }  // otherwise (a cluster that no longer schedules) a global-memory path below
     }
   }
+  topk_tuning().last_kpt = topk_tuning().last_cluster = 0;
   // The multi-CTA path's final kernel needs kCandCap x 8 bytes of dynamic shared memory on top of its
   // static arrays: 164 KB, beyond sm_86/89 (99 KB) and just beyond sm_80 (163 KB) — they keep the
   // one-CTA-per-row kernel.

@@ -12,6 +12,9 @@ struct TopkTuning {
   // of 11/11/10 with plain shared atomics. Slower on the bench's indexer scores (H200: 128K b=1
   // 31.6 vs 27.5 us); kept to re-measure on scores concentrated in a few exponent bins.
   bool lane_histogram = false;
+  // Set by every top-k launch (for tests): keys per thread and cluster size of the on-chip kernel that ran,
+  // 0 / 0 when a global-memory path ran.
+  int last_kpt = 0, last_cluster = 0;
 };
 // Process-wide knobs (not thread-safe; tests set and restore them).
 TopkTuning& topk_tuning();
