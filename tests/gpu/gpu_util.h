@@ -40,6 +40,16 @@ struct Both {
   KvLayer up(const KvLayer& h) { return KvLayer{up(h.mla), up(h.indexer)}; }
 };
 
+// Programmatic dependent launch (launch.cuh) for one test: available() turns it on where the GPU has it;
+// the previous setting comes back at scope exit.
+struct PdlScope {
+  bool was = cuda::pdl_enabled();
+  ~PdlScope() { cuda::set_pdl_enabled(was); }
+  bool available() {
+    cuda::set_pdl_enabled(true);
+    return cuda::pdl_enabled();
+  }
+};
 inline KvLayer host_kv(int64_t nb) {
   KvLayer kv{host_tensor(DType::U8, {nb, kKvBlock * kMlaTokenBytes}), host_tensor(DType::U8, {nb, kKvBlock * kIndexTokenBytes})};
   std::memset(kv.mla.data, 0, kv.mla.nbytes());

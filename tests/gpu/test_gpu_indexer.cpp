@@ -391,12 +391,8 @@ TEST(GpuIndexer, TiledPrefillPairs) {
 TEST(GpuIndexer, ChainedLaunchesMatchPlainBitForBit) {
   REQUIRE_GPU();
   Both be;
-  struct Restore {
-    bool was = cuda::pdl_enabled();
-    ~Restore() { cuda::set_pdl_enabled(was); }
-  } restore;
-  cuda::set_pdl_enabled(true);
-  if (!cuda::pdl_enabled()) GTEST_SKIP() << "programmatic dependent launch needs compute capability 9.0";
+  PdlScope pdl;
+  if (!pdl.available()) GTEST_SKIP() << "programmatic dependent launch needs compute capability 9.0";
   const std::vector<std::pair<std::vector<int64_t>, int64_t>> cases = {{{131072}, 1}, {{5000, 3333, 65, 20000}, 2}};
   for (const auto& [ends, sq] : cases) {
     MCase c = multi_case(be, ends, std::vector<int64_t>(ends.size(), sq), 64, false);

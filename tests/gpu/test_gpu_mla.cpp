@@ -325,12 +325,8 @@ TEST(GpuMla, InvalidInputsRaiseErrors) {
 TEST(GpuMla, ChainedLaunchesMatchPlainBitForBit) {
   REQUIRE_GPU();
   Both be;
-  struct Restore {
-    bool was = cuda::pdl_enabled();
-    ~Restore() { cuda::set_pdl_enabled(was); }
-  } restore;
-  cuda::set_pdl_enabled(true);
-  if (!cuda::pdl_enabled()) GTEST_SKIP() << "programmatic dependent launch needs compute capability 9.0";
+  PdlScope pdl;
+  if (!pdl.available()) GTEST_SKIP() << "programmatic dependent launch needs compute capability 9.0";
   for (int64_t nseq : {int64_t(1), int64_t(64)}) {
     const int64_t sq = nseq == 1 ? 1 : 2, H = 128, K = 2048;
     std::vector<int64_t> Ls;
