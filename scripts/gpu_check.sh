@@ -13,7 +13,7 @@
 #     tests      every GPU test (op tests vs the CPU backend, MLA/indexer/GEMM suites, dsa-mini end to end)
 #     ptx        op tests again on the compute_80 PTX (CUDA_FORCE_PTX_JIT=1) + exact indexer, and the
 #                dsa-mini greedy test with graphs off / on the CUDA-core attention kernel
-#     sanitizer  compute-sanitizer memcheck + racecheck over the kernel tests
+#     sanitizer  compute-sanitizer memcheck, synccheck and racecheck over the kernel tests
 #     bench      dsa_gpu_bench (per kernel, per-layer decode dense vs DSA) + prefill bench (+ GEMM bench)
 #     e2e        dsa bench on dsa-mini (batch 1/8, graphs on/off) and an op profile of a decode step
 #     ppl        dsa-mini dev-set perplexity at context 8192 on the GPU, dense and DSA
@@ -132,18 +132,26 @@ if has ptx && (( $(left) > 150 )); then
   t0=$SECONDS
   DSA_CUDA_INDEXER_WGMMA=0 timeout 100 "$T" --gtest_filter='GpuIndexer.*:GpuOps.Indexer*:GpuModel.LogitsMatch*' > "$OUT/tests_portable.log" 2>&1
   note "indexer on the portable mma.sync kernel (DSA_CUDA_INDEXER_WGMMA=0), sm_90a SASS: rc=$? in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests_portable.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests_portable.log") failed lines"
+  t0=$SECONDS  # the portable indexer kernel (the default on sm_80/86/89) from the compute_80 PTX as well
+  CUDA_FORCE_PTX_JIT=1 timeout 100 "$T" --gtest_filter='GpuIndexer.ScoresAndTopk*:GpuIndexer.TopkExactTies*:GpuOps.Indexer*' >> "$OUT/tests_portable.log" 2>&1
+  note "portable indexer from the compute_80 PTX (CUDA_FORCE_PTX_JIT=1): rc=$? in $((SECONDS - t0)) s"
   t0=$SECONDS
   DSA_CUDA_MQA_SIMPLE=1 timeout 60 "$T" --gtest_filter='GpuOps.AttentionMqa*:GpuModel.Greedy*' >> "$OUT/tests_portable.log" 2>&1
   note "decode on the CUDA-core attention kernel: rc=$? in $((SECONDS - t0)) s"
 fi
 
-if has sanitizer && (( $(left) > 270 )); then
+if has sanitizer && (( $(left) > 300 )); then
   t0=$SECONDS
   timeout 170 compute-sanitizer --tool memcheck --error-exitcode 9 "$T" \
-    --gtest_filter='GpuOps.*:GpuMla.DenseShapes:GpuMla.OneCandidate*:GpuIndexer.ScoresAndTopkRaggedBatch:GpuIndexer.TopkExactTiesAroundK:GpuIndexer.TiledPrefillPairs:GpuGemm.Fp8StridedOutput:GpuGemm.Fp8GroupedMatchesReference:GpuGemm.LinearF32Gemv-GpuOps.InvalidInputsRaiseErrors' > "$OUT/sanitizer.log" 2>&1
+    --gtest_filter='GpuOps.*:GpuMla.DenseShapes:GpuMla.OneCandidate*:GpuIndexer.ScoresAndTopkRaggedBatch:GpuIndexer.TopkExactTiesAroundK:GpuIndexer.TiledPrefillPairs:GpuGemm.Fp8StridedOutput:GpuGemm.Fp8GroupedMatchesReference:GpuGemm.LinearF32Gemv:GpuIndexer.LongContextDecodeExact-GpuOps.InvalidInputsRaiseErrors' > "$OUT/sanitizer.log" 2>&1
   rc=$?
   note "compute-sanitizer memcheck (op tests): rc=$rc in $((SECONDS - t0)) s; $(grep -m1 'ERROR SUMMARY' "$OUT/sanitizer.log")"
-  if (( $(left) > 240 )); then  # racecheck takes ~200 s over these tests (the top-k ones: ~60 s)
+  t0=$SECONDS  # barrier usage (named barriers of the wgmma MLA kernel, cluster barriers of the top-k)
+  timeout 90 compute-sanitizer --tool synccheck --error-exitcode 9 "$T" \
+    --gtest_filter='GpuMla.DenseShapes:GpuIndexer.LongContextDecodeExact:GpuOps.AttentionMqaTwoSequences' > "$OUT/synccheck.tmp" 2>&1
+  note "compute-sanitizer synccheck (MLA wgmma producers/consumer, cluster top-k): rc=$? in $((SECONDS - t0)) s; $(grep -m1 'ERROR SUMMARY' "$OUT/synccheck.tmp")"
+  cat "$OUT/synccheck.tmp" >> "$OUT/sanitizer.log"; rm -f "$OUT/synccheck.tmp"
+  if (( $(left) > 230 )); then  # racecheck takes ~200 s over these tests (the top-k ones: ~60 s)
     t0=$SECONDS
     timeout 220 compute-sanitizer --tool racecheck --error-exitcode 9 "$T" \
       --gtest_filter='GpuOps.AttentionMqa*:GpuOps.Topk*:GpuOps.IndexerCache*:GpuMla.DenseShapes:GpuIndexer.TopkExactTiesAroundK:GpuGemm.Fp8StridedOutput' > "$OUT/racecheck.tmp" 2>&1

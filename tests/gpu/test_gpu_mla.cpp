@@ -169,7 +169,7 @@ TEST(GpuMla, SparseShapes) {
       // L < k, L = k, L = k + 1, L well above k (several sequences of different lengths)
       std::vector<int64_t> Ls = {std::max<int64_t>(2, K - 37), K, K + 1, K + 700};
       MlaCase st = make_setup(be, Ls, sq);
-      for (int64_t H : {int64_t(1), int64_t(3), int64_t(16), int64_t(64), int64_t(128)}) {
+      for (int64_t H : {int64_t(1), int64_t(3), int64_t(16), int64_t(64), int64_t(100), int64_t(128)}) {
         Tensor topk = make_topk(st.b, K, /*token 0*/ 1);
         check_all(be, st, &topk, H, "sparse K=" + std::to_string(K) + " sq=" + std::to_string(sq) + " H=" + std::to_string(H),
                   H <= 16 || K <= 200);
