@@ -59,7 +59,7 @@ PC
 fi
 
 # Default: the one-call check (build, every GPU test, the PTX path, the benchmarks and the floors table:
-# ~460 s on an H200). The rest needs a second call (`--stages build,sanitizer,ppl,real`, ~520 s); `all` = both.
+# ~500 s on an H200). The rest: `--stages build,sanitizer,ppl` (~450 s) and `--stages build,real` (~250 s); `all` = every stage.
 STAGES=build,tests,ptx,bench,e2e
 QUICK=0
 while (( $# )); do
