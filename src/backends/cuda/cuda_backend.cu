@@ -250,19 +250,21 @@ int g_pdl = -1;  // -1: from DSA_CUDA_PDL (default off) and the device; 0/1 set 
 bool pdl_enabled() {
   if (g_pdl < 0) {
     const char* e = std::getenv("DSA_CUDA_PDL");
-    int dev = 0, major = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    g_pdl = (e && e[0] == '1' && major >= 9) ? 1 : 0;
+    g_pdl = (e && e[0] == '1' && device_cc_major() >= 9) ? 1 : 0;
   }
   return g_pdl == 1;
 }
 
-void set_pdl_enabled(bool on) {
-  int dev = 0, major = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  g_pdl = on && major >= 9 ? 1 : 0;
+void set_pdl_enabled(bool on) { g_pdl = on && device_cc_major() >= 9 ? 1 : 0; }
+
+int device_cc_major() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev);
+    return v;
+  }();
+  return n;
 }
 
 int device_sm_count() {

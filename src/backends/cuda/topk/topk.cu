@@ -775,10 +775,7 @@ bool cluster_fits(int size) {
 
 int topk_cluster_max() {
   static const int cmax = [] {
-    int dev = 0, major = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    if (major < 9) return 1;
+    if (device_cc_major() < 9) return 1;
     int* d = nullptr;
     if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
       cudaGetLastError();
