@@ -118,10 +118,10 @@ if has tests; then
   rc=$?
   note "gpu tests (sm_90a SASS): rc=$rc in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests.log") failed lines"
   grep -E "^\[  FAILED|Failure|\[ (prefill|decode|ppl|greedy|graphs)" "$OUT/tests.log" | head -40
-  # Programmatic dependent launch (opt-in, DSA_CUDA_PDL=1): the decode chain's tests once more with it on.
+  # Programmatic dependent launch is on by default on sm_90: the decode chain's tests once more with plain launches.
   t0=$SECONDS
-  DSA_CUDA_PDL=1 timeout 120 "$T" --gtest_filter='GpuMla.SparseShapes:GpuMla.DenseShapes:GpuOps.AttentionMqa*:GpuIndexer.ScoresAndTopkRaggedBatch:GpuIndexer.LongContextDecodeExact:GpuModel.LogitsMatch*' > "$OUT/tests_pdl.log" 2>&1
-  note "decode chain with programmatic dependent launch (DSA_CUDA_PDL=1): rc=$? in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests_pdl.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests_pdl.log") failed lines"
+  DSA_CUDA_PDL=0 timeout 120 "$T" --gtest_filter='GpuMla.SparseShapes:GpuMla.DenseShapes:GpuOps.AttentionMqa*:GpuIndexer.ScoresAndTopkRaggedBatch:GpuIndexer.LongContextDecodeExact:GpuModel.LogitsMatch*' > "$OUT/tests_pdl.log" 2>&1
+  note "decode chain with plain launches (DSA_CUDA_PDL=0): rc=$? in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests_pdl.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests_pdl.log") failed lines"
 fi
 
 if has ptx && (( $(left) > 150 )); then
@@ -232,13 +232,13 @@ if has profile && command -v ncu > /dev/null && (( $(left) > 60 )); then  # Nsig
   python3 "$ROOT/scripts/ncu_durations.py" "$OUT/ncu_b1.csv" > "$OUT/ncu_b1.txt" 2>&1 && cp "$OUT/ncu_b1.txt" "$FINAL_OUT/"
   # Full sections for the large-batch kernels that have floors: sparse MLA decode (b=128 s_q=2) and indexer scores (64K).
   SECTIONS="--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats"
-  if (( $(left) > 60 )); then
+  if [[ ${PROFILE_SECTIONS:-1} == 1 ]] && (( $(left) > 60 )); then  # PROFILE_SECTIONS=0: durations only
     t0=$SECONDS
     timeout $(( $(left) > 150 ? 100 : $(left) - 30 )) ncu --clock-control none $SECTIONS -k regex:'mqa_(score|pv)_kernel' -c 2 \
       "$B/bench/gpu/dsa_gpu_bench" --only mla --quick > "$OUT/ncu_mla.txt" 2>&1
     note "ncu sections of the MLA decode kernels (b=128 s_q=2): rc=$? in $((SECONDS - t0)) s (ncu_mla.txt)"
   fi
-  if (( $(left) > 60 )); then
+  if [[ ${PROFILE_SECTIONS:-1} == 1 ]] && (( $(left) > 60 )); then
     t0=$SECONDS
     timeout $(( $(left) > 150 ? 100 : $(left) - 30 )) ncu --clock-control none $SECTIONS -k regex:'indexer_score' -c 3 \
       "$B/bench/gpu/dsa_gpu_bench" --only layer --batches 128 --ctxs 65536 > "$OUT/ncu_idx.txt" 2>&1

@@ -244,13 +244,13 @@ CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
 }
 
 namespace {
-int g_pdl = -1;  // -1: from DSA_CUDA_PDL (default off) and the device; 0/1 set by set_pdl_enabled
+int g_pdl = -1;  // -1: from DSA_CUDA_PDL (default on; =0 turns it off) and the device; 0/1 set by set_pdl_enabled
 }
 
 bool pdl_enabled() {
   if (g_pdl < 0) {
     const char* e = std::getenv("DSA_CUDA_PDL");
-    g_pdl = (e && e[0] == '1' && device_cc_major() >= 9) ? 1 : 0;
+    g_pdl = (!(e && e[0] == '0') && device_cc_major() >= 9) ? 1 : 0;
   }
   return g_pdl == 1;
 }

@@ -329,15 +329,32 @@ __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
     static_assert(kPvThreads == 8 * TM, "8 threads per head");
     const int hh = tid / 8, l8 = tid % 8;
     const bool hv = h0 + hh < p.H;
-    const float* ms = p.ms + (int64_t(t) * p.H + h0 + (hv ? hh : 0)) * p.NS * 2;
+    // (max, sum) pairs of splits l8 + 8k, 4 per round: the loads of a round are all in flight (a plain
+    // loop issued one, waited, then the next: 2 NS / 8 dependent round trips). Same order of operations.
+    const float2* ms = reinterpret_cast<const float2*>(p.ms) + (int64_t(t) * p.H + h0 + (hv ? hh : 0)) * p.NS;
+    auto load_round = [&](int i0, float2 (&v)[4]) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int i = i0 + l8 + 8 * k;
+        v[k] = hv && i < p.NS ? ms[i] : make_float2(-INFINITY, 0.f);
+      }
+    };
     float m = -INFINITY, su = 0.f;
-    if (hv)
-      for (int i = l8; i < p.NS; i += 8) m = fmaxf(m, ms[2 * i]);
+    for (int i0 = 0; i0 < p.NS; i0 += 32) {
+      float2 v[4];
+      load_round(i0, v);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) m = fmaxf(m, v[k].x);
+    }
 #pragma unroll
     for (int o = 4; o; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    if (hv)
-      for (int i = l8; i < p.NS; i += 8)
-        if (ms[2 * i] > -INFINITY) su += ms[2 * i + 1] * expf(ms[2 * i] - m);
+    for (int i0 = 0; i0 < p.NS; i0 += 32) {
+      float2 v[4];
+      load_round(i0, v);
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        if (v[k].x > -INFINITY) su += v[k].y * expf(v[k].x - m);
+    }
 #pragma unroll
     for (int o = 4; o; o >>= 1) su += __shfl_xor_sync(0xffffffffu, su, o);
     if (l8 == 0) {
@@ -536,7 +553,8 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     launch_chained(mqa_pv_kernel, grid, dim3(kPvThreads), kSmemB, 1, p);
     DSA_LAUNCH_CHECK();
     if (NS > 1) {
-      launch_chained(mqa_split_sum_kernel, dim3(unsigned(cdiv(Tc * H * 128, 256))), dim3(256), 0, 1, static_cast<const float*>(p.part),
+      // 128-thread CTAs: at b=1 (128 heads) that is 128 CTAs over 128 SMs, not 64 over 64.
+      launch_chained(mqa_split_sum_kernel, dim3(unsigned(cdiv(Tc * H * 128, 128))), dim3(128), 0, 1, static_cast<const float*>(p.part),
                      int64_t(Tc * H), int(NS), p.out);
       DSA_LAUNCH_CHECK();
     }
