@@ -481,22 +481,36 @@ __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
     }
 }
 
-// out = bf16(sum over splits), 4 dims per thread.
+// out = bf16(sum over splits). Four threads per 4 output dims, each summing a contiguous quarter of the
+// splits (all of its loads in flight: b=1 has 32 splits, 8 per thread, one L2 round trip), then
+// ((q0 + q1) + (q2 + q3)) by two xor shuffles: a fixed order, the same bytes on every run.
+constexpr int kSumGroup = 4;
 __global__ void mqa_split_sum_kernel(const float* part, int64_t rows, int NS, uint16_t* out) {
   pdl_wait();  // launched through launch_chained (launch.cuh)
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i >= rows * 128) return;
-  const int64_t r = i / 128, d = (i % 128) * 4;
+  const int64_t o = i / kSumGroup;  // output float4; rows * 128 of them (blockDim is a multiple of 32)
+  const int g = int(i % kSumGroup);
+  const bool live = o < rows * 128;
+  const int64_t r = live ? o / 128 : 0, d = (o % 128) * 4;
+  const int per = (NS + kSumGroup - 1) / kSumGroup, k0 = g * per, k1 = min(NS, k0 + per);
   float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
-  // Unrolled so that 8 loads are in flight at a time (b=1 runs 32 splits: one L2 round trip per 8, not per
-  // split); the adds stay in split order.
+  if (live) {
 #pragma unroll 8
-  for (int k = 0; k < NS; ++k) {
-    const float4 v = *reinterpret_cast<const float4*>(part + (r * NS + k) * 512 + d);
-    s.x += v.x; s.y += v.y; s.z += v.z; s.w += v.w;
+    for (int k = k0; k < k1; ++k) {
+      const float4 v = *reinterpret_cast<const float4*>(part + (r * NS + k) * 512 + d);
+      s.x += v.x; s.y += v.y; s.z += v.z; s.w += v.w;
+    }
   }
-  *reinterpret_cast<uint2*>(out + r * 512 + d) =
-      make_uint2(uint32_t(f2bf(s.x)) | (uint32_t(f2bf(s.y)) << 16), uint32_t(f2bf(s.z)) | (uint32_t(f2bf(s.w)) << 16));
+#pragma unroll
+  for (int m = 1; m < kSumGroup; m <<= 1) {  // a + b == b + a bit for bit: every lane of a group ends equal
+    s.x += __shfl_xor_sync(0xffffffffu, s.x, m);
+    s.y += __shfl_xor_sync(0xffffffffu, s.y, m);
+    s.z += __shfl_xor_sync(0xffffffffu, s.z, m);
+    s.w += __shfl_xor_sync(0xffffffffu, s.w, m);
+  }
+  if (live && g == 0)
+    *reinterpret_cast<uint2*>(out + r * 512 + d) =
+        make_uint2(uint32_t(f2bf(s.x)) | (uint32_t(f2bf(s.y)) << 16), uint32_t(f2bf(s.z)) | (uint32_t(f2bf(s.w)) << 16));
 }
 
 }  // namespace
@@ -553,8 +567,8 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     launch_chained(mqa_pv_kernel, grid, dim3(kPvThreads), kSmemB, 1, p);
     DSA_LAUNCH_CHECK();
     if (NS > 1) {
-      // 128-thread CTAs: at b=1 (128 heads) that is 128 CTAs over 128 SMs, not 64 over 64.
-      launch_chained(mqa_split_sum_kernel, dim3(unsigned(cdiv(Tc * H * 128, 128))), dim3(128), 0, 1, static_cast<const float*>(p.part),
+      // 128-thread CTAs, 4 threads per 4 output dims: 512 CTAs at b=1 (128 heads).
+      launch_chained(mqa_split_sum_kernel, dim3(unsigned(cdiv(Tc * H * 128 * kSumGroup, 128))), dim3(128), 0, 1, static_cast<const float*>(p.part),
                      int64_t(Tc * H), int(NS), p.out);
       DSA_LAUNCH_CHECK();
     }
