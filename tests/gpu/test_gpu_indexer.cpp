@@ -409,4 +409,40 @@ TEST(GpuIndexer, ChainedLaunchesMatchPlainBitForBit) {
   }
 }
 
+// The first radix digit's histogram built in the FP8 score kernel's epilogue (CudaBackend::topk_hist0, the
+// default on sm_90a): the on-chip top-k that starts from it gives exactly the bytes of the top-k that builds it
+// itself. Three calls in a row check that the buffer is zero again after each (the top-k zeroes it), also
+// after rows with n <= k (early exit) and an unmapped block inside a row (its keys are -inf, counted apart).
+TEST(GpuIndexer, TopkFirstHistogramFromScoresMatches) {
+  REQUIRE_GPU();
+  Both be;
+  cuda::TopkTuning& tun = cuda::topk_tuning();
+  const cuda::TopkTuning saved = tun;
+  struct C { std::vector<int64_t> ends; int64_t sq; int64_t hole; };  // hole: an unmapped block of sequence 0
+  const std::vector<C> cases = {{{131072}, 1, -1}, {{5000, 3333, 65, 20000}, 2, -1},
+                                {{2047, 2048, 2049, 4096, 17000}, 1, -1}, {{70000, 100}, 1, 300}, {{40000}, 1, 17}};
+  bool used = false;
+  for (const C& cs : cases) {
+    MCase c = multi_case(be, cs.ends, std::vector<int64_t>(cs.ends.size(), cs.sq), 64, false);
+    if (cs.hole >= 0) c.b.block_table[size_t(cs.hole)] = -1;  // before the batch's first use on the device
+    const int64_t T = int64_t(c.qpos.size()), k = 2048;
+    Tensor qg = be.up(c.q), wg = be.up(c.w);
+    Tensor out[2];
+    for (int on = 0; on < 2; ++on) {
+      tun.hist0 = on;
+      for (int rep = 0; rep < 3; ++rep) {
+        Tensor o = be.poisoned(DType::I32, {T, k});
+        be.gpu.indexer_topk(qg, wg, c.dkv, c.b, k, o);
+        if (on) used |= tun.last_hist0;
+        if (rep == 0) out[on] = o;
+        else expect_same_bytes(be.down(o), be.down(out[on]), on ? "indexer_topk again (first histogram from the scores)" : "indexer_topk again");
+      }
+    }
+    tun = saved;
+    expect_same_bytes(be.down(out[1]), be.down(out[0]), "indexer_topk: first histogram from the score kernel vs the top-k's own");
+  }
+  tun = saved;
+  if (fp8_scores_now(64) && cuda::topk_cluster_max() > 1) EXPECT_TRUE(used) << "the score kernel's histogram was never taken";
+}
+
 }  // namespace dsa::test

@@ -358,6 +358,27 @@ CudaBackend::~CudaBackend() {
   if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
   expert_tables_.clear();
   if (err_) cudaFree(err_);
+  if (hist0_) cudaFree(hist0_);
+}
+
+int* CudaBackend::topk_hist0(int64_t rows) {
+  if (rows > 1024) return nullptr;
+  if (rows > hist0_rows_) {
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(cudaStreamPerThread, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) return nullptr;
+    const int64_t n = std::max<int64_t>(rows, 64);
+    int* p = nullptr;
+    if (cudaMalloc(&p, size_t(n) * 2048 * sizeof(int)) != cudaSuccess) {
+      cudaGetLastError();
+      return nullptr;  // the top-k builds its first histogram itself
+    }
+    DSA_CUDA_CHECK(cudaStreamSynchronize(cudaStreamPerThread));  // the old buffer may still be in use
+    if (hist0_) cudaFree(hist0_);
+    DSA_CUDA_CHECK(cudaMemset(p, 0, size_t(n) * 2048 * sizeof(int)));
+    hist0_ = p;
+    hist0_rows_ = n;
+  }
+  return hist0_;
 }
 
 void CudaBackend::check_errors() {

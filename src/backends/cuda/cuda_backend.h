@@ -101,8 +101,17 @@ class CudaBackend : public Backend {
   int* err_flag() const { return err_; }
   // Top-k of score rows r = 0..rows-1 (row r at scores + r*ld, valid length narr[row_base + r] + n_add),
   // written to out[(row_base + r) * k ...] (positions ascending, -1 padded). Enqueued only.
+  // hist0 (optional): the rows' first-digit histograms built by the score kernel (topk_hist0), consumed
+  // and zeroed again.
   void launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
-                   int64_t k, int32_t* out);
+                   int64_t k, int32_t* out, int* hist0 = nullptr);
+  // The on-chip top-k configuration launch_topk takes (false: a global-memory path), and whether that
+  // path would take the first histogram from the score kernel.
+  bool topk_onchip_plan(int64_t ld, int64_t rows, int64_t k, int* kpt, int* csize) const;
+  bool topk_takes_hist0(int64_t ld, int64_t rows, int64_t k) const;
+  // Zeroed [rows][2048] int buffer for those histograms (score kernel adds, top-k zeroes after use), or
+  // nullptr for tiles of more than 1024 rows (prefill) and where it cannot be grown (graph capture).
+  int* topk_hist0(int64_t rows);
   const DevBatch& dev(const Batch& b);  // prepares on first use
   DevicePool& pool() { return *pool_; }
   int sm_count() const { return sms_; }
@@ -119,6 +128,8 @@ class CudaBackend : public Backend {
   int sms_ = 0;
   size_t smem_optin_ = 48 * 1024;
   int64_t score_tile_floats_ = int64_t(64) << 20;  // 256 MiB of fp32 scores at most
+  int* hist0_ = nullptr;        // topk_hist0's buffer
+  int64_t hist0_rows_ = 0;
   bool graphs_on_ = false, capturing_ = false;  // DSA_CUDA_GRAPHS=1 turns them on (see cuda_backend.cu)
   int graph_warmup_ = 0;           // eager decode steps seen (first-use uploads happen there)
   cudaGraphExec_t graph_exec_ = nullptr;

@@ -571,15 +571,16 @@ int pipe_occupancy() {
 }
 
 // rows: tokens [p.t0, p.t0 + rows); nq: 2 if tokens pair up by sequence (t0 and rows even), else 1.
-void launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms, int nq) {
-  if (rows == 0) return;
+// hist0: optional [rows][2048] first top-k digit histograms to add to (only the sm_90a FP8 kernel builds
+// them); returns whether they were built.
+bool launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms, int nq, int* hist0 = nullptr) {
+  if (rows == 0) return false;
   DSA_CHECK(rows <= 65535, "indexer: tile of ", rows, " rows");
   if (!use_exact_indexer() && p.Hi <= 64 && sm90_scores_available() && (nq == 1 || sm90_scores_pairs())) {  // Hopper: wgmma
     Sm90ScoreArgs a{};
     a.q = p.q; a.w = p.w; a.cache = p.cache; a.pos = p.pos; a.tseq = p.tseq; a.bt = p.bt; a.mb = p.mb; a.Hi = p.Hi;
-    a.t0 = p.t0; a.rows = rows; a.out = p.out; a.ld = p.ld; a.fill_ninf = p.fill_ninf;
-    launch_scores_sm90(a, max_nblk, sms, nq);
-    return;
+    a.t0 = p.t0; a.rows = rows; a.out = p.out; a.ld = p.ld; a.fill_ninf = p.fill_ninf; a.hist = hist0;
+    return launch_scores_sm90(a, max_nblk, sms, nq);
   }
   if (!use_exact_indexer() && p.Hi <= 64) {
     PScoreP q{};
@@ -596,7 +597,7 @@ void launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms, int
     else
       indexer_score_pipe_kernel<1><<<dim3(unsigned(gx), unsigned(groups)), PS_WARPS * 32, pipe_smem(1)>>>(q);
     DSA_LAUNCH_CHECK();
-    return;
+    return false;
   }
   // Key blocks per token: enough CTAs to fill the GPU a few times, at least 2 key blocks per CTA.
   int64_t gx = std::max<int64_t>(1, (8 * int64_t(sms) + rows - 1) / rows);
@@ -625,6 +626,7 @@ void launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms, int
     indexer_score_mma_kernel<<<dim3(unsigned(gx), unsigned(rows)), 128, score_mma_smem(p.Hi)>>>(p);
   }
   DSA_LAUNCH_CHECK();
+  return false;
 }
 
 __global__ void indexer_weights_kernel(float* w, const float* qs, int64_t n, float hs, float ss) {
@@ -690,8 +692,11 @@ void CudaBackend::indexer_topk(const Tensor& q, const Tensor& w, const KvLayer& 
   for (int64_t t0 = 0; t0 < T; t0 += rows) {
     const int64_t r = std::min(rows, T - t0);
     p.t0 = t0;
-    launch_scores(p, r, max_nblk, sms_, nq);
-    launch_topk(tile.ptr<float>(), ld, d.positions, 1, t0, r, k, topk.ptr<int32_t>());
+    // The first radix pass of the on-chip top-k from the score kernel's epilogue (sm_90a FP8 kernel):
+    // docs/indexer-topk-cuda.md.
+    int* h0 = topk_takes_hist0(ld, r, k) ? topk_hist0(r) : nullptr;
+    const bool built = launch_scores(p, r, max_nblk, sms_, nq, h0);
+    launch_topk(tile.ptr<float>(), ld, d.positions, 1, t0, r, k, topk.ptr<int32_t>(), built ? h0 : nullptr);
   }
 }
 

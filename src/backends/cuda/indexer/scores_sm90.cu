@@ -27,6 +27,7 @@
 #include "backends/cuda/wgmma.cuh"
 #include "backends/cuda/launch.cuh"
 #include "backends/cuda/indexer/scores_sm90.h"
+#include "backends/cuda/topk/topk_key.cuh"
 
 namespace dsa::cuda {
 
@@ -183,15 +184,19 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_kernel(Sm90ScoreArgs 
 // the CPU's to fp32 rounding; see docs/indexer-topk-cuda.md for the bound the tests use.
 // DSA_CUDA_INDEXER_WGMMA_FP8=0 selects the f16 kernel (exact products, fp32 accumulation).
 constexpr int kFp8Bids = 1024;
-constexpr size_t fp8_smem(int nq, int stages) {
+constexpr size_t fp8_smem(int nq, int stages, bool hist) {
   return 1024 /*align slack*/ + size_t(nq) * 8192 /*q*/ + size_t(stages) * (8192 + 256) /*keys, scales*/ +
-         size_t(nq) * 64 * 4 /*w*/ + kFp8Bids * 4;
+         size_t(nq) * 64 * 4 /*w*/ + kFp8Bids * 4 + (hist ? kTopkDigit0Bins * 4 : 0);
 }
 
 
 // grid (gx, groups): group g = tokens t0 + NQ*g .. + NQ-1 (the same sequence when NQ = 2), CTA x = a
 // contiguous range of the group's 64-key blocks.
-template <int NQ, int STAGES>
+// HIST: also the first radix digit's histogram of every row's keys [0, position] (the top-k's pass 0,
+// topk/topk_key.cuh), added to p.hist[row][2048]: shared-memory counts (16 bits per query, two queries
+// packed in one int: the host keeps a CTA's keys per row < 65536), flushed with one global atomic per
+// non-zero bin and row. The on-chip top-k then starts at its second digit.
+template <int NQ, int STAGES, bool HIST>
 __global__ void __launch_bounds__(128) indexer_scores_sm90_fp8_kernel(Sm90ScoreArgs p, int gx) {
   pdl_wait();  // launched through launch_chained (launch.cuh)
   pdl_launch_next();
@@ -236,6 +241,9 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_fp8_kernel(Sm90ScoreA
     ws[e] = (qi < nq && h < p.Hi) ? p.w[(tfirst + qi) * p.Hi + h] : 0.f;
   }
   for (int64_t i = tid; i < min(b1 - b0, int64_t(kFp8Bids)); i += 128) bids[i] = btrow[b0 + i];
+  int* hsm = bids + kFp8Bids;  // HIST: [2048] packed counts (query 0: low 16 bits, query 1: high)
+  if constexpr (HIST)
+    for (int i = tid; i < kTopkDigit0Bins; i += 128) hsm[i] = 0;
   __syncthreads();
   auto bid = [&](int64_t b) { return b - b0 < kFp8Bids ? bids[b - b0] : btrow[b]; };
 
@@ -271,6 +279,11 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_fp8_kernel(Sm90ScoreA
       if (tid < 64)
         for (int i = 0; i < nq; ++i)
           if (col0 + tid < p.ld) p.out[(tfirst + i - p.t0) * p.ld + col0 + tid] = -INFINITY;
+      if constexpr (HIST)
+        if (tid < nq) {  // the block's keys up to the position are -inf
+          const int64_t n_in = min(int64_t(kKvBlock), max(int64_t(0), int64_t(posq[tid]) - col0 + 1));
+          if (n_in) atomicAdd(&hsm[order_key(-INFINITY) >> kTopkDigit0Shift], int(n_in) << (16 * tid));
+        }
       continue;
     }
     float d[NQ * 32];
@@ -311,11 +324,22 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_fp8_kernel(Sm90ScoreA
       if constexpr (NQ == 2)
         if (qi) v = (tq & 1) ? s1[NQ - 1] : s0[NQ - 1];
       const int pq = (NQ == 2 && qi) ? posq[NQ - 1] : posq[0];
-      if (col < p.ld)
-        p.out[(tfirst + qi - p.t0) * p.ld + col] = col <= pq ? __fmul_rn(v, kscale[st * 64 + key]) : -INFINITY;
+      const float val = col <= pq ? __fmul_rn(v, kscale[st * 64 + key]) : -INFINITY;
+      if (col < p.ld) p.out[(tfirst + qi - p.t0) * p.ld + col] = val;
+      if constexpr (HIST)
+        if (col <= pq) atomicAdd(&hsm[order_key(val) >> kTopkDigit0Shift], 1 << (16 * qi));
     }
   }
   mma::cp_wait<0>();
+  if constexpr (HIST) {  // flush: one global atomic per non-zero bin and row
+    __syncthreads();
+    int* g0 = p.hist + (tfirst - p.t0) * kTopkDigit0Bins;
+    for (int i = tid; i < kTopkDigit0Bins; i += 128) {
+      const int c = hsm[i];
+      if (c & 0xffff) atomicAdd(g0 + i, c & 0xffff);
+      if (NQ == 2 && (c >> 16)) atomicAdd(g0 + kTopkDigit0Bins + i, c >> 16);
+    }
+  }
 #else
   __trap();  // never launched: sm90_scores_available() is false for this build of the kernel
 #endif
@@ -328,24 +352,26 @@ int g_sm90_enabled = -1;  // -1: from DSA_CUDA_INDEXER_WGMMA (default on); 0/1 s
 int g_sm90_mode = -1;     // -1: from DSA_CUDA_INDEXER_WGMMA_FP8; 0: f16 kernel; 3..6: FP8 kernel with that ring depth
 constexpr int kFp8DefaultStages = 4;  // measured best of 4 / 6 / 8 (4 CTAs per SM)
 
-template <int NQ, int STAGES>
+template <int NQ, int STAGES, bool HIST = false>
 int fp8_occupancy() {  // CTAs per SM (also sets the kernel's shared-memory limit, once)
   static const int occ = [] {
-    if (cudaFuncSetAttribute(indexer_scores_sm90_fp8_kernel<NQ, STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(fp8_smem(NQ, STAGES))) != cudaSuccess) {
+    if (cudaFuncSetAttribute(indexer_scores_sm90_fp8_kernel<NQ, STAGES, HIST>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(fp8_smem(NQ, STAGES, HIST))) != cudaSuccess) {
       cudaGetLastError();
       return 0;
     }
     int n = 0;
-    DSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, indexer_scores_sm90_fp8_kernel<NQ, STAGES>, 128,
-                                                                 fp8_smem(NQ, STAGES)));
+    DSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, indexer_scores_sm90_fp8_kernel<NQ, STAGES, HIST>, 128,
+                                                                 fp8_smem(NQ, STAGES, HIST)));
     return n;
   }();
   return occ;
 }
 
+// Returns whether the first-digit histogram was built (a.hist set, the default ring depth, no loss of
+// occupancy, fewer than 65536 keys per CTA and row).
 template <int NQ, int STAGES>
-void launch_fp8(const Sm90ScoreArgs& a, int64_t max_nblk, int sms) {
+bool launch_fp8(const Sm90ScoreArgs& a, int64_t max_nblk, int sms) {
   // The paired kernel reads the first token's sequence for both (indexer.cu pairs_ok: even rows, same sequence).
   DSA_CHECK(NQ == 1 || a.rows % 2 == 0, "indexer (sm90 fp8): token pairs need an even row count, got ", a.rows);
   const int64_t groups = (a.rows + NQ - 1) / NQ;
@@ -353,18 +379,29 @@ void launch_fp8(const Sm90ScoreArgs& a, int64_t max_nblk, int sms) {
   int64_t gx = std::max<int64_t>(1, int64_t(std::max(fp8_occupancy<NQ, STAGES>(), 1)) * sms / groups);
   gx = std::max<int64_t>(1, std::min<int64_t>(gx, max_nblk / 2));
   DSA_CHECK(groups <= 65535, "indexer (sm90 fp8): tile of ", a.rows, " rows");
-  launch_chained(indexer_scores_sm90_fp8_kernel<NQ, STAGES>, dim3(unsigned(gx), unsigned(groups)), dim3(128),
-                 fp8_smem(NQ, STAGES), 1, a, int(gx));
+  bool hist = false;
+  if constexpr (STAGES == kFp8DefaultStages)
+    hist = a.hist != nullptr && fp8_occupancy<NQ, STAGES, true>() >= fp8_occupancy<NQ, STAGES>() &&
+           (max_nblk + gx - 1) / gx * kKvBlock < 65536;
+  if (hist) {
+    if constexpr (STAGES == kFp8DefaultStages)
+      launch_chained(indexer_scores_sm90_fp8_kernel<NQ, STAGES, true>, dim3(unsigned(gx), unsigned(groups)), dim3(128),
+                     fp8_smem(NQ, STAGES, true), 1, a, int(gx));
+  } else {
+    launch_chained(indexer_scores_sm90_fp8_kernel<NQ, STAGES, false>, dim3(unsigned(gx), unsigned(groups)), dim3(128),
+                   fp8_smem(NQ, STAGES, false), 1, a, int(gx));
+  }
   DSA_LAUNCH_CHECK();
+  return hist;
 }
 
 template <int NQ>
-void launch_fp8_stages(const Sm90ScoreArgs& a, int64_t max_nblk, int sms, int stages) {
+bool launch_fp8_stages(const Sm90ScoreArgs& a, int64_t max_nblk, int sms, int stages) {
   switch (stages) {
-    case 3: launch_fp8<NQ, 3>(a, max_nblk, sms); break;
-    case 5: launch_fp8<NQ, 5>(a, max_nblk, sms); break;
-    case 6: launch_fp8<NQ, 6>(a, max_nblk, sms); break;
-    default: launch_fp8<NQ, 4>(a, max_nblk, sms); break;
+    case 3: return launch_fp8<NQ, 3>(a, max_nblk, sms);
+    case 5: return launch_fp8<NQ, 5>(a, max_nblk, sms);
+    case 6: return launch_fp8<NQ, 6>(a, max_nblk, sms);
+    default: return launch_fp8<NQ, 4>(a, max_nblk, sms);
   }
 }
 }  // namespace
@@ -412,22 +449,19 @@ bool sm90_scores_available() {
                cudaSuccess &&
            fp8_occupancy<1, 3>() > 0 && fp8_occupancy<1, 4>() > 0 && fp8_occupancy<1, 5>() > 0 &&
            fp8_occupancy<1, 6>() > 0 && fp8_occupancy<2, 3>() > 0 && fp8_occupancy<2, 4>() > 0 &&
-           fp8_occupancy<2, 5>() > 0 && fp8_occupancy<2, 6>() > 0;
+           fp8_occupancy<2, 5>() > 0 && fp8_occupancy<2, 6>() > 0 &&
+           fp8_occupancy<1, kFp8DefaultStages, true>() >= 0 && fp8_occupancy<2, kFp8DefaultStages, true>() >= 0;  // (set here, never in a graph capture)
   }();
   return ok;
 }
 
 bool sm90_scores_pairs() { return sm90_scores_available() && sm90_scores_mode() > 0; }
 
-void launch_scores_sm90(const Sm90ScoreArgs& a, int64_t max_nblk, int sms, int nq) {
-  if (a.rows == 0) return;
+bool launch_scores_sm90(const Sm90ScoreArgs& a, int64_t max_nblk, int sms, int nq) {
+  if (a.rows == 0) return false;
   DSA_CHECK(a.Hi <= 64, "indexer (sm90): ", a.Hi, " heads > 64");
   const int mode = sm90_scores_mode();
-  if (mode > 0) {
-    if (nq == 2) launch_fp8_stages<2>(a, max_nblk, sms, mode);
-    else launch_fp8_stages<1>(a, max_nblk, sms, mode);
-    return;
-  }
+  if (mode > 0) return nq == 2 ? launch_fp8_stages<2>(a, max_nblk, sms, mode) : launch_fp8_stages<1>(a, max_nblk, sms, mode);
   DSA_CHECK(nq == 1, "indexer (sm90 f16): one token per CTA");
   static const int occ = [] {
     int n = 0;
@@ -440,6 +474,7 @@ void launch_scores_sm90(const Sm90ScoreArgs& a, int64_t max_nblk, int sms, int n
   DSA_CHECK(a.rows <= 65535, "indexer (sm90): tile of ", a.rows, " rows");
   indexer_scores_sm90_kernel<<<dim3(unsigned(gx), unsigned(a.rows)), 128, kSmem>>>(a, int(gx));
   DSA_LAUNCH_CHECK();
+  return false;
 }
 
 }  // namespace dsa::cuda

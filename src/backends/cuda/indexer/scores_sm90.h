@@ -13,6 +13,7 @@ struct Sm90ScoreArgs {
   int64_t t0, rows;                                          // tokens [t0, t0 + rows)
   float* out; int64_t ld;                                    // row (t - t0) of out, ld columns
   int fill_ninf;                                             // -inf from the last computed block up to ld
+  int* hist;  // optional: [rows][2048] first top-k digit histograms of the rows' keys, added to (FP8 kernel)
 };
 
 // True when the sm_90a wgmma kernel is what runs on this GPU (not the compute_80 PTX, e.g. under
@@ -29,6 +30,7 @@ int sm90_scores_mode();
 // True when the sm_90a path also takes token pairs of one sequence (nq = 2: the FP8 kernel does).
 bool sm90_scores_pairs();
 // nq = 2: tokens t0 + 2g and t0 + 2g + 1 belong to the same sequence (only when sm90_scores_pairs()).
-void launch_scores_sm90(const Sm90ScoreArgs& a, int64_t max_nblk, int sms, int nq);
+// Returns whether a.hist was filled (the FP8 kernel where it costs no occupancy; otherwise untouched).
+bool launch_scores_sm90(const Sm90ScoreArgs& a, int64_t max_nblk, int sms, int nq);
 
 }  // namespace dsa::cuda

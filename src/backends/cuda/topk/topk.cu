@@ -27,6 +27,7 @@
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/launch.cuh"
+#include "backends/cuda/topk/topk_key.cuh"
 
 namespace dsa::cuda {
 
@@ -34,12 +35,6 @@ namespace {
 
 constexpr int TK_THREADS = 1024;
 
-__device__ __forceinline__ uint32_t order_key(float v) {
-  if (v != v) v = -INFINITY;  // NaN ranks as -inf
-  if (v == 0.f) v = 0.f;      // -0 == +0
-  const uint32_t u = __float_as_uint(v);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
 
 // Exclusive block scan of one int per thread; returns the block total in *total.
 __device__ int block_excl_scan(int v, int* warp_tot, int* total) {
@@ -364,12 +359,21 @@ struct OnchipSmem {
 // threshold is settled (the whole threshold bin is selected: no need to resolve it further).
 template <int KPT, bool LANE1, int P>
 __device__ __forceinline__ bool onchip_pass(const uint32_t* key, int nv, int nvw, uint32_t& prefix, uint32_t& mask,
-                                            int& krem, OnchipSmem& sm, int csize, int rank) {
+                                            int& krem, OnchipSmem& sm, int csize, int rank, bool hist0_given = false) {
   constexpr int SHIFT = LANE1 ? (P == 0 ? 24 : P == 1 ? 12 : 0) : (P == 0 ? 21 : P == 1 ? 10 : 0);
   constexpr int BITS = LANE1 ? (P == 0 ? 8 : 12) : (P == 2 ? 10 : 11);
   constexpr uint32_t DMASK = (1u << BITS) - 1u;
   const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
   int* h = LANE1 ? (P == 0 ? sm.hist : P == 1 ? sm.hist : sm.hist + 4096) : (P == 1 ? sm.hist + 2048 : sm.hist);
+  if (!LANE1 && P == 0 && hist0_given) {
+    // The row's whole first histogram came from the score kernel (already in h, made visible by the
+    // kernel's first barrier): no atomics, no cluster exchange.
+    find_threshold_bin<2048>(h, 1, rank, krem, sm.warp_tot, sm.sel);
+    prefix |= uint32_t(sm.sel[0]) << SHIFT;
+    mask |= DMASK << SHIFT;
+    krem -= sm.sel[1];
+    return sm.sel[2] == krem;
+  }
 #pragma unroll
   for (int j = 0; j < KPT; ++j) {
     if (j >= nvw) break;
@@ -407,7 +411,7 @@ __device__ __forceinline__ bool onchip_pass(const uint32_t* key, int nv, int nvw
 template <int KPT, bool LANE1>
 __global__ void __launch_bounds__(TK_THREADS, 1)
     topk_onchip_kernel(const float* __restrict__ scores, int64_t ld, const int32_t* __restrict__ narr, int n_add,
-                       int64_t row_base, int64_t k, int32_t* __restrict__ out, int csize) {
+                       int64_t row_base, int64_t k, int32_t* __restrict__ out, int csize, int* hist0) {
   __shared__ __align__(16) OnchipSmem sm;
   __shared__ int tab[KPT * 32];
   pdl_wait();  // launched through launch_chained (launch.cuh)
@@ -417,9 +421,16 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
   const int64_t r = blockIdx.x / csize;
   const int64_t n = int64_t(narr[row_base + r]) + n_add;
   int32_t* o = out + (row_base + r) * k;
+  // hist0 (LANE1 = false only): [rows][2048] first-digit histograms of the rows' n keys, built by the score
+  // kernel (indexer/scores_sm90.cu); rank 0 zeroes the row's when the cluster is done with it, so the buffer
+  // is all zero between calls (CudaBackend::topk_hist0).
+  int* h0row = hist0 ? hist0 + r * kTopkDigit0Bins : nullptr;
   if (n <= k) {  // the same for the whole cluster: no CTA reaches a cluster barrier
-    if (rank == 0)
+    if (rank == 0) {
       for (int64_t i = tid; i < k; i += TK_THREADS) o[i] = i < n ? int32_t(i) : -1;
+      if (h0row)
+        for (int i = tid; i < kTopkDigit0Bins; i += TK_THREADS) h0row[i] = 0;
+    }
     return;
   }
   const int64_t per = ((n + csize - 1) / csize + TK_THREADS - 1) / TK_THREADS * TK_THREADS;
@@ -429,14 +440,22 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
   const int nvw = __shfl_sync(0xffffffffu, nv, 0);  // slots with any key in this warp (warp-uniform skips)
   const float* row = scores + r * ld + c0;
   uint32_t key[KPT];
+  int2 g0 = make_int2(0, 0);
+  if (!LANE1 && h0row) g0 = reinterpret_cast<const int2*>(h0row)[tid];  // in flight with the keys
 #pragma unroll
   for (int j = 0; j < KPT; ++j) key[j] = j < nv ? order_key(row[j * TK_THREADS + tid]) : 0u;
-  for (int i = tid; i < (LANE1 ? 8192 : 4096); i += TK_THREADS) sm.hist[i] = 0;
+  static_assert(2 * TK_THREADS == kTopkDigit0Bins, "one int2 of the given first histogram per thread");
+  if (!LANE1 && h0row) {  // pass 0's bins given; pass 1's zeroed
+    reinterpret_cast<int2*>(sm.hist)[tid] = g0;
+    for (int i = 2048 + tid; i < 4096; i += TK_THREADS) sm.hist[i] = 0;
+  } else {
+    for (int i = tid; i < (LANE1 ? 8192 : 4096); i += TK_THREADS) sm.hist[i] = 0;
+  }
   __syncthreads();
 
   uint32_t prefix = 0, mask = 0;
   int krem = int(k);
-  if (!onchip_pass<KPT, LANE1, 0>(key, nv, nvw, prefix, mask, krem, sm, csize, rank))
+  if (!onchip_pass<KPT, LANE1, 0>(key, nv, nvw, prefix, mask, krem, sm, csize, rank, h0row != nullptr))
     if (!onchip_pass<KPT, LANE1, 1>(key, nv, nvw, prefix, mask, krem, sm, csize, rank))
       onchip_pass<KPT, LANE1, 2>(key, nv, nvw, prefix, mask, krem, sm, csize, rank);
 
@@ -483,7 +502,9 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
     if (is_gt) o[gb + min(eb, krem)] = pos;
     else if (is_eq && eb < krem) o[gb + eb] = pos;
   }
-  if (csize > 1) cluster_wait();
+  if (csize > 1) cluster_wait();  // every CTA of the cluster has read the given histogram (at its start)
+  if (h0row && rank == 0)
+    for (int i = tid; i < kTopkDigit0Bins; i += TK_THREADS) h0row[i] = 0;
 }
 
 // ---- multi-CTA path for long rows --------------------------------------------------------------
@@ -709,10 +730,11 @@ int g_cluster_cap = 1 << 30;
 
 template <int KPT, bool LANE1>
 bool launch_onchip(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
-                   int64_t k, int32_t* out, int csize) {
+                   int64_t k, int32_t* out, int csize, int* hist0) {
   DSA_CHECK(rows * csize <= 2147483647, "top-k: too many rows");
   const cudaError_t e = try_launch_chained(topk_onchip_kernel<KPT, LANE1>, dim3(unsigned(rows * csize)), dim3(TK_THREADS), 0,
-                                           unsigned(csize), scores, ld, narr, n_add, row_base, k, out, csize);
+                                           unsigned(csize), scores, ld, narr, n_add, row_base, k, out, csize,
+                                           LANE1 ? nullptr : hist0);
   if (e == cudaSuccess) return true;
   const bool cluster_unschedulable = csize > 1 && (e == cudaErrorInvalidClusterSize || e == cudaErrorLaunchOutOfResources ||
                                                    e == cudaErrorInvalidConfiguration);
@@ -724,11 +746,24 @@ bool launch_onchip(const float* scores, int64_t ld, const int32_t* narr, int n_a
 
 template <bool LANE1>
 bool launch_onchip_kpt(int kpt, const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
-                       int64_t rows, int64_t k, int32_t* out, int csize) {
-  if (kpt == 4) return launch_onchip<4, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
-  if (kpt == 8) return launch_onchip<8, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
-  return launch_onchip<16, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize);
+                       int64_t rows, int64_t k, int32_t* out, int csize, int* hist0) {
+  if (kpt == 4) return launch_onchip<4, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize, hist0);
+  if (kpt == 8) return launch_onchip<8, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize, hist0);
+  return launch_onchip<16, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize, hist0);
 }
+
+}  // namespace
+
+bool topk_hist0_enabled() {
+  TopkTuning& t = topk_tuning();
+  if (t.hist0 < 0) {
+    const char* e = std::getenv("DSA_CUDA_TOPK_SCORE_HIST");
+    t.hist0 = (e && *e == '0') ? 0 : 1;
+  }
+  return t.hist0 != 0;
+}
+
+namespace {
 
 bool onchip_enabled() {
   TopkTuning& t = topk_tuning();
@@ -792,38 +827,57 @@ int topk_cluster_max() {
   return cmax;
 }
 
-void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
-                              int64_t rows, int64_t k, int32_t* out) {
-  if (rows == 0) return;
-  if (onchip_enabled() && k <= 65535) {
-    // Keys per thread and cluster size (measured, H200, docs/indexer-topk-cuda.md): at batch 1 more
-    // SMs per row pay off up to a point — per-key work is instruction bound, but each extra CTA
-    // adds DSMEM reads to every histogram exchange — so 4 keys per thread only up to 4-CTA clusters,
-    // 8 up to 8 (a 16-CTA cluster with 8 keys per thread is slower than 8 CTAs with 16), 16-CTA
-    // clusters only for rows > 128K. Large batches: fewer, fuller CTAs (rows x cluster within half
-    // the SMs).
-    const int cmax = std::min(topk_cluster_max(), g_cluster_cap);
-    const TopkTuning& tun = topk_tuning();
-    int kpt = 0, csize = 0;
-    for (int cand : {4, 8, 16}) {
-      if (tun.force_kpt && cand != tun.force_kpt) continue;
-      int64_t c = 1;  // a power of two (cluster shapes that surely schedule)
-      while (c * cand * TK_THREADS < ld) c *= 2;
-      if (c > (tun.force_kpt ? cmax : std::min(cmax, cand == 4 ? 4 : cand == 8 ? 8 : 16))) continue;
-      if (kpt && c == csize) break;  // more keys per thread only where that means fewer CTAs
-      kpt = cand, csize = int(c);
-      if (tun.force_kpt || 2 * rows * c <= sms_) break;
-    }
-    if (kpt) {
-      const bool launched = tun.lane_histogram ? launch_onchip_kpt<true>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize)
-                                               : launch_onchip_kpt<false>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize);
-      if (launched) {
-        topk_tuning().last_kpt = kpt;
-        topk_tuning().last_cluster = csize;
-        return;
-      }  // otherwise (a cluster that no longer schedules) a global-memory path below
-    }
+// The on-chip configuration launch_topk takes for rows of ld keys: keys per thread and cluster size; false
+// where it takes a global-memory path.
+bool CudaBackend::topk_onchip_plan(int64_t ld, int64_t rows, int64_t k, int* kpt_out, int* csize_out) const {
+  if (!onchip_enabled() || k > 65535) return false;
+  // Keys per thread and cluster size (measured, H200, docs/indexer-topk-cuda.md): at batch 1 more
+  // SMs per row pay off up to a point — per-key work is instruction bound, but each extra CTA
+  // adds DSMEM reads to every histogram exchange — so 4 keys per thread only up to 4-CTA clusters,
+  // 8 up to 8 (a 16-CTA cluster with 8 keys per thread is slower than 8 CTAs with 16), 16-CTA
+  // clusters only for rows > 128K. Large batches: fewer, fuller CTAs (rows x cluster within half
+  // the SMs).
+  const int cmax = std::min(topk_cluster_max(), g_cluster_cap);
+  const TopkTuning& tun = topk_tuning();
+  int kpt = 0, csize = 0;
+  for (int cand : {4, 8, 16}) {
+    if (tun.force_kpt && cand != tun.force_kpt) continue;
+    int64_t c = 1;  // a power of two (cluster shapes that surely schedule)
+    while (c * cand * TK_THREADS < ld) c *= 2;
+    if (c > (tun.force_kpt ? cmax : std::min(cmax, cand == 4 ? 4 : cand == 8 ? 8 : 16))) continue;
+    if (kpt && c == csize) break;  // more keys per thread only where that means fewer CTAs
+    kpt = cand, csize = int(c);
+    if (tun.force_kpt || 2 * rows * c <= sms_) break;
   }
+  *kpt_out = kpt;
+  *csize_out = csize;
+  return kpt != 0;
+}
+
+bool CudaBackend::topk_takes_hist0(int64_t ld, int64_t rows, int64_t k) const {
+  int kpt = 0, csize = 0;
+  return topk_hist0_enabled() && !topk_tuning().lane_histogram && topk_onchip_plan(ld, rows, k, &kpt, &csize);
+}
+
+void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
+                              int64_t rows, int64_t k, int32_t* out, int* hist0) {
+  if (rows == 0) return;
+  topk_tuning().last_hist0 = false;
+  int kpt = 0, csize = 0;
+  if (topk_onchip_plan(ld, rows, k, &kpt, &csize)) {
+    const TopkTuning& tun = topk_tuning();
+    const bool launched = tun.lane_histogram ? launch_onchip_kpt<true>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize, nullptr)
+                                             : launch_onchip_kpt<false>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize, hist0);
+    if (launched) {
+      topk_tuning().last_kpt = kpt;
+      topk_tuning().last_cluster = csize;
+      topk_tuning().last_hist0 = hist0 != nullptr && !tun.lane_histogram;
+      if (hist0 && tun.lane_histogram) DSA_CUDA_CHECK(cudaMemsetAsync(hist0, 0, size_t(rows) * kTopkDigit0Bins * 4));
+      return;
+    }  // otherwise (a cluster that no longer schedules) a global-memory path below
+  }
+  // A given first histogram that no kernel consumed goes back to zero (the buffer's invariant).
+  if (hist0) DSA_CUDA_CHECK(cudaMemsetAsync(hist0, 0, size_t(rows) * kTopkDigit0Bins * 4));
   topk_tuning().last_kpt = topk_tuning().last_cluster = 0;
   // The multi-CTA path's final kernel needs kCandCap x 8 bytes of dynamic shared memory on top of its
   // static arrays: 164 KB, beyond sm_86/89 (99 KB) and just beyond sm_80 (163 KB) — they keep the
