@@ -35,7 +35,10 @@ __device__ __forceinline__ void pdl_launch_next() {
 
 // kernel<<<grid, block, smem>>>(args...) on the launch stream, with the PDL attribute when enabled and a
 // thread-block cluster of cluster_x CTAs when cluster_x > 1; returns the launch's error. The kernel must
-// start with pdl_wait().
+// call pdl_wait() before it reads anything the previous kernel writes (most start with it). Work before
+// it may read only what kernels before the previous one wrote, and only if the previous kernel calls
+// pdl_launch_next() after its own pdl_wait() (then every earlier kernel has completed when this grid
+// starts): the MLA P.V kernel (mla/decode.cu) gathers its first tiles that way while the scores kernel runs.
 template <class... KArgs, class... Args>
 cudaError_t try_launch_chained(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, unsigned cluster_x,
                                Args&&... args) {

@@ -104,7 +104,6 @@ __global__ void __launch_bounds__(512, 1) mqa_score_kernel(DecP p) {
   const int posn = p.pos[t];
   const int64_t n = p.topk ? p.K : int64_t(posn) + 1;
   const int64_t c_begin = int64_t(split) * p.tiles_per * TN, c_end = min(n, c_begin + int64_t(p.tiles_per) * TN);
-  int32_t* slot_out = blockIdx.y == 0 ? p.slot + int64_t(t) * p.KP : nullptr;
   for (int i = tid; i < TM * 72; i += NT) {  // Q: 72 x 16 bytes per head row
     const int h = i / 72, c = i % 72;
     uint16_t* dst = qs + h * QLD + c * 8;
@@ -126,7 +125,6 @@ __global__ void __launch_bounds__(512, 1) mqa_score_kernel(DecP p) {
   if (tid < TN) {
     const int s = cand_resolve(p, t, cand_idx(p, t, c_begin + tid, c_end), posn);
     slots[tid] = s;
-    if (slot_out && c_begin < c_end) slot_out[c_begin + tid] = s;
     nidx = cand_idx(p, t, c_begin + TN + tid, c_end);
   }
   __syncthreads();
@@ -161,10 +159,7 @@ __global__ void __launch_bounds__(512, 1) mqa_score_kernel(DecP p) {
             sl[r] >= 0 ? *reinterpret_cast<const uint4*>(raw + r * RAW_A + kRopeOff + c * 16) : make_uint4(0, 0, 0, 0);
       }
     }
-    if (tid < TN && c1 < c_end) {
-      slots[(cur ^ 1) * TN + tid] = nslot;
-      if (slot_out) slot_out[c1 + tid] = nslot;
-    }
+    if (tid < TN && c1 < c_end) slots[(cur ^ 1) * TN + tid] = nslot;
     __syncthreads();  // ks holds this tile, raw is free, the next tile's slots are known, ss was stored
     if (c1 < c_end) gather(slots + (cur ^ 1) * TN);
     cp_commit();
@@ -309,8 +304,12 @@ constexpr size_t kSmemA = size_t(TM + TN) * QLD * 2 + size_t(TN) * RAW_A + size_
 constexpr int kPvThreads = 512;
 constexpr size_t kSmemB = 2 * size_t(TN) * VLD * 2 + 2 * size_t(TN) * RAW_B + 2 * size_t(TM) * PLD * 2 + 2 * TM * 4 + 3 * TN * 4;
 __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
-  pdl_wait();  // launched through launch_chained (launch.cuh)
-  pdl_launch_next();
+  // With programmatic dependent launch this grid starts while kernel A runs (A triggers after its own
+  // wait, so the top-k indices, block table and cache — all written before A — are complete): the slot
+  // resolution, the gather of the first two tiles and the dequantisation of tile 0 happen before
+  // pdl_wait(); only A's outputs (scores S, split statistics) are read after it. At b=1 that takes the
+  // gather's dependent round trips off the critical path (A and B run on different SMs).
+  pdl_launch_next();  // the split sum waits for this grid's completion in its own pdl_wait
   extern __shared__ __align__(16) uint8_t smraw[];
   uint16_t* vs = reinterpret_cast<uint16_t*>(smraw);                // [2][TN][VLD]
   uint8_t* raw = reinterpret_cast<uint8_t*>(vs + 2 * TN * VLD);     // [2][TN][528]
@@ -323,7 +322,39 @@ __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
   const int posn = p.pos[t];
   const int64_t n = p.topk ? p.K : int64_t(posn) + 1;
   const int64_t c_begin = int64_t(split) * p.tiles_per * TN, c_end = min(n, c_begin + int64_t(p.tiles_per) * TN);
-  const int32_t* slot_in = p.slot + int64_t(t) * p.KP;
+  // Cache slot of candidate c (-1: none; kernel A raised the error flags for bad indices / blocks).
+  auto slot_at = [&](int64_t c) { return cand_slot(p, t, cand_idx(p, t, c, c_end), posn); };
+  int nsl = -1;  // tid < TN: slot of candidate tid of tile j + 3 (stored into the ring during tile j)
+  if (tid < TN) {
+    slots[tid] = slot_at(c_begin + tid);
+    slots[TN + tid] = slot_at(c_begin + TN + tid);
+    slots[2 * TN + tid] = slot_at(c_begin + 2 * TN + tid);
+    nsl = slot_at(c_begin + 3 * TN + tid);
+  }
+  __syncthreads();
+  auto gather = [&](int buf, const int* sl) {
+    for (int i = tid; i < TN * (RAW_B / 16); i += kPvThreads) {
+      const int r = i / (RAW_B / 16), c = i - r * (RAW_B / 16);
+      const int s = sl[r];
+      if (s >= 0) cp16(raw + (buf * TN + r) * RAW_B + c * 16, p.cache + int64_t(s) * kMlaTokenBytes + c * 16);
+    }
+  };
+  if (c_begin < c_end) gather(0, slots);
+  cp_commit();
+  if (c_begin + TN < c_end) gather(1, slots + TN);
+  cp_commit();
+  // One quarter (k16 step q) of a tile's dequantisation: item i = tid + 512 q of the TN x 32 chunks.
+  auto deq_quarter = [&](const uint8_t* rb, const int* sl, uint16_t* dst, int q) {
+    deq_latent_chunk(rb, RAW_B, sl, dst, VLD, tid + kPvThreads * q);
+  };
+  static_assert(TN * 32 == 4 * kPvThreads, "one dequantisation item per thread and k16 step");
+  cp_wait<1>();
+  __syncthreads();  // tile 0's rows have landed
+  if (c_begin < c_end)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) deq_quarter(raw, slots, vs, q);
+
+  pdl_wait();  // kernel A has completed: S and the split statistics are visible
   {  // combine the split statistics of head h0 + tid / 8: 8 lanes per head, splits l8, l8 + 8, ...
      // (one thread per head made NS dependent L2 round trips: ~9 us at b = 1 with 32 splits)
     static_assert(kPvThreads == 8 * TM, "8 threads per head");
@@ -362,26 +393,6 @@ __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
       rowI[hh] = su > 0.f ? 1.0f / su : 0.f;
     }
   }
-  auto slot_at = [&](int64_t c) { return c < c_end ? slot_in[c] : -1; };
-  int nsl = -1;  // tid < TN: slot of candidate tid of tile j + 3 (stored into the ring during tile j)
-  if (tid < TN) {
-    slots[tid] = slot_at(c_begin + tid);
-    slots[TN + tid] = slot_at(c_begin + TN + tid);
-    slots[2 * TN + tid] = slot_at(c_begin + 2 * TN + tid);
-    nsl = slot_at(c_begin + 3 * TN + tid);
-  }
-  __syncthreads();
-  auto gather = [&](int buf, const int* sl) {
-    for (int i = tid; i < TN * (RAW_B / 16); i += kPvThreads) {
-      const int r = i / (RAW_B / 16), c = i - r * (RAW_B / 16);
-      const int s = sl[r];
-      if (s >= 0) cp16(raw + (buf * TN + r) * RAW_B + c * 16, p.cache + int64_t(s) * kMlaTokenBytes + c * 16);
-    }
-  };
-  if (c_begin < c_end) gather(0, slots);
-  cp_commit();
-  if (c_begin + TN < c_end) gather(1, slots + TN);
-  cp_commit();
   // this thread's score chunk: head sh, candidates sc8 .. sc8 + 7
   const int sh = tid / 8, sc8 = (tid % 8) * 8;
   const uint16_t* srow = p.S + (int64_t(t) * p.H + h0 + sh) * p.KP + sc8;
@@ -406,20 +417,9 @@ __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
     }
     *reinterpret_cast<uint4*>(pdst + sh * PLD + sc8) = make_uint4(o[0], o[1], o[2], o[3]);
   };
-  // One quarter (k16 step q) of a tile's dequantisation: item i = tid + 512 q of the TN x 32 chunks.
-  auto deq_quarter = [&](const uint8_t* rb, const int* sl, uint16_t* dst, int q) {
-    deq_latent_chunk(rb, RAW_B, sl, dst, VLD, tid + kPvThreads * q);
-  };
-  static_assert(TN * 32 == 4 * kPvThreads, "one dequantisation item per thread and k16 step");
-  // Prologue: tile 0 into buffer 0.
   uint4 sv = load_scores(c_begin);
-  cp_wait<1>();
-  __syncthreads();  // tile 0's rows have landed; rowM / rowI are set
-  if (c_begin < c_end) {
-#pragma unroll
-    for (int q = 0; q < 4; ++q) deq_quarter(raw, slots, vs, q);
-    form_p(sv, ps);
-  }
+  __syncthreads();  // rowM / rowI are set
+  if (c_begin < c_end) form_p(sv, ps);
   sv = load_scores(c_begin + TN);
   float acc[4][4][4] = {};
   const int wd = warp * 32;
@@ -545,7 +545,7 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     NS = (ntiles + tiles_per - 1) / tiles_per;
     Tensor S = be.alloc(DType::BF16, {Tc, H, KP});
     Tensor ms = be.alloc(DType::F32, {Tc, H, NS, 2});
-    Tensor part, slot = be.alloc(DType::I32, {Tc, KP});
+    Tensor part;
     if (NS > 1) part = be.alloc(DType::F32, {Tc, H, NS, 512});
     DecP p{};
     p.qlat = q_lat.ptr<uint16_t>() + t0 * H * 512; p.qpe = q_pe.ptr<uint16_t>() + t0 * H * 64;
@@ -555,7 +555,6 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     p.H = int(H); p.NS = int(NS); p.tiles_per = int(tiles_per); p.KP = KP; p.scale = scale;
     p.S = S.ptr<uint16_t>(); p.ms = ms.ptr<float>(); p.part = NS > 1 ? part.ptr<float>() : nullptr;
     p.out = out_lat.ptr<uint16_t>() + t0 * H * 512; p.err = be.err_flag();
-    p.slot = slot.ptr<int32_t>();
     const dim3 grid{unsigned(Tc), unsigned(HG), unsigned(NS)};
     if (use_wgmma) {
       launch_mqa_score_sm90(p, grid);

@@ -26,7 +26,6 @@ struct DecP {
   float* ms;       // [T, H, NS, 2] per-split (max, sum exp(s - max))
   float* part;     // [T, H, NS, 512] partial P.V (NS > 1)
   uint16_t* out;   // [T, H, 512]
-  int32_t* slot;   // [T, KP] cache slot per candidate (-1: none), written by kernel A, read by B
   int* err;
 };
 
@@ -70,6 +69,12 @@ __device__ __forceinline__ void stat_merge(float& m, float& s, float m2, float s
 __device__ __forceinline__ int cand_idx(const DecP& p, int t, int64_t i, int64_t c_end) {
   if (i >= c_end) return -1;
   return p.topk ? __ldg(p.topk + int64_t(t) * p.K + i) : int(i);
+}
+// Cache slot of candidate index idx, -1 for none, a bad index or an unmapped block (no error flags:
+// kernel B, after kernel A raised them for the same candidates).
+__device__ __forceinline__ int cand_slot(const DecP& p, int t, int idx, int posn) {
+  if (idx < 0 || idx > posn) return -1;
+  return int(slot_of(p.bt, p.mb, p.tseq[t], idx));
 }
 __device__ __forceinline__ int cand_resolve(const DecP& p, int t, int idx, int posn) {
   if (idx < -1 || idx > posn) {

@@ -14,7 +14,7 @@
 //    epilogue of one half (bf16 rounding steps, mask, online max / sum, bf16 score store) runs
 //    while the tensor cores multiply the other half or the next tile's first half.
 // Same grid and outputs as mqa_score_kernel: CTA = one token x 64 heads x one split; S [T, H, KP],
-// ms [T, H, NS, 2], the slot table [T, KP] (head group 0), error bits.
+// ms [T, H, NS, 2], error bits.
 #include <cuda_bf16.h>
 
 #include "backends/cuda/launch.cuh"
@@ -122,7 +122,7 @@ __device__ __forceinline__ void load_row_part(uint4 (&v)[11], const uint8_t* cac
 
 __global__ void __launch_bounds__(kThreads, 1) mqa_score_sm90_kernel(DecP p) {
   pdl_wait();  // launched through launch_chained (launch.cuh)
-  pdl_launch_next();
+  pdl_launch_next();  // after the wait: the P.V kernel reads the top-k indices before its own wait
 #if DSA_WGMMA
   extern __shared__ uint8_t smraw[];
   uint8_t* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smraw) + 1023) & ~uintptr_t(1023));
@@ -137,7 +137,6 @@ __global__ void __launch_bounds__(kThreads, 1) mqa_score_sm90_kernel(DecP p) {
 
   if (tid >= 128) {  // ---- producers -------------------------------------------------------------
     const int pt = tid - 128, r = pt >> 2, q = pt & 3;
-    int32_t* slot_out = blockIdx.y == 0 ? p.slot + int64_t(t) * p.KP + c_begin : nullptr;
     // Slot pipeline in which no instruction waits on a load issued in the same tile: during tile
     // j the top-k index of tile j + 3 is loaded, the index of tile j + 2 (loaded during j - 1) is
     // checked and its block-table entry loaded, and the slot of tile j + 1 is formed from the
@@ -194,10 +193,7 @@ __global__ void __launch_bounds__(kThreads, 1) mqa_score_sm90_kernel(DecP p) {
       }
       *reinterpret_cast<uint4*>(tile + wgmma::sw128_offset(r, 64 + 2 * q)) = s_cur >= 0 ? cur[9] : z;
       *reinterpret_cast<uint4*>(tile + wgmma::sw128_offset(r, 65 + 2 * q)) = s_cur >= 0 ? cur[10] : z;
-      if (q == 0) {
-        slots[buf * 64 + r] = s_cur;
-        if (slot_out) slot_out[j * 64 + r] = s_cur;
-      }
+      if (q == 0) slots[buf * 64 + r] = s_cur;
       wgmma::fence_proxy_async();  // generic stores -> the consumer's wgmma reads
       wgmma::bar_arrive(kBarFull + buf, kThreads);
 #pragma unroll
