@@ -409,8 +409,8 @@ TEST(GpuIndexer, ChainedLaunchesMatchPlainBitForBit) {
   }
 }
 
-// The first radix digit's histogram built in the FP8 score kernel's epilogue (CudaBackend::topk_hist0, the
-// default on sm_90a): the on-chip top-k that starts from it gives exactly the bytes of the top-k that builds it
+// The first radix digit's histogram built in the FP8 score kernel's epilogue (CudaBackend::topk_hist0,
+// opt-in DSA_CUDA_TOPK_SCORE_HIST=1 on sm_90a): the on-chip top-k that starts from it gives exactly the bytes of the top-k that builds it
 // itself. Three calls in a row check that the buffer is zero again after each (the top-k zeroes it), also
 // after rows with n <= k (early exit) and an unmapped block inside a row (its keys are -inf, counted apart).
 TEST(GpuIndexer, TopkFirstHistogramFromScoresMatches) {

@@ -154,8 +154,12 @@ void check_all(Both& be, MlaCase& st, const Tensor* topk, int64_t H, const std::
     expect_close(stored1, twopass1, 1e-3, "stored scores vs two-pass (one split)");
   }
   if (stored1.data && mma1.data) {  // wgmma and mma.sync scores kernels on the same inputs
+    // Both round like the reference, but their fp32 sums run in different orders, so a bf16 score can
+    // round the other way (one ulp: p moves by up to 2^-8 relative). Few such flips in a small output
+    // (8 tokens x 100 heads) gave rel-L2 2.04e-3 on the H200 (session 4, kernels grouped exactly as
+    // {wgmma, two-pass mma} vs {mma.sync, CUDA cores}): 5e-3 here, and each path stays within 1e-2 of the CPU.
     SCOPED_TRACE(label);
-    expect_close(stored1, mma1, 1e-3, "stored scores: default scores kernel vs mma.sync (one split)");
+    expect_close(stored1, mma1, 5e-3, "stored scores: default scores kernel vs mma.sync (one split)");
   }
 }
 

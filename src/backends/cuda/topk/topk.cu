@@ -758,7 +758,7 @@ bool topk_hist0_enabled() {
   TopkTuning& t = topk_tuning();
   if (t.hist0 < 0) {
     const char* e = std::getenv("DSA_CUDA_TOPK_SCORE_HIST");
-    t.hist0 = (e && *e == '0') ? 0 : 1;
+    t.hist0 = (e && *e == '1') ? 1 : 0;
   }
   return t.hist0 != 0;
 }
