@@ -754,27 +754,19 @@ bool launch_onchip_kpt(int kpt, const float* scores, int64_t ld, const int32_t* 
 
 }  // namespace
 
-bool topk_hist0_enabled() {
-  TopkTuning& t = topk_tuning();
-  if (t.hist0 < 0) {
-    const char* e = std::getenv("DSA_CUDA_TOPK_SCORE_HIST");
-    t.hist0 = (e && *e == '1') ? 1 : 0;
-  }
-  return t.hist0 != 0;
-}
-
 namespace {
-
-bool onchip_enabled() {
-  TopkTuning& t = topk_tuning();
-  if (t.onchip < 0) {
-    const char* e = std::getenv("DSA_CUDA_TOPK_ONCHIP");
-    t.onchip = (e && *e == '0') ? 0 : 1;
+// A TopkTuning switch: -1 resolves once from the environment variable ("0" off, "1" on, else the default).
+bool tuning_switch(int& v, const char* env, bool dflt) {
+  if (v < 0) {
+    const char* e = std::getenv(env);
+    v = (e && *e == '0') ? 0 : (e && *e == '1') ? 1 : int(dflt);
   }
-  return t.onchip != 0;
+  return v != 0;
 }
-
+bool onchip_enabled() { return tuning_switch(topk_tuning().onchip, "DSA_CUDA_TOPK_ONCHIP", true); }
 }  // namespace
+
+bool topk_hist0_enabled() { return tuning_switch(topk_tuning().hist0, "DSA_CUDA_TOPK_SCORE_HIST", false); }
 
 namespace {
 
