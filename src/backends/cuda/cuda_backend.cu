@@ -9,6 +9,7 @@
 #include "backends/cuda/indexer/scores_sm90.h"
 #include "backends/cuda/topk/topk.h"
 #include "backends/cuda/mla/decode_sm90.h"
+#include "backends/cuda/wgmma.cuh"  // sm90a_sass_runs
 
 #include <cmath>
 #include <cstring>
@@ -245,17 +246,26 @@ CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
 
 namespace {
 int g_pdl = -1;  // -1: from DSA_CUDA_PDL (default on; =0 turns it off) and the device; 0/1 set by set_pdl_enabled
+bool pdl_possible();
 }
+
+// Only where the sm_90a machine code runs: kernels JIT-compiled from the compute_80 PTX (sm_100/120 with the
+// default build, or CUDA_FORCE_PTX_JIT=1) have no griddepcontrol instructions, so a PDL launch would let them
+// start before their predecessor's writes are guaranteed visible. (sm90a_sass_runs is probed at backend
+// construction, outside any graph capture.)
+namespace {
+bool pdl_possible() { return device_cc_major() >= 9 && sm90a_sass_runs(); }
+}  // namespace
 
 bool pdl_enabled() {
   if (g_pdl < 0) {
     const char* e = std::getenv("DSA_CUDA_PDL");
-    g_pdl = (!(e && e[0] == '0') && device_cc_major() >= 9) ? 1 : 0;
+    g_pdl = (!(e && e[0] == '0') && pdl_possible()) ? 1 : 0;
   }
   return g_pdl == 1;
 }
 
-void set_pdl_enabled(bool on) { g_pdl = on && device_cc_major() >= 9 ? 1 : 0; }
+void set_pdl_enabled(bool on) { g_pdl = on && pdl_possible() ? 1 : 0; }
 
 int device_cc_major() {
   static const int n = [] {

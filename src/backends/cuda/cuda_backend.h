@@ -143,8 +143,9 @@ class CudaBackend : public Backend {
 int device_sm_count();
 int device_smem_optin();
 int device_cc_major();  // compute capability major of the current device (cached)
-// Programmatic dependent launch for the decode attention chain (launch.cuh): on by default on a GPU of
-// compute capability >= 9.0 (DSA_CUDA_PDL=0: off); set_pdl_enabled for tests (a no-op request on older GPUs).
+// Programmatic dependent launch for the decode attention chain (launch.cuh): on by default where the sm_90a
+// machine code runs (DSA_CUDA_PDL=0: off); set_pdl_enabled for tests (a no-op request elsewhere, e.g. on older
+// GPUs or when the compute_80 PTX is JIT-compiled).
 bool pdl_enabled();
 void set_pdl_enabled(bool on);
 

@@ -695,8 +695,14 @@ void CudaBackend::indexer_topk(const Tensor& q, const Tensor& w, const KvLayer& 
     // The first radix pass of the on-chip top-k from the score kernel's epilogue (sm_90a FP8 kernel):
     // docs/indexer-topk-cuda.md.
     int* h0 = topk_takes_hist0(ld, r, k) ? topk_hist0(r) : nullptr;
-    const bool built = launch_scores(p, r, max_nblk, sms_, nq, h0);
-    launch_topk(tile.ptr<float>(), ld, d.positions, 1, t0, r, k, topk.ptr<int32_t>(), built ? h0 : nullptr);
+    bool built = false;
+    try {
+      built = launch_scores(p, r, max_nblk, sms_, nq, h0);
+      launch_topk(tile.ptr<float>(), ld, d.positions, 1, t0, r, k, topk.ptr<int32_t>(), built ? h0 : nullptr);
+    } catch (...) {  // a failed launch must not leave counts in the buffer for a later call
+      if (built) cudaMemsetAsync(h0, 0, size_t(r) * 2048 * sizeof(int));
+      throw;
+    }
   }
 }
 

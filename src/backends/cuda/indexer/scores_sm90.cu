@@ -335,9 +335,9 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_fp8_kernel(Sm90ScoreA
     __syncthreads();
     int* g0 = p.hist + (tfirst - p.t0) * kTopkDigit0Bins;
     for (int i = tid; i < kTopkDigit0Bins; i += 128) {
-      const int c = hsm[i];
-      if (c & 0xffff) atomicAdd(g0 + i, c & 0xffff);
-      if (NQ == 2 && (c >> 16)) atomicAdd(g0 + kTopkDigit0Bins + i, c >> 16);
+      const unsigned c = unsigned(hsm[i]);  // unsigned: query 1's count may reach bit 31 (up to 65535)
+      if (c & 0xffffu) atomicAdd(g0 + i, int(c & 0xffffu));
+      if (NQ == 2 && (c >> 16)) atomicAdd(g0 + kTopkDigit0Bins + i, int(c >> 16));
     }
   }
 #else

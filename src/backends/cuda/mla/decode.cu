@@ -309,7 +309,9 @@ __global__ void __launch_bounds__(kPvThreads, 1) mqa_pv_kernel(DecP p) {
   // resolution, the gather of the first two tiles and the dequantisation of tile 0 happen before
   // pdl_wait(); only A's outputs (scores S, split statistics) are read after it. At b=1 that takes the
   // gather's dependent round trips off the critical path (A and B run on different SMs).
-  pdl_launch_next();  // the split sum waits for this grid's completion in its own pdl_wait
+  // Triggered before this grid's own wait: the next grid may start before kernel A completes, so it must not do
+  // work before its pdl_wait() (the split sum and every other chained kernel start with it).
+  pdl_launch_next();
   extern __shared__ __align__(16) uint8_t smraw[];
   uint16_t* vs = reinterpret_cast<uint16_t*>(smraw);                // [2][TN][VLD]
   uint8_t* raw = reinterpret_cast<uint8_t*>(vs + 2 * TN * VLD);     // [2][TN][528]
