@@ -10,6 +10,10 @@
 
 namespace dsa::bench {
 
+// The measured H200 roofline the reports are relative to (kernels.md): copy bandwidth (TB/s), cuBLAS bf16
+// and FP8 dense GEMM (TFLOP/s).
+constexpr double kCopyTBs = 4.2, kBf16TF = 750, kFp8TF = 1300;
+
 inline void chk(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
     std::fprintf(stderr, "CUDA error %s: %s\n", what, cudaGetErrorString(e));

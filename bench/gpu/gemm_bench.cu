@@ -25,8 +25,8 @@ using namespace dsa;
 namespace {
 
 using dsa::bench::chk;
-
-constexpr double kCopyTBs = 4.2, kFp8TF = 1300;
+using dsa::bench::kCopyTBs;
+using dsa::bench::kFp8TF;
 
 __global__ void fill_codes(uint8_t* p, size_t n, uint32_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {

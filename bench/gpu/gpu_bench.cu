@@ -26,11 +26,12 @@
 
 using namespace dsa;
 using dsa::bench::chk;
+using dsa::bench::kBf16TF;
+using dsa::bench::kCopyTBs;
 using dsa::bench::time_ms;
 
 namespace {
 
-constexpr double kCopyTBs = 4.2, kBf16TF = 750, kFp8TF = 1300;  // measured roofline (kernels.md)
 
 __global__ void fill_random(uint8_t* p, size_t n, uint32_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
@@ -362,6 +363,11 @@ int main(int argc, char** argv) {
       const double sp_flop = 2.0 * H * double(T) * std::min<int64_t>(TOPK, L) * (576 + 512);
       report("sparse MLA decode", "b=" + std::to_string(b) + " h=128 s_q=1 L=" + kfmt(L), sp_ms, sp_flop,
              double(T) * std::min<int64_t>(TOPK, L) * kMlaTokenBytes, 100.0 * sp_flop / (sp_ms * 1e-3) / 1e12 / kBf16TF);
+      auto chain = [&](int r) {  // one layer's DSA attention
+        const KvLayer& kv = c.kv[size_t(r) % c.kv.size()];
+        be.indexer_topk(iq, iw, kv, B, TOPK, tk);
+        be.attention_mqa(ql, qp, kv, B, &tk, scale, o);
+      };
       if (b == 1) {  // small batch: how the split count of the candidates trades parallelism for overhead
         cuda::MqaTuning& tun = cuda::mqa_tuning();
         const int saved = tun.force_splits;
@@ -372,13 +378,8 @@ int main(int argc, char** argv) {
                  double(T) * std::min<int64_t>(TOPK, L) * kMlaTokenBytes, 100.0 * sp_flop / (ms * 1e-3) / 1e12 / kBf16TF);
         }
         tun.force_splits = saved;
-        // The same chain with plain launches (programmatic dependent launch off), for comparison with the
-        // default (PDL on sm_90+, launch.cuh) timed for every batch below.
-        auto chain = [&](int r) {
-          const KvLayer& kv = c.kv[size_t(r) % c.kv.size()];
-          be.indexer_topk(iq, iw, kv, B, TOPK, tk);
-          be.attention_mqa(ql, qp, kv, B, &tk, scale, o);
-        };
+        // The chain below with plain launches (programmatic dependent launch off), for comparison with the
+        // default (PDL on sm_90+, launch.cuh) timed for every batch.
         const bool pdl_was = cuda::pdl_enabled();
         cuda::set_pdl_enabled(false);
         report("DSA chain, plain launches", "b=1 h=128 s_q=1 L=" + kfmt(L), time_ms(chain, 10), 0, 0, 0);
@@ -387,11 +388,7 @@ int main(int argc, char** argv) {
       // The DSA chain as a layer runs it: indexer + top-k, then sparse MLA on that selection, one timed call
       // in the default launch mode (the kernels of one part may overlap the next part's launch). This is the
       // layer's DSA time in the table below; the parts above are timed one at a time.
-      const double ch_ms = time_ms([&](int r) {
-        const KvLayer& kv = c.kv[size_t(r) % c.kv.size()];
-        be.indexer_topk(iq, iw, kv, B, TOPK, tk);
-        be.attention_mqa(ql, qp, kv, B, &tk, scale, o);
-      }, 10);
+      const double ch_ms = time_ms(chain, 10);
       report(std::string("DSA chain (indexer+top-k+MLA)") + (cuda::pdl_enabled() ? ", PDL" : ""),
              "b=" + std::to_string(b) + " h=128 s_q=1 L=" + kfmt(L), ch_ms, 0, 0, 0);
       lat.push_back({b, L, dense_ms * 1e3, idx_ms * 1e3, sp_ms * 1e3, ch_ms * 1e3});

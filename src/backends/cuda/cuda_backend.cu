@@ -246,14 +246,11 @@ CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
 
 namespace {
 int g_pdl = -1;  // -1: from DSA_CUDA_PDL (default on; =0 turns it off) and the device; 0/1 set by set_pdl_enabled
-bool pdl_possible();
-}
 
 // Only where the sm_90a machine code runs: kernels JIT-compiled from the compute_80 PTX (sm_100/120 with the
 // default build, or CUDA_FORCE_PTX_JIT=1) have no griddepcontrol instructions, so a PDL launch would let them
 // start before their predecessor's writes are guaranteed visible. (sm90a_sass_runs is probed at backend
 // construction, outside any graph capture.)
-namespace {
 bool pdl_possible() { return device_cc_major() >= 9 && sm90a_sass_runs(); }
 }  // namespace
 
@@ -267,34 +264,25 @@ bool pdl_enabled() {
 
 void set_pdl_enabled(bool on) { g_pdl = on && pdl_possible() ? 1 : 0; }
 
-int device_cc_major() {
+namespace {
+// Attribute A of the current device, queried once; at least `floor`.
+template <cudaDeviceAttr A>
+int device_attr_cached(int floor) {
   static const int n = [] {
     int dev = 0, v = 0;
     cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&v, A, dev);
     return v;
   }();
-  return n;
+  return std::max(n, floor);
 }
+}  // namespace
 
-int device_sm_count() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev);
-    return v > 0 ? v : 1;
-  }();
-  return n;
-}
-
+int device_cc_major() { return device_attr_cached<cudaDevAttrComputeCapabilityMajor>(0); }
+int device_sm_count() { return device_attr_cached<cudaDevAttrMultiProcessorCount>(1); }
 int device_smem_optin() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    return v > 0 ? v : 48 * 1024;
-  }();
-  return n;
+  const int v = device_attr_cached<cudaDevAttrMaxSharedMemoryPerBlockOptin>(0);
+  return v > 0 ? v : 48 * 1024;
 }
 
 // ---- decode-step graphs ------------------------------------------------------------------------

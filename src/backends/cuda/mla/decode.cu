@@ -104,16 +104,8 @@ __global__ void __launch_bounds__(512, 1) mqa_score_kernel(DecP p) {
   const int posn = p.pos[t];
   const int64_t n = p.topk ? p.K : int64_t(posn) + 1;
   const int64_t c_begin = int64_t(split) * p.tiles_per * TN, c_end = min(n, c_begin + int64_t(p.tiles_per) * TN);
-  for (int i = tid; i < TM * 72; i += NT) {  // Q: 72 x 16 bytes per head row
-    const int h = i / 72, c = i % 72;
-    uint16_t* dst = qs + h * QLD + c * 8;
-    if (h0 + h < p.H) {
-      const int64_t row = int64_t(t) * p.H + h0 + h;
-      cp16(dst, c < 64 ? static_cast<const void*>(p.qlat + row * 512 + c * 8) : static_cast<const void*>(p.qpe + row * 64 + (c - 64) * 8));
-    } else {
-      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-    }
-  }
+  static_assert(TM == 64, "q_tile_async loads 64 heads");
+  q_tile_async<NT>(p, t, h0, tid, [&](int h, int c) { return qs + h * QLD + c * 8; });
   auto gather = [&](const int* sl) {
     for (int i = tid; i < TN * (RAW_A / 16); i += NT) {
       const int r = i / (RAW_A / 16), c = i - r * (RAW_A / 16);
@@ -169,28 +161,12 @@ __global__ void __launch_bounds__(512, 1) mqa_score_kernel(DecP p) {
       const uint16_t* kb = ks + (wk + lane % 8 + 8 * (lane / 16)) * QLD + ((lane / 8) % 2) * 8;
       const int klo = ws == 0 ? 0 : 18, khi = ws == 0 ? 18 : 32;
 #pragma unroll 2
-      for (int kk = klo; kk < khi; ++kk) {
-        uint32_t a[4], b[4], b2[4];
-        ldsm4(a, qa + kk * 16);
-        ldsm4(b, kb + kk * 16);
-        ldsm4(b2, kb + 16 * QLD + kk * 16);
-        mma16816(cl[0], a, b[0], b[1]);
-        mma16816(cl[1], a, b[2], b[3]);
-        mma16816(cl[2], a, b2[0], b2[1]);
-        mma16816(cl[3], a, b2[2], b2[3]);
-      }
+      for (int kk = klo; kk < khi; ++kk)
+        mma_16x32_k16(cl, qa + kk * 16, kb + kk * 16, kb + 16 * QLD + kk * 16);
       if (ws == 1)
 #pragma unroll
-        for (int kk = 32; kk < 36; ++kk) {
-          uint32_t a[4], b[4], b2[4];
-          ldsm4(a, qa + kk * 16);
-          ldsm4(b, kb + kk * 16);
-          ldsm4(b2, kb + 16 * QLD + kk * 16);
-          mma16816(cr[0], a, b[0], b[1]);
-          mma16816(cr[1], a, b[2], b[3]);
-          mma16816(cr[2], a, b2[0], b2[1]);
-          mma16816(cr[3], a, b2[2], b2[3]);
-        }
+        for (int kk = 32; kk < 36; ++kk)
+          mma_16x32_k16(cr, qa + kk * 16, kb + kk * 16, kb + 16 * QLD + kk * 16);
     }
     // Exchange: set 0 finishes nt 0-1 (needs set 1's latent and RoPE sums), set 1 nt 2-3.
     if (ws == 1) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "backends/cuda/common.cuh"
+#include "backends/cuda/mma.cuh"
 
 namespace dsa::cuda::mqa {
 
@@ -60,6 +61,23 @@ __device__ __forceinline__ void stat_merge(float& m, float& s, float m2, float s
   if (mm == -INFINITY) return;
   s = (m > -INFINITY ? s * expf(m - mm) : 0.f) + (m2 > -INFINITY ? s2 * expf(m2 - mm) : 0.f);
   m = mm;
+}
+
+// Q of token t, heads h0 .. h0 + 63 (72 chunks of 16 bytes per head: 64 latent, 8 RoPE; heads >= H zero),
+// by cp.async to dst_of(head, chunk) — every copy of a thread in flight at once; NT threads. The caller
+// commits and waits.
+template <int NT, class DstOf>
+__device__ __forceinline__ void q_tile_async(const DecP& p, int t, int h0, int tid, DstOf dst_of) {
+  for (int i = tid; i < 64 * 72; i += NT) {
+    const int h = i / 72, c = i % 72;
+    void* dst = dst_of(h, c);
+    if (h0 + h < p.H) {
+      const int64_t row = int64_t(t) * p.H + h0 + h;
+      mma::cp16(dst, c < 64 ? static_cast<const void*>(p.qlat + row * 512 + c * 8) : static_cast<const void*>(p.qpe + row * 64 + (c - 64) * 8));
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    }
+  }
 }
 
 // ---- cache slots off the critical path ------------------------------------------------------

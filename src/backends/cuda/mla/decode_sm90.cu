@@ -21,7 +21,6 @@
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/mla/decode_common.cuh"
 #include "backends/cuda/mla/decode_sm90.h"
-#include "backends/cuda/mma.cuh"
 #include "backends/cuda/wgmma.cuh"
 
 namespace dsa::cuda {
@@ -208,16 +207,7 @@ __global__ void __launch_bounds__(kThreads, 1) mqa_score_sm90_kernel(DecP p) {
   // Q (heads >= H zero) -> swizzled bf16 tile by cp.async: all 36 copies of a thread in flight at once.
   // (Loads into registers went one L2 round trip per 16 bytes — load, branch, store: ~15 us of fixed cost
   // per CTA, measured at b=1 where every CTA holds one tile.)
-  for (int i = tid; i < 64 * 72; i += 128) {
-    const int h = i / 72, c = i % 72;
-    uint8_t* dst = qt + wgmma::sw128_offset(h, c);
-    if (h0 + h < p.H) {
-      const int64_t row = int64_t(t) * p.H + h0 + h;
-      mma::cp16(dst, c < 64 ? static_cast<const void*>(p.qlat + row * 512 + c * 8) : static_cast<const void*>(p.qpe + row * 64 + (c - 64) * 8));
-    } else {
-      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-    }
-  }
+  q_tile_async<128>(p, t, h0, tid, [&](int h, int c) { return qt + wgmma::sw128_offset(h, c); });
   mma::cp_commit();
   mma::cp_wait<0>();
   wgmma::fence_proxy_async();

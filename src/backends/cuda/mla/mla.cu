@@ -264,6 +264,7 @@ constexpr size_t kMqaMmaSmem = size_t(MH + MK) * SLD * 2 + size_t(MH) * PLD * 2 
 using mma::ldsm4;
 using mma::ldsm4t;
 using mma::mma16816;
+using mma::mma_16x32_k16;
 __device__ __forceinline__ void stat_merge(float& m, float& s, float m2, float s2) {
   const float mm = fmaxf(m, m2);
   if (mm == -INFINITY) return;
@@ -364,27 +365,11 @@ __global__ void __launch_bounds__(256, 1) mqa_mma_kernel(MqaP p) {
       const uint16_t* qa = qs + (wh + lane % 16) * SLD + (lane / 16) * 8;
       const uint16_t* kb = kvs + (wk + lane % 8 + 8 * (lane / 16)) * SLD + ((lane / 8) % 2) * 8;
 #pragma unroll 4
-      for (int ks = 0; ks < 32; ++ks) {
-        uint32_t a[4], b[4], b2[4];
-        ldsm4(a, qa + ks * 16);
-        ldsm4(b, kb + ks * 16);
-        ldsm4(b2, kb + 16 * SLD + ks * 16);
-        mma16816(cl[0], a, b[0], b[1]);
-        mma16816(cl[1], a, b[2], b[3]);
-        mma16816(cl[2], a, b2[0], b2[1]);
-        mma16816(cl[3], a, b2[2], b2[3]);
-      }
+      for (int ks = 0; ks < 32; ++ks)
+        mma_16x32_k16(cl, qa + ks * 16, kb + ks * 16, kb + 16 * SLD + ks * 16);
 #pragma unroll
-      for (int ks = 32; ks < 36; ++ks) {
-        uint32_t a[4], b[4], b2[4];
-        ldsm4(a, qa + ks * 16);
-        ldsm4(b, kb + ks * 16);
-        ldsm4(b2, kb + 16 * SLD + ks * 16);
-        mma16816(cp[0], a, b[0], b[1]);
-        mma16816(cp[1], a, b[2], b[3]);
-        mma16816(cp[2], a, b2[0], b2[1]);
-        mma16816(cp[3], a, b2[2], b2[3]);
-      }
+      for (int ks = 32; ks < 36; ++ks)
+        mma_16x32_k16(cp, qa + ks * 16, kb + ks * 16, kb + 16 * SLD + ks * 16);
     }
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt)
