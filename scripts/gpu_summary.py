@@ -20,7 +20,7 @@ def main(path):
             c = cells(line)
             if len(c) == 6 and c[0] not in ("kernel",):
                 rows.append(c)
-            elif len(c) == 8 and c[0] not in ("batch",):  # ..., parts sum, DSA chain, dense / DSA chain
+            elif len(c) == 11 and c[0] not in ("batch",):  # ..., DSA chain, ratio, dense graph, chain graph, ratio
                 layer.append(c)
     out = ["| floor (issue 4) | target | measured | met |", "|---|---|---|---|"]
 
@@ -39,14 +39,17 @@ def main(path):
         if r:
             pct = float(r[5])
             out.append(f"| indexer decode scores at 64K, b={b} | >= 50% of copy | {pct:.1f}% ({r[4]} GB/s) | {'yes' if pct >= 50 else 'no'} |")
+    # Per-layer floors judged on graph replay (the layer inside a decode graph: dsa_gpu_bench's time_graph_ms);
+    # the one-call timing (which adds the host's submission latency of the call's first kernel) is quoted too.
     for ctx, need in (("16K", 1.0), ("128K", 4.0)):
         for l in layer:
-            if l[1] != ctx or l[7] in ("-", ""):
+            if l[1] != ctx or l[10] in ("-", ""):
                 continue
-            ratio = float(l[7].rstrip("x"))
+            ratio = float(l[10].rstrip("x"))
             ok = ratio > need if need == 1.0 else ratio >= need
             target = "faster than dense" if need == 1.0 else ">= 4x dense"
-            out.append(f"| per-layer decode b={l[0]} at {ctx}: dense {l[2]} us vs DSA chain {l[6]} us | {target} | {ratio:.2f}x | {'yes' if ok else 'no'} |")
+            out.append(f"| per-layer decode b={l[0]} at {ctx}, graph replay: dense {l[8]} us vs DSA chain {l[9]} us "
+                       f"(one call: {l[2]} vs {l[6]} us, {l[7]}) | {target} | {ratio:.2f}x | {'yes' if ok else 'no'} |")
     print("\n".join(out))
 
 

@@ -29,6 +29,7 @@ using dsa::bench::chk;
 using dsa::bench::kBf16TF;
 using dsa::bench::kCopyTBs;
 using dsa::bench::time_ms;
+using dsa::bench::time_graph_ms;
 
 namespace {
 
@@ -236,7 +237,13 @@ int main(int argc, char** argv) {
   be.synchronize();
 
   // ---- per-layer decode attention: dense MLA vs DSA (indexer + top-k + sparse MLA) ------------
-  struct Lat { int64_t b, L; double dense_us, idx_us, sparse_us, chain_us; };
+  struct Lat { int64_t b, L; double dense_us, idx_us, sparse_us, chain_us, dense_g_us, chain_g_us; };
+  // Graph replay (time_graph_ms) of a call that takes single_ms alone: enough back-to-back launches for a
+  // ~2 ms span, at least 3.
+  auto graph_ms = [](const std::function<void(int)>& fn, int variants, double single_ms) {
+    const int reps = int(std::clamp(2.0 / std::max(single_ms, 1e-3), 3.0, 24.0));
+    return time_graph_ms(fn, variants, reps, reps >= 12 ? 5 : 3);
+  };
   std::vector<Lat> lat;
   std::vector<int64_t> ctxs = quick ? std::vector<int64_t>{16384, 65536} : std::vector<int64_t>{4096, 16384, 32768, 65536, 131072};
   std::vector<int64_t> batches = quick ? std::vector<int64_t>{32} : std::vector<int64_t>{1, 32, 128};
@@ -252,12 +259,16 @@ int main(int argc, char** argv) {
       be.prepare_batch(B);
       Tensor ql = rand_bf16_dev(be, {T, H, 512}, 3), qp = rand_bf16_dev(be, {T, H, 64}, 4), o = be.alloc(DType::BF16, {T, H, 512});
       // dense decode over the whole context (skip the slowest shapes of the CUDA-core kernel)
-      double dense_ms = -1;
+      double dense_ms = -1, dense_g_ms = -1;
       const double dense_flop = 2.0 * H * double(T) * L * (576 + 512);
       if (dense_flop < 6e12) {
         dense_ms = time_ms([&](int r) { be.attention_mqa(ql, qp, c.kv[size_t(r) % c.kv.size()], B, nullptr, scale, o); }, 10);
         report("dense MLA decode", "b=" + std::to_string(b) + " h=128 L=" + kfmt(L), dense_ms, dense_flop,
                double(b) * L * kMlaTokenBytes, 100.0 * dense_flop / (dense_ms * 1e-3) / 1e12 / kBf16TF);
+        dense_g_ms = graph_ms([&](int r) { be.attention_mqa(ql, qp, c.kv[size_t(r) % c.kv.size()], B, nullptr, scale, o); },
+                              int(c.kv.size()), dense_ms);
+        report("dense MLA decode, graph replay", "b=" + std::to_string(b) + " h=128 L=" + kfmt(L), dense_g_ms, dense_flop,
+               double(b) * L * kMlaTokenBytes, 100.0 * dense_flop / (dense_g_ms * 1e-3) / 1e12 / kBf16TF);
       }
       // indexer: scores over the 132-byte cache + exact top-2048
       Tensor iq = be.alloc(DType::E4M3, {T, 64, 128}), iw = be.alloc(DType::F32, {T, 64}), tk = be.alloc(DType::I32, {T, TOPK});
@@ -268,14 +279,17 @@ int main(int argc, char** argv) {
       const double idx_bytes = double(b) * L * kIndexTokenBytes;
       report("indexer decode + top-k", "b=" + std::to_string(b) + " Hi=64 L=" + kfmt(L), idx_ms, 2.0 * 64 * 128 * double(b) * L,
              idx_bytes, 100.0 * idx_bytes / (idx_ms * 1e-3) / 1e12 / kCopyTBs);
-      {  // the same with the top-k's first histogram built in the score kernel's epilogue (opt-in, topk.h)
+      {  // the other choice of where the top-k's first histogram comes from (automatic by batch, topk.h): the
+         // score kernel's epilogue vs the top-k's own first pass
         cuda::TopkTuning& tt = cuda::topk_tuning();
         const int was = tt.hist0;
-        tt.hist0 = 1;
+        const bool dflt = cuda::topk_hist0_enabled(b);
+        tt.hist0 = dflt ? 0 : 1;
         const double m0 = time_ms([&](int r) { be.indexer_topk(iq, iw, c.kv[size_t(r) % c.kv.size()], B, TOPK, tk); }, 10);
         tt.hist0 = was;
-        report("indexer + top-k, 1st hist. in scores", "b=" + std::to_string(b) + " Hi=64 L=" + kfmt(L), m0,
-               2.0 * 64 * 128 * double(b) * L, idx_bytes, 100.0 * idx_bytes / (m0 * 1e-3) / 1e12 / kCopyTBs);
+        report(dflt ? "indexer + top-k, 1st hist. in top-k" : "indexer + top-k, 1st hist. in scores",
+               "b=" + std::to_string(b) + " Hi=64 L=" + kfmt(L), m0, 2.0 * 64 * 128 * double(b) * L, idx_bytes,
+               100.0 * idx_bytes / (m0 * 1e-3) / 1e12 / kCopyTBs);
       }
       {  // the two stages apart: scores alone (into a [b, L] buffer: benchmark only) and top-k alone
         Tensor sc = be.alloc(DType::F32, {T, L});
@@ -356,6 +370,30 @@ int main(int argc, char** argv) {
         const double k_ms = time_ms([&](int) { be.topk_rows(sc, nn.ptr<int32_t>(), TOPK, tk); }, 10);
         report("top-k only (k=2048)", "b=" + std::to_string(b) + " L=" + kfmt(L), k_ms, 0, double(b) * L * 4,
                100.0 * double(b) * L * 4 / (k_ms * 1e-3) / 1e12 / kCopyTBs);
+        if (b == 1 && L >= 32768) {
+          cuda::TopkTuning& tt = cuda::topk_tuning();
+          const int was = tt.cand_final;
+          tt.cand_final = 0;  // the third histogram pass instead of the candidate exchange (topk.h)
+          const double k3_ms = time_ms([&](int) { be.topk_rows(sc, nn.ptr<int32_t>(), TOPK, tk); }, 10);
+          tt.cand_final = was;
+          report("top-k only, 3rd radix pass", "b=" + std::to_string(b) + " L=" + kfmt(L), k3_ms, 0, double(b) * L * 4,
+                 100.0 * double(b) * L * 4 / (k3_ms * 1e-3) / 1e12 / kCopyTBs);
+          // Phase stamps of one launch of the on-chip kernel (first CTA), alone and after the score kernel.
+          auto phases = [&](const char* what) {
+            const std::vector<long long> st = cuda::topk_trace_read();
+            std::printf("  top-k phases, %s (us after entry: wait, keys, pass0, pass1, threshold, scan, written, exit):", what);
+            for (int i = 1; i < 9; ++i) std::printf(" %.2f", st[size_t(i)] ? double(st[size_t(i)] - st[0]) * 1e-3 : -1.0);
+            std::printf("; last digit by %s\n", st[9] == 1 ? "candidate exchange" : st[9] == 2 ? "3rd pass" : "none");
+          };
+          tt.trace = true;
+          be.topk_rows(sc, nn.ptr<int32_t>(), TOPK, tk);
+          be.synchronize();
+          phases("top-k alone");
+          be.indexer_topk(iq, iw, c.kv[0], B, TOPK, tk);
+          be.synchronize();
+          phases("in indexer_topk");
+          tt.trace = false;
+        }
       }
       // sparse attention on the indexer's selection
       be.indexer_topk(iq, iw, c.kv[0], B, TOPK, tk);
@@ -391,22 +429,32 @@ int main(int argc, char** argv) {
       const double ch_ms = time_ms(chain, 10);
       report(std::string("DSA chain (indexer+top-k+MLA)") + (cuda::pdl_enabled() ? ", PDL" : ""),
              "b=" + std::to_string(b) + " h=128 s_q=1 L=" + kfmt(L), ch_ms, 0, 0, 0);
-      lat.push_back({b, L, dense_ms * 1e3, idx_ms * 1e3, sp_ms * 1e3, ch_ms * 1e3});
+      // The same chain as a decode graph replays it (no per-call host submission latency; time_graph_ms).
+      const double chg_ms = graph_ms(chain, int(c.kv.size()), ch_ms);
+      report(std::string("DSA chain, graph replay") + (cuda::pdl_enabled() ? ", PDL" : ""),
+             "b=" + std::to_string(b) + " h=128 s_q=1 L=" + kfmt(L), chg_ms, 0, 0, 0);
+      lat.push_back({b, L, dense_ms * 1e3, idx_ms * 1e3, sp_ms * 1e3, ch_ms * 1e3, dense_g_ms * 1e3, chg_ms * 1e3});
       be.synchronize();
     }
 
   std::printf("\nper-layer attention decode latency (us), h=128, topk=2048 (projections excluded)\n");
-  std::printf("| batch | context | dense MLA | DSA parts (indexer+top-k / sparse MLA, timed apart) | DSA chain | dense / DSA chain |\n|---|---|---|---|---|---|\n");
-  std::string table = "| batch | context | dense MLA (us) | DSA indexer+top-k (us) | DSA sparse MLA (us) | DSA parts sum (us) | DSA chain (us) | dense / DSA chain |\n|---|---|---|---|---|---|---|---|\n";
+  // Two timings of the same work: one call on an idle GPU (time_ms: includes the host's submission latency of
+  // its first kernel) and graph replay (time_graph_ms: the per-layer cost inside a decode graph).
+  std::string table =
+      "| batch | context | dense MLA (us) | DSA indexer+top-k (us) | DSA sparse MLA (us) | DSA parts sum (us) | DSA chain (us) | "
+      "dense / DSA chain | dense MLA, graph (us) | DSA chain, graph (us) | dense / DSA chain, graph |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|\n";
+  auto ratio = [](double d, double s) { return d < 0 || s <= 0 ? std::string("-") : std::to_string(d / s).substr(0, 5) + "x"; };
+  auto us = [](double v) { return v < 0 ? std::string("skipped") : std::to_string(int64_t(v)); };
   for (const Lat& l : lat) {
-    char line[256];
-    const double dsa = l.chain_us;  // the layer as it runs (parts timed apart would miss launch overlap)
-    std::snprintf(line, sizeof line, "| %ld | %s | %s | %.1f | %.1f | %.1f | %.1f | %s |\n", long(l.b), kfmt(l.L).c_str(),
-                  l.dense_us < 0 ? "skipped" : std::to_string(int64_t(l.dense_us)).c_str(), l.idx_us, l.sparse_us,
-                  l.idx_us + l.sparse_us, dsa, l.dense_us < 0 ? "-" : (std::to_string(l.dense_us / dsa).substr(0, 5) + "x").c_str());
-    std::printf("%s", line);
+    char line[320];
+    std::snprintf(line, sizeof line, "| %ld | %s | %s | %.1f | %.1f | %.1f | %.1f | %s | %s | %.1f | %s |\n", long(l.b),
+                  kfmt(l.L).c_str(), us(l.dense_us).c_str(), l.idx_us, l.sparse_us, l.idx_us + l.sparse_us, l.chain_us,
+                  ratio(l.dense_us, l.chain_us).c_str(), us(l.dense_g_us).c_str(), l.chain_g_us,
+                  ratio(l.dense_g_us, l.chain_g_us).c_str());
     table += line;
   }
+  std::printf("%s", table.c_str());
   if (!md.empty()) {
     FILE* f = std::fopen(md.c_str(), "w");
     if (f) {

@@ -315,6 +315,7 @@ TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
   Both be;
   cuda::TopkTuning& tun = cuda::topk_tuning();
   const cuda::TopkTuning saved = tun;
+  bool used_exchange = false;
   for (int64_t k : {int64_t(2048), int64_t(64)})
     for (int64_t ld : {int64_t(2049), int64_t(4096), int64_t(4097), int64_t(8193), int64_t(16384), int64_t(16385),
                        int64_t(40000), int64_t(131072), int64_t(131073), int64_t(262145)}) {
@@ -326,7 +327,9 @@ TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
       for (int64_t r = 0; r < R; ++r)
         for (int64_t i = 0; i < ld; ++i) {
           const uint64_t u = rng()() % 100;
-          float v = randn();
+          // row 0: normal values on a grid of 1/64, so that tens of exact ties share the k-th value and the
+          // threshold bin after two radix passes holds < 1024 keys (the candidate exchange, topk.h)
+          float v = r == 0 ? std::round(randn() * 64.f) / 64.f : randn();
           if (r == 1) v = float(int(rng()() % 5));                                                 // few distinct
           if (r == 2) v = u < 30 ? 0.f : u < 35 ? -0.f : u < 37 ? std::nanf("") : u < 39 ? -INFINITY : randn();
           if (r == 5) v = 1.0f;                                                                    // all equal
@@ -338,14 +341,16 @@ TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
       Tensor ref = host_tensor(DType::I32, {R, k});
       for (int64_t r = 0; r < R; ++r) cpu::topk_select(s.ptr<float>() + r * ld, lens[r], k, ref.ptr<int32_t>() + r * k);
       Tensor sg = be.up(s), ng = be.up(nn);
-      struct Cfg { int onchip, kpt; bool lane; const char* name; };
-      for (const Cfg& c : {Cfg{1, 0, false, "auto"}, Cfg{1, 4, false, "kpt4"}, Cfg{1, 8, false, "kpt8"},
-                           Cfg{1, 16, false, "kpt16"}, Cfg{1, 0, true, "auto lane-hist"}, Cfg{1, 4, true, "kpt4 lane-hist"},
-                           Cfg{1, 8, true, "kpt8 lane-hist"}, Cfg{1, 16, true, "kpt16 lane-hist"},
-                           Cfg{0, 0, false, "global-memory paths"}}) {
+      struct Cfg { int onchip, kpt; bool lane; int cand; const char* name; };
+      for (const Cfg& c : {Cfg{1, 0, false, 1, "auto"}, Cfg{1, 0, false, 0, "auto, 3rd radix pass"},
+                           Cfg{1, 4, false, 1, "kpt4"}, Cfg{1, 8, false, 1, "kpt8"}, Cfg{1, 16, false, 1, "kpt16"},
+                           Cfg{1, 0, true, 1, "auto lane-hist"}, Cfg{1, 4, true, 1, "kpt4 lane-hist"},
+                           Cfg{1, 8, true, 1, "kpt8 lane-hist"}, Cfg{1, 16, true, 1, "kpt16 lane-hist"},
+                           Cfg{0, 0, false, 1, "global-memory paths"}}) {
         tun.onchip = c.onchip;
         tun.force_kpt = c.kpt;
         tun.lane_histogram = c.lane;
+        tun.cand_final = c.cand;
         Tensor og = be.poisoned(DType::I32, {R, k});
         be.gpu.topk_rows(sg, ng.ptr<int32_t>(), k, og);
         // Which kernel ran: a forced keys-per-thread count runs on chip when its cluster (the smallest power
@@ -363,13 +368,25 @@ TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
         expect_same_bytes(be.down(og), ref, "topk_rows");
         // batch 1 (the widest cluster per row): the first row alone
         Tensor o1 = be.poisoned(DType::I32, {1, k});
+        tun.trace = true;  // which way the last digit went (topk_trace_read's entry 9)
         be.gpu.topk_rows(sg.rows(0, 1), ng.ptr<int32_t>(), k, o1);
+        be.gpu.synchronize();
+        const std::vector<long long> st = tun.last_kpt ? cuda::topk_trace_read() : std::vector<long long>(10, 0);
+        tun.trace = false;
         Tensor r1 = host_tensor(DType::I32, {1, k});
         std::memcpy(r1.data, ref.data, size_t(k) * 4);
         expect_same_bytes(be.down(o1), r1, "topk_rows b=1");
+        // The grid row at 40K / 128K on a cluster with the 11/11/10 digits: tens of ties in the threshold bin,
+        // resolved by the candidate exchange when it is on, by the third pass when off (0: settled by the
+        // second pass, when k ends exactly at the end of a tie group).
+        if (k == 2048 && ld >= 40000 && tun.last_cluster > 1 && !c.lane && st[9] != 0) {
+          EXPECT_EQ(st[9], c.cand ? 1 : 2) << "last digit: 1 candidate exchange, 2 third pass";
+          used_exchange |= st[9] == 1;
+        }
       }
       tun = saved;
     }
+  if (cuda::topk_cluster_max() > 1) EXPECT_TRUE(used_exchange) << "the candidate exchange never ran";
 }
 
 // Prefill in tiles: pairs of tokens share a CTA (even T) or not (odd T); tiles of 7 (-> 6) rows.

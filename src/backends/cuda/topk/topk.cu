@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <vector>
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/launch.cuh"
@@ -61,6 +62,17 @@ constexpr int NBIN = 4096;  // first digit: 12 bits
 constexpr int kMcThreads = 512;
 constexpr int kMcChunkMax = 8192;
 constexpr int kCandCap = 16384;
+// The on-chip kernel resolves the last radix digit by exchanging the candidates themselves (instead of a third
+// histogram pass and a separate offset exchange) when at most this many keys of the cluster share the
+// threshold bin after the second pass: one per thread.
+constexpr int kCandFinalMax = 1024;
+constexpr int kOnchipCandFinal = 1;  // topk_onchip_kernel flags: the candidate exchange allowed
+
+__device__ __forceinline__ long long globaltimer_ns() {
+  long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 
 // The bin holding the krem-th largest key of a histogram hist_at(b), b < nb (counted from the top):
 // *s_bin = that bin, *s_above = keys in higher bins. Every thread of the block must call it.
@@ -353,6 +365,10 @@ struct OnchipSmem {
   int warp_tot[TK_THREADS / 32];
   int sel[3];
   int cta_tot;
+  // The candidate exchange (onchip_candidate_threshold): this CTA's keys in the threshold bin and its count of
+  // keys above the bin, read by the other CTAs of the cluster.
+  uint32_t cand[kCandFinalMax];
+  int cta_nc, cta_gt;
 };
 
 // One radix pass P over the register-resident keys matching (prefix, mask). Returns true when the
@@ -407,14 +423,80 @@ __device__ __forceinline__ bool onchip_pass(const uint32_t* key, int nv, int nvw
   return sm.sel[2] == krem;
 }
 
+// Last digit of a cluster row by exchanging candidates (sm_90 clusters only, csize > 1). On entry the radix
+// passes have fixed the key bits in mask (all but the lowest 10) to prefix, and C = sel[2] <= kCandFinalMax keys
+// of the whole cluster share them, krem (< C) of which are taken. Each CTA publishes its candidates and its count
+// of keys above the prefix; after one cluster barrier every CTA gathers all C candidates (one per thread),
+// finds the exact threshold key T with a local 10-bit histogram, and derives from the gathered keys what the
+// ordered compaction needs from the lower-ranked CTAs: their counts of keys > T and == T. That replaces the
+// third histogram pass (cluster barrier + DSMEM histogram reads) and the compaction's own offset exchange.
+// Leaves an arrived, not yet waited, cluster barrier (the caller waits before exiting: peers read this CTA's
+// list). Returns (gt_off, eq_off) and updates prefix (= T), mask (all bits) and krem.
+template <int KPT>
+__device__ __forceinline__ int2 onchip_candidate_threshold(const uint32_t* key, int nv, int nvw, uint32_t& prefix,
+                                                           uint32_t& mask, int& krem, OnchipSmem& sm, int csize,
+                                                           int rank) {
+  const int tid = threadIdx.x, lane = tid % 32;
+  const int C = sm.sel[2];
+  int gt = 0;
+#pragma unroll
+  for (int j = 0; j < KPT; ++j) {
+    if (j >= nvw) break;
+    const uint32_t mk = key[j] & mask;
+    if (j < nv && mk == prefix) sm.cand[atomicAdd(&sm.cta_nc, 1)] = key[j];  // < C <= kCandFinalMax in all
+    gt += j < nv && mk > prefix;
+  }
+  gt = __reduce_add_sync(0xffffffffu, gt);
+  if (lane == 0 && gt) atomicAdd(&sm.cta_gt, gt);
+  cluster_arrive();  // release: the list and the counts
+  cluster_wait();
+  // Lane c (< csize) of every warp holds CTA c's candidate count and count above; inclusive scan over lanes.
+  const int nc = lane < csize ? ld_dsmem_int(dsmem_addr(&sm.cta_nc, uint32_t(lane))) : 0;
+  const int g = lane < csize ? ld_dsmem_int(dsmem_addr(&sm.cta_gt, uint32_t(lane))) : 0;
+  int inc = nc;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += y;
+  }
+  const int gt_lower = __reduce_add_sync(0xffffffffu, lane < rank ? g : 0);
+  // Candidate tid: CTA ce = number of CTAs whose lists end at or before it; index within that list.
+  const bool has = tid < C;
+  const int ce = __popc(__ballot_sync(0xffffffffu, lane < csize && inc <= tid));
+  const int start = __shfl_sync(0xffffffffu, inc - nc, ce & 31);
+  uint32_t ck = 0;
+  if (has) {
+    ck = uint32_t(ld_dsmem_int(dsmem_addr(&sm.cand[tid - start], uint32_t(ce))));
+    atomicAdd(&sm.hist[ck & 1023u], 1);  // zeroed after the second pass's barrier (onchip_pass<.., 1>)
+  }
+  cluster_arrive();  // done with the peers' shared memory (the caller waits before exiting)
+  __syncthreads();
+  find_threshold_bin<2048>(sm.hist, 1, rank, krem, sm.warp_tot, sm.sel);
+  const uint32_t T = prefix | uint32_t(sm.sel[0]);
+  krem -= sm.sel[1];
+  prefix = T;
+  mask = 0xffffffffu;
+  const int gt_c = __syncthreads_count(has && ce < rank && ck > T);
+  const int eq_c = __syncthreads_count(has && ce < rank && ck == T);
+  return make_int2(gt_lower + gt_c, eq_c);
+}
+
 // Rows r = blockIdx.x / csize; CTA rank c of the row's cluster holds keys [c * per, (c + 1) * per).
 template <int KPT, bool LANE1>
 __global__ void __launch_bounds__(TK_THREADS, 1)
     topk_onchip_kernel(const float* __restrict__ scores, int64_t ld, const int32_t* __restrict__ narr, int n_add,
-                       int64_t row_base, int64_t k, int32_t* __restrict__ out, int csize, int* hist0) {
+                       int64_t row_base, int64_t k, int32_t* __restrict__ out, int csize, int* hist0, int flags,
+                       long long* trace) {
   __shared__ __align__(16) OnchipSmem sm;
   __shared__ int tab[KPT * 32];
+  // Profiling aid (TopkTuning::trace): the first CTA's thread 0 records %globaltimer at the phase boundaries.
+  const bool tr = trace && blockIdx.x == 0 && threadIdx.x == 0;
+  auto stamp = [&](int i) {
+    if (tr) trace[i] = globaltimer_ns();
+  };
+  stamp(0);
   pdl_wait();  // launched through launch_chained (launch.cuh)
+  stamp(1);
   pdl_launch_next();
   const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
   const int rank = csize > 1 ? int(cluster_ctarank()) : 0;
@@ -451,13 +533,28 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
   } else {
     for (int i = tid; i < (LANE1 ? 8192 : 4096); i += TK_THREADS) sm.hist[i] = 0;
   }
+  if (tid == 0) sm.cta_nc = sm.cta_gt = 0;
   __syncthreads();
+  stamp(2);
 
   uint32_t prefix = 0, mask = 0;
   int krem = int(k);
-  if (!onchip_pass<KPT, LANE1, 0>(key, nv, nvw, prefix, mask, krem, sm, csize, rank, h0row != nullptr))
-    if (!onchip_pass<KPT, LANE1, 1>(key, nv, nvw, prefix, mask, krem, sm, csize, rank))
-      onchip_pass<KPT, LANE1, 2>(key, nv, nvw, prefix, mask, krem, sm, csize, rank);
+  bool offsets_known = false;  // gt_off / eq_off below already exchanged (candidate exchange)
+  int2 offs = make_int2(0, 0);
+  if (!onchip_pass<KPT, LANE1, 0>(key, nv, nvw, prefix, mask, krem, sm, csize, rank, h0row != nullptr)) {
+    stamp(3);
+    if (!onchip_pass<KPT, LANE1, 1>(key, nv, nvw, prefix, mask, krem, sm, csize, rank)) {
+      stamp(4);
+      if (!LANE1 && csize > 1 && (flags & kOnchipCandFinal) && sm.sel[2] <= kCandFinalMax) {
+        offs = onchip_candidate_threshold<KPT>(key, nv, nvw, prefix, mask, krem, sm, csize, rank);
+        offsets_known = true;
+      } else {
+        onchip_pass<KPT, LANE1, 2>(key, nv, nvw, prefix, mask, krem, sm, csize, rank);
+      }
+      if (tr) trace[9] = offsets_known ? 1 : 2;  // how the last digit was resolved
+    }
+  }
+  stamp(5);
 
   // Ordered compaction. Selected: masked key > prefix, and the first krem (by position) == prefix.
   const unsigned lt = (1u << lane) - 1u;
@@ -479,8 +576,9 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
   // tab is complete for the compaction below. (The cluster barrier would order it too, but
   // compute-sanitizer's racecheck does not model it as a CTA barrier.)
   __syncthreads();
-  int gt_off = 0, eq_off = 0;  // selected keys of the lower-ranked CTAs of the cluster
-  if (csize > 1) {
+  stamp(6);
+  int gt_off = offs.x, eq_off = offs.y;  // selected keys of the lower-ranked CTAs of the cluster
+  if (csize > 1 && !offsets_known) {
     if (tid == 0) sm.cta_tot = tot;
     cluster_arrive();
     cluster_wait();
@@ -502,9 +600,11 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
     if (is_gt) o[gb + min(eb, krem)] = pos;
     else if (is_eq && eb < krem) o[gb + eb] = pos;
   }
+  stamp(7);
   if (csize > 1) cluster_wait();  // every CTA of the cluster has read the given histogram (at its start)
   if (h0row && rank == 0)
     for (int i = tid; i < kTopkDigit0Bins; i += TK_THREADS) h0row[i] = 0;
+  stamp(8);
 }
 
 // ---- multi-CTA path for long rows --------------------------------------------------------------
@@ -724,6 +824,27 @@ TopkTuning& topk_tuning() {
 
 namespace {
 
+// A TopkTuning switch: -1 resolves once from the environment variable ("0" off, "1" on, else the default).
+bool tuning_switch(int& v, const char* env, bool dflt) {
+  if (v < 0) {
+    const char* e = std::getenv(env);
+    v = (e && *e == '0') ? 0 : (e && *e == '1') ? 1 : int(dflt);
+  }
+  return v != 0;
+}
+bool onchip_enabled() { return tuning_switch(topk_tuning().onchip, "DSA_CUDA_TOPK_ONCHIP", true); }
+
+// Device buffer of the on-chip kernel's phase stamps (TopkTuning::trace); allocated on first use.
+long long* topk_trace_buffer() {
+  static long long* d = [] {
+    long long* p = nullptr;
+    DSA_CUDA_CHECK(cudaMalloc(&p, kTopkTraceStamps * sizeof(long long)));
+    DSA_CUDA_CHECK(cudaMemset(p, 0, kTopkTraceStamps * sizeof(long long)));
+    return p;
+  }();
+  return d;
+}
+
 // The largest cluster size still allowed: a size that fails to launch at run time (fewer SMs than at the probe,
 // e.g. under MPS or in a green context) halves it for later calls, and the failing call takes a global path.
 int g_cluster_cap = 1 << 30;
@@ -732,9 +853,11 @@ template <int KPT, bool LANE1>
 bool launch_onchip(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
                    int64_t k, int32_t* out, int csize, int* hist0) {
   DSA_CHECK(rows * csize <= 2147483647, "top-k: too many rows");
+  const TopkTuning& tun = topk_tuning();
+  const int flags = tuning_switch(topk_tuning().cand_final, "DSA_CUDA_TOPK_CAND_FINAL", true) ? kOnchipCandFinal : 0;
   const cudaError_t e = try_launch_chained(topk_onchip_kernel<KPT, LANE1>, dim3(unsigned(rows * csize)), dim3(TK_THREADS), 0,
                                            unsigned(csize), scores, ld, narr, n_add, row_base, k, out, csize,
-                                           LANE1 ? nullptr : hist0);
+                                           LANE1 ? nullptr : hist0, flags, tun.trace ? topk_trace_buffer() : nullptr);
   if (e == cudaSuccess) return true;
   const bool cluster_unschedulable = csize > 1 && (e == cudaErrorInvalidClusterSize || e == cudaErrorLaunchOutOfResources ||
                                                    e == cudaErrorInvalidConfiguration);
@@ -754,26 +877,29 @@ bool launch_onchip_kpt(int kpt, const float* scores, int64_t ld, const int32_t* 
 
 }  // namespace
 
-namespace {
-// A TopkTuning switch: -1 resolves once from the environment variable ("0" off, "1" on, else the default).
-bool tuning_switch(int& v, const char* env, bool dflt) {
-  if (v < 0) {
-    const char* e = std::getenv(env);
-    v = (e && *e == '0') ? 0 : (e && *e == '1') ? 1 : int(dflt);
-  }
-  return v != 0;
-}
-bool onchip_enabled() { return tuning_switch(topk_tuning().onchip, "DSA_CUDA_TOPK_ONCHIP", true); }
-}  // namespace
 
-bool topk_hist0_enabled() { return tuning_switch(topk_tuning().hist0, "DSA_CUDA_TOPK_SCORE_HIST", false); }
+std::vector<long long> topk_trace_read() {
+  std::vector<long long> h(kTopkTraceStamps, 0);
+  DSA_CUDA_CHECK(cudaMemcpy(h.data(), topk_trace_buffer(), h.size() * sizeof(long long), cudaMemcpyDeviceToHost));
+  DSA_CUDA_CHECK(cudaMemset(topk_trace_buffer(), 0, h.size() * sizeof(long long)));
+  return h;
+}
+
+bool topk_hist0_enabled(int64_t rows) {
+  int& v = topk_tuning().hist0;
+  if (v < 0) {  // the environment once; anything but "0" / "1" keeps the automatic choice (-2)
+    const char* e = std::getenv("DSA_CUDA_TOPK_SCORE_HIST");
+    v = (e && *e == '0') ? 0 : (e && *e == '1') ? 1 : -2;
+  }
+  return v == 1 || (v == -2 && rows <= kTopkHist0AutoRows);
+}
 
 namespace {
 
 // Whether clusters of `size` one-per-SM CTAs of the on-chip kernels can be scheduled (GPCs with
 // that many free SMs); sizes above 8 need the non-portable attribute (sm_90: up to 16).
 bool cluster_fits(int size) {
-  using Fn = void (*)(const float*, int64_t, const int32_t*, int, int64_t, int64_t, int32_t*, int);
+  using Fn = void (*)(const float*, int64_t, const int32_t*, int, int64_t, int64_t, int32_t*, int, int*, int, long long*);
   for (Fn fn : {Fn(topk_onchip_kernel<4, false>), Fn(topk_onchip_kernel<8, false>), Fn(topk_onchip_kernel<16, false>),
                 Fn(topk_onchip_kernel<4, true>), Fn(topk_onchip_kernel<8, true>), Fn(topk_onchip_kernel<16, true>)}) {
     if (size > 8 && cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
@@ -848,7 +974,7 @@ bool CudaBackend::topk_onchip_plan(int64_t ld, int64_t rows, int64_t k, int* kpt
 
 bool CudaBackend::topk_takes_hist0(int64_t ld, int64_t rows, int64_t k) const {
   int kpt = 0, csize = 0;
-  return topk_hist0_enabled() && !topk_tuning().lane_histogram && topk_onchip_plan(ld, rows, k, &kpt, &csize);
+  return topk_hist0_enabled(rows) && !topk_tuning().lane_histogram && topk_onchip_plan(ld, rows, k, &kpt, &csize);
 }
 
 void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,

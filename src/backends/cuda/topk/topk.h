@@ -1,4 +1,6 @@
 #pragma once
+#include <cstdint>
+#include <vector>
 // Top-k path selection knobs (host-only header, for tests and benchmarks). See topk.cu.
 namespace dsa::cuda {
 
@@ -13,9 +15,17 @@ struct TopkTuning {
   // 31.6 vs 27.5 us); kept to re-measure on scores concentrated in a few exponent bins.
   bool lane_histogram = false;
   // First radix digit's histogram built by the indexer's FP8 score kernel in its epilogue (indexer_topk on
-  // sm_90a; the on-chip top-k then skips its first pass). -1: from DSA_CUDA_TOPK_SCORE_HIST (default off:
-  // measured a wash, -1.2 to +2.5 us at b=1 and up to +4% at b=32/128, H200 session 4); 0: off; 1: on.
+  // sm_90a; the on-chip top-k then skips its first pass). -1: from DSA_CUDA_TOPK_SCORE_HIST ("0" off, "1" on),
+  // else automatic (-2): on for at most kTopkHist0AutoRows rows per launch. Measured on the H200 (session 4,
+  // bench/results/2026-11-29-h200-aa7e235-kernels.md): b=1 2.0-3.6 us faster from 16K, b=32 0.0-1.6 us slower
+  // (the epilogue's atomics cost more than the pass they save once many rows share the GPU). 0: off; 1: on.
   int hist0 = -1;
+  // Last radix digit of cluster rows by exchanging the candidates when at most 1024 share the threshold bin
+  // after the second pass (topk.cu, onchip_candidate_threshold). -1: from DSA_CUDA_TOPK_CAND_FINAL (default
+  // on); 0: off (a third histogram pass); 1: on.
+  int cand_final = -1;
+  // Profiling aid: the on-chip kernel's first CTA records %globaltimer at its phase boundaries (topk_trace_read).
+  bool trace = false;
   // Set by every top-k launch (for tests): keys per thread and cluster size of the on-chip kernel that ran,
   // 0 / 0 when a global-memory path ran; whether it took the score kernel's first histogram.
   int last_kpt = 0, last_cluster = 0;
@@ -25,7 +35,14 @@ struct TopkTuning {
 TopkTuning& topk_tuning();
 // Largest thread-block cluster the on-chip top-k may use on this GPU and build (1: no clusters).
 int topk_cluster_max();
-// TopkTuning::hist0 resolved.
-bool topk_hist0_enabled();
+// The on-chip kernel's phase stamps of its last traced launch (ns of %globaltimer; 0 where a phase did not
+// run), then cleared: 0 entry, 1 after the wait for the score kernel, 2 keys loaded, 3 after pass 0, 4 after
+// pass 1, 5 threshold known, 6 compaction counts scanned, 7 written, 8 exit; entry 9 (not a time): 1 when the
+// last digit was resolved by the candidate exchange, 2 by a third histogram pass, 0 when settled before.
+constexpr int kTopkTraceStamps = 10;
+std::vector<long long> topk_trace_read();
+// TopkTuning::hist0 resolved for a launch of `rows` rows.
+bool topk_hist0_enabled(int64_t rows);
+constexpr int64_t kTopkHist0AutoRows = 4;
 
 }  // namespace dsa::cuda
