@@ -460,10 +460,14 @@ __device__ __forceinline__ int2 onchip_candidate_threshold(const uint32_t* key, 
     if (lane >= o) inc += y;
   }
   const int gt_lower = __reduce_add_sync(0xffffffffu, lane < rank ? g : 0);
-  // Candidate tid: CTA ce = number of CTAs whose lists end at or before it; index within that list.
+  // Candidate tid: CTA ce = number of CTAs whose lists end at or before it (lists in rank order), starting at
+  // `start` of the concatenation.
   const bool has = tid < C;
-  const int ce = __popc(__ballot_sync(0xffffffffu, lane < csize && inc <= tid));
-  const int start = __shfl_sync(0xffffffffu, inc - nc, ce & 31);
+  int ce = 0, start = 0;
+  for (int c = 0; c < csize; ++c) {
+    const int end = __shfl_sync(0xffffffffu, inc, c);
+    if (end <= tid) ce = c + 1, start = end;
+  }
   uint32_t ck = 0;
   if (has) {
     ck = uint32_t(ld_dsmem_int(dsmem_addr(&sm.cand[tid - start], uint32_t(ce))));
