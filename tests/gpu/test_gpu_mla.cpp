@@ -9,8 +9,10 @@
 // test_gpu_ops.cpp (METHOD.md: bf16 operands land between 1e-3 and 1e-2), and the measured value is
 // printed. Exact where the result has a single rounding: one candidate gives p = 1 and the output
 // is the dequantised row itself (checks the e4m3 x 2^k -> bf16 conversion bit for bit, subnormal
-// codes included), and rows without candidates are zeros. The stored-scores kernels make the same
-// score products as the two-pass kernel, so with one split both must agree to 1e-3.
+// codes included), and rows without candidates are zeros. Two GPU paths with one split are compared to
+// 5e-3: each rounds like the reference, but their fp32 sums may run in different orders, so a score can
+// round to the other bf16 neighbour (p moves by 2^-8 relative); one such flip in a one-head output gave
+// rel-L2 2.2e-3 (H200, session 5: wgmma stored scores vs two-pass, K=200 H=1).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -151,7 +153,7 @@ void check_all(Both& be, MlaCase& st, const Tensor* topk, int64_t H, const std::
   }
   if (stored1.data && twopass1.data) {
     SCOPED_TRACE(label);
-    expect_close(stored1, twopass1, 1e-3, "stored scores vs two-pass (one split)");
+    expect_close(stored1, twopass1, 5e-3, "stored scores vs two-pass (one split)");
   }
   if (stored1.data && mma1.data) {  // wgmma and mma.sync scores kernels on the same inputs
     // Both round like the reference, but their fp32 sums run in different orders, so a bf16 score can

@@ -505,31 +505,33 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
   const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
   const int rank = csize > 1 ? int(cluster_ctarank()) : 0;
   const int64_t r = blockIdx.x / csize;
-  const int64_t n = int64_t(narr[row_base + r]) + n_add;
-  int32_t* o = out + (row_base + r) * k;
+  // This CTA's share of the row follows the row stride, not the row's length, so the key loads need not wait
+  // for the length (one L2 round trip less); keys at or beyond n are masked below (slots j >= nv).
+  const int64_t per = ((ld + csize - 1) / csize + TK_THREADS - 1) / TK_THREADS * TK_THREADS;  // <= KPT * 1024
+  const int64_t c0 = rank * per;
+  const float* row = scores + r * ld + c0;
   // hist0 (LANE1 = false only): [rows][2048] first-digit histograms of the rows' n keys, built by the score
   // kernel (indexer/scores_sm90.cu); rank 0 zeroes the row's when the cluster is done with it, so the buffer
   // is all zero between calls (CudaBackend::topk_hist0).
   int* h0row = hist0 ? hist0 + r * kTopkDigit0Bins : nullptr;
-  if (n <= k) {  // the same for the whole cluster: no CTA reaches a cluster barrier
-    if (rank == 0) {
-      for (int64_t i = tid; i < k; i += TK_THREADS) o[i] = i < n ? int32_t(i) : -1;
-      if (h0row)
-        for (int i = tid; i < kTopkDigit0Bins; i += TK_THREADS) h0row[i] = 0;
-    }
-    return;
-  }
-  const int64_t per = ((n + csize - 1) / csize + TK_THREADS - 1) / TK_THREADS * TK_THREADS;
-  const int64_t c0 = rank * per;
-  const int len = int(max(int64_t(0), min(n, c0 + per) - c0));
-  const int nv = len > tid ? (len - tid + TK_THREADS - 1) / TK_THREADS : 0;  // my keys: slots j < nv
-  const int nvw = __shfl_sync(0xffffffffu, nv, 0);  // slots with any key in this warp (warp-uniform skips)
-  const float* row = scores + r * ld + c0;
   uint32_t key[KPT];
   int2 g0 = make_int2(0, 0);
   if (!LANE1 && h0row) g0 = reinterpret_cast<const int2*>(h0row)[tid];  // in flight with the keys
 #pragma unroll
-  for (int j = 0; j < KPT; ++j) key[j] = j < nv ? order_key(row[j * TK_THREADS + tid]) : 0u;
+  for (int j = 0; j < KPT; ++j) key[j] = c0 + j * TK_THREADS + tid < ld ? order_key(row[j * TK_THREADS + tid]) : 0u;
+  const int64_t n = int64_t(narr[row_base + r]) + n_add;
+  int32_t* o = out + (row_base + r) * k;
+  if (n <= k) {  // the same for the whole cluster: no CTA reaches a cluster barrier
+    if (rank == 0) {
+      for (int64_t i = tid; i < k; i += TK_THREADS) o[i] = i < n ? int32_t(i) : -1;
+      if (h0row)  // (the other CTAs may still be reading it: they exit without using it)
+        for (int i = tid; i < kTopkDigit0Bins; i += TK_THREADS) h0row[i] = 0;
+    }
+    return;
+  }
+  const int len = int(max(int64_t(0), min(n, c0 + per) - c0));
+  const int nv = len > tid ? (len - tid + TK_THREADS - 1) / TK_THREADS : 0;  // my keys: slots j < nv
+  const int nvw = __shfl_sync(0xffffffffu, nv, 0);  // slots with any key in this warp (warp-uniform skips)
   static_assert(2 * TK_THREADS == kTopkDigit0Bins, "one int2 of the given first histogram per thread");
   if (!LANE1 && h0row) {  // pass 0's bins given; pass 1's zeroed
     reinterpret_cast<int2*>(sm.hist)[tid] = g0;
@@ -598,6 +600,7 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
     const bool is_gt = j < nv && mk > prefix, is_eq = j < nv && mk == prefix;
     const unsigned gtb = __ballot_sync(0xffffffffu, is_gt);
     const unsigned eqb = __ballot_sync(0xffffffffu, is_eq);
+    if ((gtb | eqb) == 0) continue;  // most (slot, warp) pairs hold no selected key: k of n
     const int base = tab[j * 32 + w];
     const int gb = gt_off + (base >> 16) + __popc(gtb & lt), eb = eq_off + (base & 0xffff) + __popc(eqb & lt);
     const int32_t pos = int32_t(c0) + j * TK_THREADS + tid;
