@@ -49,13 +49,11 @@ __device__ int block_excl_scan(int v, int* warp_tot, int* total) {
   __syncthreads();
   if (l == 31) warp_tot[w] = x;
   __syncthreads();
-  int off = 0, tot = 0;
-  for (int i = 0; i < nw; ++i) {
-    if (i < w) off += warp_tot[i];
-    tot += warp_tot[i];
-  }
-  *total = tot;
-  return off + x - v;
+  // lane i of every warp reads warp i's total (blockDim <= 1024: at most 32 warps); two warp reductions
+  // instead of a serial loop over the warp totals
+  const int wt = l < nw ? warp_tot[l] : 0;
+  *total = __reduce_add_sync(0xffffffffu, wt);
+  return __reduce_add_sync(0xffffffffu, l < w ? wt : 0) + x - v;
 }
 
 constexpr int NBIN = 4096;  // first digit: 12 bits
