@@ -283,7 +283,7 @@ int main(int argc, char** argv) {
          // score kernel's epilogue vs the top-k's own first pass
         cuda::TopkTuning& tt = cuda::topk_tuning();
         const int was = tt.hist0;
-        const bool dflt = cuda::topk_hist0_enabled(b);
+        const bool dflt = cuda::topk_hist0_enabled(b, L);
         tt.hist0 = dflt ? 0 : 1;
         const double m0 = time_ms([&](int r) { be.indexer_topk(iq, iw, c.kv[size_t(r) % c.kv.size()], B, TOPK, tk); }, 10);
         tt.hist0 = was;

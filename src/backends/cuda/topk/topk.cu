@@ -890,13 +890,13 @@ std::vector<long long> topk_trace_read() {
   return h;
 }
 
-bool topk_hist0_enabled(int64_t rows) {
+bool topk_hist0_enabled(int64_t rows, int64_t ld) {
   int& v = topk_tuning().hist0;
   if (v < 0) {  // the environment once; anything but "0" / "1" keeps the automatic choice (-2)
     const char* e = std::getenv("DSA_CUDA_TOPK_SCORE_HIST");
     v = (e && *e == '0') ? 0 : (e && *e == '1') ? 1 : -2;
   }
-  return v == 1 || (v == -2 && rows <= kTopkHist0AutoRows);
+  return v == 1 || (v == -2 && rows <= kTopkHist0AutoRows && ld >= kTopkHist0AutoMinLength);
 }
 
 namespace {
@@ -979,7 +979,7 @@ bool CudaBackend::topk_onchip_plan(int64_t ld, int64_t rows, int64_t k, int* kpt
 
 bool CudaBackend::topk_takes_hist0(int64_t ld, int64_t rows, int64_t k) const {
   int kpt = 0, csize = 0;
-  return topk_hist0_enabled(rows) && !topk_tuning().lane_histogram && topk_onchip_plan(ld, rows, k, &kpt, &csize);
+  return topk_hist0_enabled(rows, ld) && !topk_tuning().lane_histogram && topk_onchip_plan(ld, rows, k, &kpt, &csize);
 }
 
 void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,

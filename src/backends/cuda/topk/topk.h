@@ -16,9 +16,11 @@ struct TopkTuning {
   bool lane_histogram = false;
   // First radix digit's histogram built by the indexer's FP8 score kernel in its epilogue (indexer_topk on
   // sm_90a; the on-chip top-k then skips its first pass). -1: from DSA_CUDA_TOPK_SCORE_HIST ("0" off, "1" on),
-  // else automatic (-2): on for at most kTopkHist0AutoRows rows per launch. Measured on the H200 (session 4,
-  // bench/results/2026-11-29-h200-aa7e235-kernels.md): b=1 2.0-3.6 us faster from 16K, b=32 0.0-1.6 us slower
-  // (the epilogue's atomics cost more than the pass they save once many rows share the GPU). 0: off; 1: on.
+  // else automatic (-2): on for at most kTopkHist0AutoRows rows per launch of rows of at least
+  // kTopkHist0AutoMinLength keys. Measured on the H200 (sessions 4-5, bench/results/2026-11-29-h200-*-kernels.md,
+  // rows "indexer + top-k, 1st hist. in ..."): b=1 0.5-3.6 us faster at 64K and 128K, a wash or up to 2 us slower
+  // at 4K-32K; b=32 0-1.6 us slower (the epilogue's atomics cost more than the pass they save once many rows
+  // share the GPU). 0: off; 1: on.
   int hist0 = -1;
   // Last radix digit of cluster rows by exchanging the candidates when at most 1024 share the threshold bin
   // after the second pass (topk.cu, onchip_candidate_threshold). -1: from DSA_CUDA_TOPK_CAND_FINAL (default
@@ -41,8 +43,8 @@ int topk_cluster_max();
 // last digit was resolved by the candidate exchange, 2 by a third histogram pass, 0 when settled before.
 constexpr int kTopkTraceStamps = 10;
 std::vector<long long> topk_trace_read();
-// TopkTuning::hist0 resolved for a launch of `rows` rows.
-bool topk_hist0_enabled(int64_t rows);
-constexpr int64_t kTopkHist0AutoRows = 4;
+// TopkTuning::hist0 resolved for a launch of `rows` rows of `ld` keys.
+bool topk_hist0_enabled(int64_t rows, int64_t ld);
+constexpr int64_t kTopkHist0AutoRows = 4, kTopkHist0AutoMinLength = 65536;
 
 }  // namespace dsa::cuda
