@@ -364,7 +364,9 @@ TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
                                              : std::string("global-memory path");
         SCOPED_TRACE("k=" + std::to_string(k) + " ld=" + std::to_string(ld) + " " + c.name + " (ran: " + ran + ")");
         EXPECT_EQ(tun.last_kpt != 0, want_onchip) << "path taken";
-        if (c.kpt && tun.last_kpt) EXPECT_EQ(tun.last_kpt, c.kpt) << "forced keys per thread";
+        if (c.kpt && tun.last_kpt) {
+          EXPECT_EQ(tun.last_kpt, c.kpt) << "forced keys per thread";
+        }
         expect_same_bytes(be.down(og), ref, "topk_rows");
         // batch 1 (the widest cluster per row): the first row alone
         Tensor o1 = be.poisoned(DType::I32, {1, k});
@@ -386,7 +388,9 @@ TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
       }
       tun = saved;
     }
-  if (cuda::topk_cluster_max() > 1) EXPECT_TRUE(used_exchange) << "the candidate exchange never ran";
+  if (cuda::topk_cluster_max() > 1) {
+    EXPECT_TRUE(used_exchange) << "the candidate exchange never ran";
+  }
 }
 
 // Prefill in tiles: pairs of tokens share a CTA (even T) or not (odd T); tiles of 7 (-> 6) rows.
@@ -459,7 +463,9 @@ TEST(GpuIndexer, TopkFirstHistogramFromScoresMatches) {
     expect_same_bytes(be.down(out[1]), be.down(out[0]), "indexer_topk: first histogram from the score kernel vs the top-k's own");
   }
   tun = saved;
-  if (fp8_scores_now(64) && cuda::topk_cluster_max() > 1) EXPECT_TRUE(used) << "the score kernel's histogram was never taken";
+  if (fp8_scores_now(64) && cuda::topk_cluster_max() > 1) {
+    EXPECT_TRUE(used) << "the score kernel's histogram was never taken";
+  }
 }
 
 }  // namespace dsa::test
