@@ -16,6 +16,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backends/cuda/cuda_backend.h"
@@ -146,6 +147,17 @@ Tensor rand_topk(cuda::CudaBackend& be, int64_t T, int64_t k, const Batch& B) {
     for (int64_t i = 0; i < k; ++i) h.ptr<int32_t>()[t * k + i] = i < int64_t(pick.size()) ? pick[size_t(i)] : -1;
   }
   return be.upload(h);
+}
+
+// Score rows compared with a reference row: max |x - ref| and max |ref| over the reference's finite entries.
+std::pair<double, double> max_abs_diff(const std::vector<float>& x, const std::vector<float>& ref) {
+  double dmax = 0, amax = 0;
+  for (size_t j = 0; j < ref.size(); ++j)
+    if (std::isfinite(ref[j])) {
+      dmax = std::max(dmax, double(std::fabs(x[j] - ref[j])));
+      amax = std::max(amax, double(std::fabs(ref[j])));
+    }
+  return {dmax, amax};
 }
 
 std::string kfmt(int64_t L) { return L >= 1024 ? std::to_string(L / 1024) + "K" : std::to_string(L); }
@@ -308,12 +320,7 @@ int main(int argc, char** argv) {
           cuda::set_sm90_scores_enabled(true);
           be.indexer_scores(iq, iw, c.kv[0], B, sc);
           be.download(sc.rows(0, 1), r_h.data());
-          double dmax = 0, amax = 0;
-          for (int64_t j = 0; j < L; ++j)
-            if (std::isfinite(r_p[size_t(j)])) {
-              dmax = std::max(dmax, double(std::fabs(r_h[size_t(j)] - r_p[size_t(j)])));
-              amax = std::max(amax, double(std::fabs(r_p[size_t(j)])));
-            }
+          const auto [dmax, amax] = max_abs_diff(r_h, r_p);
           std::printf("  (row 0: Hopper vs portable scores max |diff| %.3g of max |score| %.3g)\n", dmax, amax);
           report("indexer scores (portable)", "b=" + std::to_string(b) + " Hi=64 L=" + kfmt(L), p_ms,
                  2.0 * 64 * 128 * double(b) * L, idx_bytes + double(b) * L * 4,
@@ -348,12 +355,7 @@ int main(int argc, char** argv) {
                      idx_bytes + double(b) * L * 4, 100.0 * (idx_bytes + double(b) * L * 4) / (m1 * 1e-3) / 1e12 / kCopyTBs);
               be.indexer_scores(iq, iw, c.kv[0], B, sc);
               be.download(sc.rows(0, 1), r_x.data());
-              double dmax = 0, amax = 0;
-              for (int64_t j = 0; j < L; ++j)
-                if (std::isfinite(r_p[size_t(j)])) {
-                  dmax = std::max(dmax, double(std::fabs(r_x[size_t(j)] - r_p[size_t(j)])));
-                  amax = std::max(amax, double(std::fabs(r_p[size_t(j)])));
-                }
+              const auto [dmax, amax] = max_abs_diff(r_x, r_p);
               std::printf("  (%s row 0 vs portable: max |diff| %.3g of max |score| %.3g)\n", nm.c_str(), dmax, amax);
               if (mode) {
                 const double m2 = time_ms([&](int r) { be.indexer_scores(iq2, iw2, c.kv[size_t(r) % c.kv.size()], B2, sc2); }, 10);
