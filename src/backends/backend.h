@@ -62,6 +62,11 @@ struct BatchSeq {
   int64_t token_offset = 0;
   int64_t ctx_offset = 0;  // row offset of this sequence's [0, start_pos + n_new) context rows
                            // in packed per-context tensors (attention_mha's keys)
+  // Attention form of this sequence's new tokens: true = the absorbed MQA form straight over the
+  // cache (the reference's decode, architecture.md §3.3); false = the MHA prefill form (§3.2). The
+  // runtime decides: prompt tokens take the prefill form, generated tokens the decode form, so a
+  // token's numbers never depend on how its step was chunked or batched (§10.12).
+  bool absorbed = false;
   int64_t end_pos() const { return start_pos + n_new; }
 };
 
@@ -75,9 +80,19 @@ struct Batch {
   int64_t max_blocks = 0;
   int64_t n_tokens() const { return int64_t(positions.size()); }
   int64_t n_ctx() const;             // sum of end_pos over sequences
-  bool all_single_token() const;     // every sequence has exactly one new token (decode form)
+  bool all_single_token() const;     // every sequence has exactly one new token
+  bool all_absorbed() const;         // every sequence takes the absorbed (decode) form
   // Backend-owned device mirror (opaque to the model).
   std::shared_ptr<void> device;
+};
+
+// Per-row parameters of Backend::sample.
+struct SampleParams {
+  float temperature = 0.0f;  // <= 0: greedy
+  int32_t top_k = 0;         // 0: off
+  float top_p = 1.0f;        // >= 1: off
+  uint64_t seed = 0;         // the draw's noise is a function of (seed, counter, token id) only,
+  uint64_t counter = 0;      // so a request's tokens never depend on the rest of the batch
 };
 
 class Backend {
@@ -99,6 +114,8 @@ class Backend {
   virtual void synchronize() {}
   // One line on device memory (allocator in use / peak / cached, device used / total); "" if n/a.
   virtual std::string memory_report() const { return ""; }
+  // Bytes this device could still hand out (CPU: the host's available memory; CUDA: free device memory).
+  virtual size_t free_memory() const = 0;
   // Make the batch's device mirror (no-op on CPU).
   virtual void prepare_batch(Batch& b) {}
   // Decode-step graphs. Between begin_graph() and end_graph() a backend may record the enqueued ops
@@ -196,6 +213,22 @@ class Backend {
   //             + fp32(shared(x)) )    (x BF16 [T, D], ids I32 [T, k], weights F32 [T, k])
   virtual void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights,
                            const std::vector<MlpWeights>& experts, const MlpWeights* shared, Tensor& out) = 0;
+
+  // ---- sampling (docs/sampling.md) ----------------------------------------------------------
+  // One token per row of logits (F32 [R, V]) with params[r], so the vocabulary never leaves the
+  // device. Order: ids by logit descending, ties to the lower id. Greedy: the first id. Otherwise,
+  // in float64: z = logit / temperature over the first n ids of the order (n = top_k, or V); if
+  // top_p < 1, n shrinks to the shortest prefix whose weights exp(z - z_max), summed in order, reach
+  // top_p times their sum over the n; the token is the argmax over that prefix of
+  // z + gumbel(seed, counter, id) (sample_noise.h; ties to the lower id): an exact draw from
+  // softmax(z) restricted to the prefix. tokens I32 [R]; logprobs F32 [R] = log softmax(logits) at
+  // the token (the model's distribution, before temperature and filters); if top_ids/top_lp are
+  // given (I32 / F32 [R, n_top]): the first n_top ids of the order and their log-probabilities.
+  virtual void sample(const Tensor& logits, const std::vector<SampleParams>& params, Tensor& tokens,
+                      Tensor& logprobs, Tensor* top_ids, Tensor* top_lp) = 0;
+  // lp[r] = log softmax(logits[r])[targets[r]] in float64, as l[target] - (log(sum_v exp(l_v - m)) + m)
+  // with m the row's max (logits F32 [R, V], targets I32 [R], lp F64 [R]). Perplexity, prompt logprobs.
+  virtual void token_logprobs(const Tensor& logits, const Tensor& targets, Tensor& lp) = 0;
 };
 
 // SwiGLU MLP through the backend ops: out = down(silu(gate x) * up x).

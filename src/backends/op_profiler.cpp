@@ -114,4 +114,12 @@ void OpProfiler::moe_experts(const Tensor& x, const Tensor& ids, const Tensor& w
   timed("moe_experts", [&] { be_->moe_experts(x, ids, weights, experts, shared, out); });
 }
 
+void OpProfiler::sample(const Tensor& logits, const std::vector<SampleParams>& params, Tensor& tokens,
+                        Tensor& logprobs, Tensor* top_ids, Tensor* top_lp) {
+  timed("sample", [&] { be_->sample(logits, params, tokens, logprobs, top_ids, top_lp); });
+}
+void OpProfiler::token_logprobs(const Tensor& logits, const Tensor& targets, Tensor& lp) {
+  timed("token_logprobs", [&] { be_->token_logprobs(logits, targets, lp); });
+}
+
 }  // namespace dsa

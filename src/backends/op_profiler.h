@@ -27,6 +27,7 @@ class OpProfiler : public Backend {
   std::string name() const override { return be_->name(); }
   Device device() const override { return be_->device(); }
   std::string memory_report() const override { return be_->memory_report(); }
+  size_t free_memory() const override { return be_->free_memory(); }
 
   Tensor alloc(DType t, Shape s) override { return be_->alloc(t, s); }
   Tensor upload(const Tensor& host) override;
@@ -67,6 +68,9 @@ class OpProfiler : public Backend {
                  bool norm, float route_scale, Tensor& ids, Tensor& weights) override;
   void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const std::vector<MlpWeights>& experts,
                    const MlpWeights* shared, Tensor& out) override;
+  void sample(const Tensor& logits, const std::vector<SampleParams>& params, Tensor& tokens, Tensor& logprobs,
+              Tensor* top_ids, Tensor* top_lp) override;
+  void token_logprobs(const Tensor& logits, const Tensor& targets, Tensor& lp) override;
 
  private:
   struct Stat { int64_t calls = 0; double seconds = 0; };

@@ -7,12 +7,34 @@
 
 namespace dsa {
 
+namespace {
+// Sequences [s0, s1) of b as a batch of their own: token and context rows rebased to 0, the same
+// block table rows.
+Batch sub_batch(const Batch& b, size_t s0, size_t s1) {
+  Batch r;
+  const int64_t t0 = b.seqs[s0].token_offset, c0 = b.seqs[s0].ctx_offset;
+  const int64_t t1 = s1 < b.seqs.size() ? b.seqs[s1].token_offset : b.n_tokens();
+  for (size_t i = s0; i < s1; ++i) {
+    BatchSeq q = b.seqs[i];
+    q.token_offset -= t0;
+    q.ctx_offset -= c0;
+    r.seqs.push_back(q);
+  }
+  r.positions.assign(b.positions.begin() + t0, b.positions.begin() + t1);
+  for (int64_t t = t0; t < t1; ++t) r.token_seq.push_back(b.token_seq[size_t(t)] - int32_t(s0));
+  r.max_blocks = b.max_blocks;
+  r.block_table.assign(b.block_table.begin() + int64_t(s0) * b.max_blocks, b.block_table.begin() + int64_t(s1) * b.max_blocks);
+  return r;
+}
+}  // namespace
+
 DeepseekV32::DeepseekV32(ModelConfig cfg, ModelWeights w, Backend& be) : cfg_(std::move(cfg)), w_(std::move(w)), be_(be) {
   rope_ = be_.upload(rope_table(cfg_, cfg_.max_position_embeddings));
 }
 
 // MLA with DSA for layer l (architecture.md §3, §4). x: attn_norm output BF16 [T, D].
-void DeepseekV32::attention(int64_t l, const Tensor& x, Batch& b, KvLayer& kv, AttentionMode mode, Tensor& out) {
+void DeepseekV32::attention(int64_t l, const Tensor& x, Batch& b, const std::vector<FormRun>& runs, KvLayer& kv,
+                            AttentionMode mode, Tensor& out) {
   const LayerWeights& w = w_.layers[size_t(l)];
   const int64_t T = x.dim(0), H = cfg_.num_attention_heads, QK = cfg_.qk_head_dim();
   const int64_t NOPE = cfg_.qk_nope_head_dim, DV = cfg_.v_head_dim, R = cfg_.kv_lora_rank, RO = cfg_.qk_rope_head_dim;
@@ -62,25 +84,33 @@ void DeepseekV32::attention(int64_t l, const Tensor& x, Batch& b, KvLayer& kv, A
       be_.indexer_topk(iq8, wts, kv, b, K, topk);
     }
   }
-  const Tensor* sel = topk.data ? &topk : nullptr;
-
   Tensor o = be_.alloc(DType::BF16, {T, H, DV});
-  if (b.all_single_token() || prefill_form_ == PrefillForm::Mqa) {
-    // Decode (and prefill when asked for): absorbed MQA form straight over the FP8 cache
-    // (architecture.md §3.3); every token attends to its own selection (or all positions <= its own).
-    Tensor qlat = be_.alloc(DType::BF16, {T, H, R}), qpe = be_.alloc(DType::BF16, {T, H, RO}), olat = be_.alloc(DType::BF16, {T, H, R});
-    be_.mla_absorb_q(q, w.wkv_b_bf16, qlat);
-    { Tensor src = q.view({T * H, QK}), dst = qpe.view({T * H, RO}); be_.copy_cols(src, NOPE, dst); }
-    be_.attention_mqa(qlat, qpe, kv, b, sel, scale, olat);
-    be_.mla_absorb_out(olat, w.wkv_b_bf16, o);
-  } else {
-    // Prefill: MHA form; keys/values expanded from the cached latents of each sequence's context.
-    const int64_t NC = b.n_ctx();
-    Tensor ckv = be_.alloc(DType::BF16, {NC, R}), cpe = be_.alloc(DType::BF16, {NC, RO});
-    be_.mla_cache_read(kv, b, ckv, cpe);
-    Tensor kvup = be_.alloc(DType::BF16, {NC, H, NOPE + DV});
-    { Tensor k2 = kvup.view({NC, H * (NOPE + DV)}); be_.linear_fp8(ckv, w.wkv_b, k2); }
-    be_.attention_mha(q, kvup, cpe, b, sel, scale, o);
+  for (const FormRun& run : runs) {
+    const Batch& rb = *run.batch;
+    const int64_t Tr = run.t1 - run.t0;
+    const Tensor qr_ = q.rows(run.t0, run.t1);
+    Tensor orun = o.rows(run.t0, run.t1);
+    Tensor sel_rows;
+    if (topk.data) sel_rows = topk.rows(run.t0, run.t1);
+    const Tensor* sel = topk.data ? &sel_rows : nullptr;
+    if (run.absorbed) {
+      // Absorbed MQA form straight over the FP8 cache (architecture.md §3.3); every token attends to
+      // its own selection (or all positions <= its own).
+      Tensor qlat = be_.alloc(DType::BF16, {Tr, H, R}), qpe = be_.alloc(DType::BF16, {Tr, H, RO}),
+             olat = be_.alloc(DType::BF16, {Tr, H, R});
+      be_.mla_absorb_q(qr_, w.wkv_b_bf16, qlat);
+      { Tensor src = qr_.view({Tr * H, QK}), dst = qpe.view({Tr * H, RO}); be_.copy_cols(src, NOPE, dst); }
+      be_.attention_mqa(qlat, qpe, kv, rb, sel, scale, olat);
+      be_.mla_absorb_out(olat, w.wkv_b_bf16, orun);
+    } else {
+      // Prefill, MHA form: keys/values expanded from the cached latents of each sequence's context.
+      const int64_t NC = rb.n_ctx();
+      Tensor ckv = be_.alloc(DType::BF16, {NC, R}), cpe = be_.alloc(DType::BF16, {NC, RO});
+      be_.mla_cache_read(kv, rb, ckv, cpe);
+      Tensor kvup = be_.alloc(DType::BF16, {NC, H, NOPE + DV});
+      { Tensor k2 = kvup.view({NC, H * (NOPE + DV)}); be_.linear_fp8(ckv, w.wkv_b, k2); }
+      be_.attention_mha(qr_, kvup, cpe, rb, sel, scale, orun);
+    }
   }
   be_.linear_fp8(o.view({T, H * DV}), w.wo, out);
 }
@@ -89,10 +119,37 @@ Tensor DeepseekV32::forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionM
                             const std::vector<int32_t>& logit_rows) {
   const int64_t T = b.n_tokens(), D = cfg_.hidden_size;
   DSA_CHECK(ids.numel() == T, "forward: ", ids.numel(), " ids for a batch of ", T, " tokens");
-  for (auto& s : b.seqs)
+  int64_t packed = 0, ctx = 0;
+  for (auto& s : b.seqs) {
     DSA_CHECK(s.end_pos() <= cfg_.max_position_embeddings, "sequence of ", s.end_pos(),
               " tokens is longer than the model's context (max_position_embeddings = ", cfg_.max_position_embeddings, ")");
+    DSA_CHECK(s.token_offset == packed && s.ctx_offset == ctx && s.n_new > 0,
+              "forward: the batch's sequences must be packed in order, each with new tokens");
+    packed += s.n_new;
+    ctx += s.end_pos();
+  }
   be_.prepare_batch(b);
+  // Runs of consecutive sequences of one attention form; with more than one, each is a batch of its own.
+  std::vector<std::pair<size_t, size_t>> ranges;
+  for (size_t s0 = 0; s0 < b.seqs.size();) {
+    size_t s1 = s0 + 1;
+    while (s1 < b.seqs.size() && b.seqs[s1].absorbed == b.seqs[s0].absorbed) ++s1;
+    ranges.emplace_back(s0, s1);
+    s0 = s1;
+  }
+  std::vector<Batch> subs;
+  std::vector<FormRun> runs;
+  if (ranges.size() <= 1) {
+    runs.push_back({!b.seqs.empty() && b.seqs[0].absorbed, 0, T, &b});
+  } else {
+    subs.reserve(ranges.size());
+    for (auto [s0, s1] : ranges) {
+      subs.push_back(sub_batch(b, s0, s1));
+      be_.prepare_batch(subs.back());
+      const int64_t t0 = b.seqs[s0].token_offset;
+      runs.push_back({b.seqs[s0].absorbed, t0, t0 + subs.back().n_tokens(), &subs.back()});
+    }
+  }
   // Decode steps (one new token per sequence) are recorded and launched as one graph where the
   // backend supports it; the recording is dropped if an op throws.
   struct GraphScope {
@@ -101,7 +158,7 @@ Tensor DeepseekV32::forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionM
     GraphScope(Backend& be_, bool on_) : be(be_), on(on_) { if (on) be.begin_graph(); }
     void finish() { if (on) be.end_graph(); done = true; }
     ~GraphScope() { if (on && !done) be.cancel_graph(); }
-  } graph(be_, b.all_single_token());
+  } graph(be_, b.all_single_token() && b.all_absorbed());
   const float eps = float(cfg_.rms_norm_eps);
   Tensor h = be_.alloc(DType::BF16, {T, D}), x = be_.alloc(DType::BF16, {T, D}), residual = be_.alloc(DType::BF16, {T, D});
   be_.embed(ids, w_.embed, h);
@@ -113,7 +170,7 @@ Tensor DeepseekV32::forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionM
     } else {
       be_.add_rms_norm(h, residual, w.attn_norm, eps, x);
     }
-    attention(l, x, b, kv.layers[size_t(l)], mode, h);
+    attention(l, x, b, runs, kv.layers[size_t(l)], mode, h);
     be_.add_rms_norm(h, residual, w.ffn_norm, eps, x);
     if (!w.moe) {
       mlp_forward(be_, x, w.mlp, h);

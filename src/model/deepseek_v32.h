@@ -11,7 +11,7 @@
 
 namespace dsa {
 
-// How a prefill step (several new tokens of a sequence) computes attention.
+// How prompt tokens compute attention (the runtime sets BatchSeq::absorbed from it).
 enum class PrefillForm {
   Mha,  // the reference's prefill: per-head keys and values expanded by wkv_b (architecture.md §3.2)
   Mqa,  // the absorbed form of decode over the FP8 cache, token by token (architecture.md §3.3): the
@@ -30,25 +30,30 @@ class DeepseekV32 {
   const ModelConfig& config() const { return cfg_; }
   const ModelWeights& weights() const { return w_; }
   Backend& backend() { return be_; }
-  void set_prefill_form(PrefillForm f) { prefill_form_ = f; }
-  PrefillForm prefill_form() const { return prefill_form_; }
 
   // One forward step over a ragged batch: writes every layer's caches for the new tokens and
   // returns fp32 logits [rows, vocab] on the backend for the requested token rows (indices into
   // the batch's packed tokens; e.g. the last token of each sequence, or all for perplexity).
-  // ids: I32 [T] on the backend. Prefill uses the MHA form, a batch of one token per sequence
-  // the absorbed MQA form (architecture.md §10.12), as the reference does — unless
-  // set_prefill_form(PrefillForm::Mqa) asks for the absorbed form everywhere.
+  // ids: I32 [T] on the backend. Each sequence's attention runs in its own form (BatchSeq::absorbed):
+  // a step that mixes decode rows with prefill chunks runs the projections, norms and experts once
+  // over all tokens and the attention core once per run of sequences of one form.
   Tensor forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionMode mode,
                  const std::vector<int32_t>& logit_rows);
 
  private:
-  void attention(int64_t l, const Tensor& x, Batch& b, KvLayer& kv, AttentionMode mode, Tensor& out);
+  // A run of consecutive sequences of one attention form: token rows [t0, t1) of the step, and the
+  // run as a batch of its own (the step's batch itself when the whole step is one run).
+  struct FormRun {
+    bool absorbed = false;
+    int64_t t0 = 0, t1 = 0;
+    const Batch* batch = nullptr;
+  };
+  void attention(int64_t l, const Tensor& x, Batch& b, const std::vector<FormRun>& runs, KvLayer& kv,
+                 AttentionMode mode, Tensor& out);
   ModelConfig cfg_;
   ModelWeights w_;
   Backend& be_;
   Tensor rope_;  // F32 [max_pos, 32, 2] on the backend
-  PrefillForm prefill_form_ = PrefillForm::Mha;
 };
 
 }  // namespace dsa

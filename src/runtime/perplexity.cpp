@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 namespace dsa {
@@ -53,36 +54,64 @@ PerplexityResult evaluate_perplexity(Engine& eng, const Tokenizer& tok, const st
     group_of.resize(stream.size(), gi);
   }
   r.stream_tokens = int64_t(stream.size());
-  const int64_t V = cfg.vocab_size;
+  // Every window is a score-only request (prompt logprobs, nothing generated); the engine runs as
+  // many at once as its pool and step budget allow, and the sums are taken in window order.
+  struct Window {
+    int64_t off = 0, len = 0;
+    std::vector<double> lp;
+    bool done = false;
+  };
+  std::vector<Window> win;
   for (int64_t off = 0; off + 1 < int64_t(stream.size()); off += ctx) {
-    if (max_windows > 0 && r.windows >= max_windows) break;
-    const int64_t len = std::min<int64_t>(ctx, int64_t(stream.size()) - off);
-    std::vector<int32_t> w(stream.begin() + off, stream.begin() + off + len);
-    Sequence seq;
-    std::vector<float> logits;
-    try {
-      logits = eng.feed(seq, w, /*all_logits=*/true);
-    } catch (...) {
-      seq.release(eng.kv());
-      throw;
+    if (max_windows > 0 && int64_t(win.size()) >= max_windows) break;
+    win.push_back({off, std::min<int64_t>(ctx, int64_t(stream.size()) - off), {}, false});
+  }
+  std::map<RequestId, size_t> of;
+  size_t next_submit = 0, next_sum = 0;
+  auto submit = [&] {
+    // Keep at most as many windows queued as the pool could hold at once (a deep queue buys nothing).
+    const int64_t cap = std::max<int64_t>(1, eng.kv().capacity_tokens() / ctx + 1);
+    while (next_submit < win.size() && int64_t(of.size()) < cap) {
+      RequestParams p;
+      p.prompt.assign(stream.begin() + win[next_submit].off, stream.begin() + win[next_submit].off + win[next_submit].len);
+      p.max_tokens = 0;
+      p.prompt_logprobs = true;
+      p.detokenize = false;
+      of[eng.add_request(std::move(p))] = next_submit++;
     }
-    seq.release(eng.kv());
-    double wn = 0;
-    for (int64_t i = 0; i + 1 < len; ++i) {
-      const float* row = logits.data() + i * V;
-      const float m = *std::max_element(row, row + V);
-      double s = 0;
-      for (int64_t v = 0; v < V; ++v) s += std::exp(double(row[v]) - m);
-      const double l = (std::log(s) + m) - double(row[w[size_t(i + 1)]]);  // -log softmax of the next token
-      wn += l;
-      PerplexityGroup& g = r.groups[size_t(group_of[size_t(off + i + 1)])];
-      g.nll += l;
-      g.tokens += 1;
+  };
+  submit();
+  while (next_sum < win.size()) {
+    for (RequestOutput& o : eng.step()) {
+      auto it = of.find(o.id);
+      if (it == of.end()) continue;
+      Window& w = win[it->second];
+      w.lp.insert(w.lp.end(), o.prompt_logprobs.begin(), o.prompt_logprobs.end());
+      if (o.finished) {
+        DSA_CHECK(o.finish != FinishReason::Error, "perplexity window ", it->second + 1, ": ", o.error);
+        DSA_CHECK(int64_t(w.lp.size()) == w.len - 1, "perplexity window ", it->second + 1, ": ", w.lp.size(),
+                  " logprobs for ", w.len, " tokens");
+        w.done = true;
+        of.erase(it);
+      }
     }
-    r.nll += wn;
-    r.tokens += len - 1;
-    ++r.windows;
-    if (on_window) on_window(r.windows, len, wn);
+    while (next_sum < win.size() && win[next_sum].done) {
+      Window& w = win[next_sum++];
+      double wn = 0;
+      for (int64_t i = 0; i + 1 < w.len; ++i) {
+        const double l = -w.lp[size_t(i)];  // -log softmax of the next token
+        wn += l;
+        PerplexityGroup& g = r.groups[size_t(group_of[size_t(w.off + i + 1)])];
+        g.nll += l;
+        g.tokens += 1;
+      }
+      r.nll += wn;
+      r.tokens += w.len - 1;
+      ++r.windows;
+      if (on_window) on_window(r.windows, w.len, wn);
+      w.lp = {};
+    }
+    submit();
   }
   return r;
 }

@@ -1,86 +1,252 @@
-// dsa bench: decode latency with DSA versus dense MLA at a given context, on one model and one
-// backend. Prefills the context once (DSA mode, which writes both caches), then for each mode
-// decodes --steps tokens from the same cache state and reports per-step latency.
+// dsa bench: the batched engine's numbers, through the same step API the server uses.
+//   latency (default): --batch sequences prefilled to --ctx tokens, then --steps decode steps,
+//     DSA and dense MLA in turn (each prefilled in its own mode); ms per decode step.
+//   throughput (--requests N): N requests of --input-len prompt / --output-len generated tokens (or
+//     a JSONL --trace), --concurrency in flight; requests/s, output tokens/s, TTFT and TPOT
+//     p50/p99, KV blocks used, prefix-cache hit rate, preemptions and where a step's time goes.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
+#include <map>
 #include <random>
+#include <set>
+
+#include <nlohmann/json.hpp>
 
 #include "tools/commands.h"
 #include "tools/common.h"
 
 namespace {
+
+using namespace dsa;
+using clk = std::chrono::steady_clock;
+
+double seconds_since(clk::time_point t) { return std::chrono::duration<double>(clk::now() - t).count(); }
+
+std::vector<int32_t> random_tokens(std::mt19937_64& rng, int64_t n, int64_t vocab) {
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  // Ids from 2 up: never BOS/EOS, so ignore_eos is the only stop.
+  for (auto& v : t) v = int32_t(2 + rng() % uint64_t(std::max<int64_t>(1, vocab - 2)));
+  return t;
+}
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double pos = p / 100.0 * double(v.size() - 1);
+  const size_t i = size_t(pos);
+  const double f = pos - double(i);
+  return i + 1 < v.size() ? v[i] * (1 - f) + v[i + 1] * f : v[i];
+}
+
+// Decode latency of `batch` sequences at context `ctx` in the engine's current attention mode.
+struct LatencyResult {
+  double prefill_s = 0, ms_per_step = 0;
+};
+LatencyResult latency_run(Engine& eng, int64_t ctx, int64_t steps, int64_t batch) {
+  std::mt19937_64 rng(1);
+  for (int64_t i = 0; i < batch; ++i) {
+    RequestParams p;
+    p.prompt = random_tokens(rng, ctx, eng.config().vocab_size);
+    p.max_tokens = steps + 2;  // one token from the prefill, a warm-up decode step, then `steps` timed
+    p.ignore_eos = true;
+    p.detokenize = false;
+    eng.add_request(std::move(p));
+  }
+  LatencyResult r;
+  const auto t0 = clk::now();
+  std::set<RequestId> started;
+  int64_t done = 0, decode_steps = 0;
+  double total = 0;
+  while (done < batch) {
+    const auto ts = clk::now();
+    std::vector<RequestOutput> outs = eng.step();
+    const double dt = seconds_since(ts);
+    if (eng.last_step().decode_rows == batch && eng.last_step().seqs == batch && decode_steps++ > 0) total += dt;
+    for (auto& o : outs) {
+      DSA_CHECK(o.finish != FinishReason::Error, o.error);
+      if (!o.tokens.empty()) started.insert(o.id);
+      done += o.finished;
+    }
+    if (int64_t(started.size()) == batch && r.prefill_s == 0) r.prefill_s = seconds_since(t0);
+  }
+  r.ms_per_step = decode_steps > 1 ? total / double(decode_steps - 1) * 1e3 : 0;
+  return r;
+}
+
 int run(int argc, char** argv) {
-  using namespace dsa;
-  using clk = std::chrono::steady_clock;
-  CLI::App app{"Decode latency: DSA (sparse) vs dense MLA at a given context"};
+  CLI::App app{"Engine benchmarks: decode latency (DSA vs dense) or serving throughput"};
   tools::EngineFlags ef;
   ef.add(app);
   int64_t ctx = 0, steps = 8, batch = 1;
-  app.add_option("--ctx", ctx, "context length (default: 8 x index_topk)");
-  app.add_option("--steps", steps, "decode steps per mode")->capture_default_str();
-  app.add_option("--batch", batch, "sequences decoded together")->capture_default_str();
+  int64_t requests = 0, concurrency = 8, input_len = 1024, output_len = 256, shared_prefix = 0;
+  uint64_t seed = 1;
+  std::string trace;
+  app.add_option("--ctx", ctx, "latency: context length (default: 8 x index_topk)");
+  app.add_option("--steps", steps, "latency: decode steps per mode")->capture_default_str();
+  app.add_option("--batch", batch, "latency: sequences decoded together")->capture_default_str();
+  app.add_option("--requests", requests, "throughput mode: number of requests");
+  app.add_option("--concurrency", concurrency, "throughput: requests in flight")->capture_default_str();
+  app.add_option("--input-len", input_len, "throughput: prompt tokens per request")->capture_default_str();
+  app.add_option("--output-len", output_len, "throughput: generated tokens per request")->capture_default_str();
+  app.add_option("--shared-prefix", shared_prefix, "throughput: tokens every prompt starts with (prefix cache)");
+  app.add_option("--trace", trace, "throughput: JSONL, one request per line: {\"input_len\": N, \"output_len\": M}");
+  app.add_option("--seed", seed, "prompt tokens' seed")->capture_default_str();
   if (int rc = tools::parse(app, argc, argv); rc >= 0) return rc;
   ef.check_model_dir();
-  DSA_CHECK(batch >= 1 && steps >= 1, "--batch and --steps must be at least 1");
   EngineOptions opt = ef.options();
   const ModelConfig cfg = ModelConfig::from_file(ef.model + "/config.json");
-  if (ctx == 0) ctx = 8 * cfg.index_topk;
-  DSA_CHECK(ctx >= 1 && ctx + steps <= cfg.max_position_embeddings, "--ctx + --steps exceeds the model's context (",
-            cfg.max_position_embeddings, ")");
-  if (opt.kv_tokens == 0) opt.kv_tokens = batch * (ctx + steps + kKvBlock);  // room for every sequence
-  auto eng = Engine::load(ef.model, opt);
-  std::mt19937 rng(1);
-  std::vector<Sequence> seqs(static_cast<size_t>(batch));
-  std::fprintf(stderr, "prefilling %ld x %ld tokens on %s ...\n", long(batch), long(ctx), eng->backend().name().c_str());
-  auto tp = clk::now();
-  for (auto& s : seqs) {
-    std::vector<int32_t> toks(static_cast<size_t>(ctx));
-    for (auto& t : toks) t = int32_t(rng() % uint32_t(cfg.vocab_size));
-    eng->feed(s, toks);
-  }
-  eng->backend().synchronize();
-  const double prefill_s = std::chrono::duration<double>(clk::now() - tp).count();
-  std::printf("prefill: %ld x %ld tokens in %.2f s = %.0f tok/s (%s, chunk %ld)\n", long(batch), long(ctx), prefill_s,
-              double(batch * ctx) / prefill_s, tools::run_label(opt).c_str(), long(opt.prefill_chunk));
-  std::printf("memory: weights %s, KV cache %s for %ld tokens (%s/token over all layers)\n",
-              tools::human_bytes(double(eng->weight_bytes())).c_str(), tools::human_bytes(double(eng->kv().bytes())).c_str(),
-              long(opt.kv_tokens), tools::human_bytes(double(eng->kv().bytes()) / double(opt.kv_tokens)).c_str());
-  if (std::string m = eng->backend().memory_report(); !m.empty()) std::printf("%s (after prefill)\n", m.c_str());
-  std::fflush(stdout);
-  double ms[2] = {0, 0};
-  const AttentionMode modes[2] = {AttentionMode::Dense, AttentionMode::Sparse};
-  for (int m = 0; m < 2; ++m) {
-    for (auto& s : seqs) s.len = ctx;  // rewind: both modes decode from the same cache state
-    std::vector<Sequence*> ptrs;
-    for (auto& s : seqs) ptrs.push_back(&s);
-    std::vector<int32_t> ids(size_t(batch), 17), rows;
-    for (int64_t i = 0; i < batch; ++i) rows.push_back(int32_t(i));
-    double total = 0;
-    for (int64_t st = 0; st < steps + 1; ++st) {  // the first step is a warm-up
-      Batch b = make_batch(eng->kv(), ptrs, std::vector<int64_t>(size_t(batch), 1));
-      Tensor ids_h{ids.data(), DType::I32, {batch}};
-      Tensor d_ids = eng->backend().upload(ids_h);
-      auto t0 = clk::now();
-      Tensor logits = eng->model().forward(d_ids, b, eng->kv(), modes[m], rows);
-      eng->backend().synchronize();
-      const double dt = std::chrono::duration<double>(clk::now() - t0).count();
-      commit_batch(ptrs, b);
-      if (st > 0) total += dt;
+
+  if (requests == 0 && trace.empty()) {
+    // ---- latency ---------------------------------------------------------------------------
+    if (ctx == 0) ctx = 8 * cfg.index_topk;
+    DSA_CHECK(batch >= 1 && steps >= 1, "--batch and --steps must be at least 1");
+    DSA_CHECK(ctx >= 1 && ctx + steps + 2 <= cfg.max_position_embeddings, "--ctx + --steps exceeds the model's context (",
+              cfg.max_position_embeddings, ")");
+    if (opt.kv_tokens == 0 && opt.kv_memory.empty()) opt.kv_tokens = batch * (ctx + steps + 2 * kKvBlock);
+    opt.max_seqs = std::max(opt.max_seqs, batch);
+    auto eng = Engine::load(ef.model, opt);
+    std::printf("memory: weights %s, KV pool %s for %ld tokens (%s/token over all layers)\n",
+                tools::human_bytes(double(eng->weight_bytes())).c_str(), tools::human_bytes(double(eng->kv().bytes())).c_str(),
+                long(eng->kv().capacity_tokens()),
+                tools::human_bytes(double(KvCache::bytes_per_token(cfg.num_hidden_layers))).c_str());
+    double ms[2] = {0, 0}, pre[2] = {0, 0};
+    const AttentionMode modes[2] = {AttentionMode::Dense, AttentionMode::Sparse};
+    for (int m = 0; m < 2; ++m) {
+      eng->set_attention(modes[m]);
+      std::fprintf(stderr, "%s: prefilling %ld x %ld tokens on %s ...\n", tools::attention_label(modes[m]).c_str(),
+                   long(batch), long(ctx), eng->backend().name().c_str());
+      LatencyResult r = latency_run(*eng, ctx, steps, batch);
+      ms[m] = r.ms_per_step;
+      pre[m] = r.prefill_s;
     }
-    ms[m] = total / double(steps) * 1e3;
+    if (std::string mr = eng->backend().memory_report(); !mr.empty()) std::printf("%s\n", mr.c_str());
+    std::printf("decode at context %ld, batch %ld, %s, %ld layers, %ld heads, index_topk %ld (chunks of <= %ld tokens)\n",
+                long(ctx), long(batch), eng->backend().name().c_str(), long(cfg.num_hidden_layers),
+                long(cfg.num_attention_heads), long(cfg.index_topk), long(opt.max_batch_tokens));
+    for (int m = 0; m < 2; ++m)
+      std::printf("  %-36s %10.2f ms/step  %8.1f tok/s   (prefill %.2f s = %.0f tok/s)\n",
+                  tools::attention_label(modes[m]).c_str(), ms[m], double(batch) * 1e3 / ms[m], pre[m],
+                  double(batch * ctx) / pre[m]);
+    std::printf("  DSA decode is %.2fx %s than dense at context %ld (%.1fx index_topk)\n",
+                ms[0] > ms[1] ? ms[0] / ms[1] : ms[1] / ms[0], ms[0] > ms[1] ? "faster" : "SLOWER", long(ctx),
+                double(ctx) / double(cfg.index_topk));
+    return 0;
   }
-  std::printf("decode at context %ld, batch %ld, %s, %ld layers, %ld heads, index_topk %ld (prefill %.1f s)\n",
-              long(ctx), long(batch), eng->backend().name().c_str(), long(cfg.num_hidden_layers),
-              long(cfg.num_attention_heads), long(cfg.index_topk), prefill_s);
-  std::printf("  %-36s %10.2f ms/step  %8.1f tok/s\n", tools::attention_label(AttentionMode::Dense).c_str(), ms[0],
-              double(batch) * 1e3 / ms[0]);
-  std::printf("  %-36s %10.2f ms/step  %8.1f tok/s\n", tools::attention_label(AttentionMode::Sparse).c_str(), ms[1],
-              double(batch) * 1e3 / ms[1]);
-  std::printf("  DSA decode is %.2fx %s than dense at context %ld (%.1fx index_topk)\n", ms[0] > ms[1] ? ms[0] / ms[1] : ms[1] / ms[0],
-              ms[0] > ms[1] ? "faster" : "SLOWER", long(ctx), double(ctx) / double(cfg.index_topk));
-  if (std::string m = eng->backend().memory_report(); !m.empty()) std::printf("%s (after decode)\n", m.c_str());
-  for (auto& s : seqs) s.release(eng->kv());
+
+  // ---- throughput --------------------------------------------------------------------------
+  struct Job {
+    int64_t in = 0, out = 0;
+  };
+  std::vector<Job> jobs;
+  if (!trace.empty()) {
+    std::ifstream f(trace);
+    DSA_CHECK(f.good(), trace, ": cannot open");
+    std::string line;
+    for (int64_t ln = 1; std::getline(f, line); ++ln) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(line);
+      } catch (const std::exception& e) {
+        fail(trace, ":", ln, ": not JSON (", e.what(), ")");
+      }
+      DSA_CHECK(j.is_object() && j.contains("input_len") && j["input_len"].is_number_integer() && j.contains("output_len") &&
+                    j["output_len"].is_number_integer(),
+                trace, ":", ln, ": expected {\"input_len\": N, \"output_len\": M}");
+      jobs.push_back({j["input_len"].get<int64_t>(), j["output_len"].get<int64_t>()});
+      if (requests > 0 && int64_t(jobs.size()) >= requests) break;
+    }
+    DSA_CHECK(!jobs.empty(), trace, ": no requests");
+  } else {
+    jobs.assign(size_t(requests), Job{input_len, output_len});
+  }
+  DSA_CHECK(concurrency >= 1, "--concurrency must be >= 1");
+  for (auto& j : jobs)
+    DSA_CHECK(j.in >= 1 && j.out >= 1 && j.in + j.out <= cfg.max_position_embeddings && shared_prefix < j.in, "request of ",
+              j.in, " + ", j.out, " tokens: each must be >= 1, the sum within the model's context (",
+              cfg.max_position_embeddings, ") and the prompt longer than --shared-prefix");
+  opt.max_seqs = std::max(opt.max_seqs, concurrency);
+  if (opt.kv_tokens == 0 && opt.kv_memory.empty()) {
+    int64_t longest = 0;
+    for (auto& j : jobs) longest = std::max(longest, j.in + j.out);
+    opt.kv_tokens = std::min<int64_t>(int64_t(jobs.size()), concurrency) * (longest + kKvBlock);
+  }
+  auto eng = Engine::load(ef.model, opt);
+  std::mt19937_64 rng(seed);
+  const std::vector<int32_t> prefix = random_tokens(rng, shared_prefix, cfg.vocab_size);
+  std::fprintf(stderr, "throughput: %zu requests, concurrency %ld, on %s, %s, KV pool %ld tokens, step budget %ld tokens\n",
+               jobs.size(), long(concurrency), eng->backend().name().c_str(), tools::run_label(opt).c_str(),
+               long(eng->kv().capacity_tokens()), long(opt.max_batch_tokens));
+  size_t next = 0;
+  int64_t in_flight = 0, out_tokens = 0, in_tokens = 0, peak_blocks = 0;
+  std::vector<double> ttft, tpot, e2e;
+  std::map<RequestId, double> submitted;
+  int64_t decode_steps = 0;
+  double host_s = 0, fwd_s = 0, sample_s = 0, step_s = 0;
+  auto t0 = clk::now();
+  auto submit = [&] {
+    while (next < jobs.size() && in_flight < concurrency) {
+      RequestParams p;
+      p.prompt = prefix;
+      const std::vector<int32_t> rest = random_tokens(rng, jobs[next].in - shared_prefix, cfg.vocab_size);
+      p.prompt.insert(p.prompt.end(), rest.begin(), rest.end());
+      p.max_tokens = jobs[next].out;
+      p.ignore_eos = true;
+      p.detokenize = false;
+      p.sampling.seed = seed + next;
+      submitted[eng->add_request(std::move(p))] = seconds_since(t0);
+      ++next;
+      ++in_flight;
+    }
+  };
+  submit();
+  while (in_flight > 0) {
+    auto ts = clk::now();
+    std::vector<RequestOutput> outs = eng->step();
+    const double dt = seconds_since(ts);
+    const StepTiming& t = eng->last_step();
+    if (t.seqs > 0 && t.decode_rows == t.seqs) {
+      ++decode_steps;
+      step_s += dt;
+      fwd_s += t.forward_s;
+      sample_s += t.sample_s;
+      host_s += dt - t.forward_s - t.sample_s;
+    }
+    peak_blocks = std::max(peak_blocks, eng->stats().blocks_used);
+    for (auto& o : outs) {
+      if (!o.finished) continue;
+      DSA_CHECK(o.finish != FinishReason::Error, "request ", o.id, ": ", o.error);
+      --in_flight;
+      out_tokens += o.completion_tokens;
+      in_tokens += o.prompt_tokens;
+      ttft.push_back(o.first_token_s - o.arrival_s);
+      e2e.push_back(o.finish_s - o.arrival_s);
+      if (o.completion_tokens > 1) tpot.push_back((o.finish_s - o.first_token_s) / double(o.completion_tokens - 1));
+    }
+    submit();
+  }
+  const double wall = seconds_since(t0);
+  const SchedulerStats st = eng->stats();
+  std::printf("throughput on %s (%s): %zu requests, concurrency %ld, prompts %s, outputs %s\n", eng->backend().name().c_str(),
+              tools::run_label(opt).c_str(), jobs.size(), long(concurrency),
+              trace.empty() ? std::to_string(input_len).c_str() : "from trace",
+              trace.empty() ? std::to_string(output_len).c_str() : "from trace");
+  std::printf("  %.3f requests/s, %.1f output tok/s, %.1f total tok/s over %.2f s\n", double(jobs.size()) / wall,
+              double(out_tokens) / wall, double(out_tokens + in_tokens) / wall, wall);
+  std::printf("  TTFT p50 %.1f ms, p99 %.1f ms | TPOT p50 %.2f ms, p99 %.2f ms | latency p50 %.2f s\n",
+              percentile(ttft, 50) * 1e3, percentile(ttft, 99) * 1e3, percentile(tpot, 50) * 1e3,
+              percentile(tpot, 99) * 1e3, percentile(e2e, 50));
+  std::printf("  KV blocks: peak %ld of %ld in use | prefix cache: %.1f%% of %ld prompt tokens reused | preemptions %ld\n",
+              long(peak_blocks), long(st.blocks_total),
+              st.prefix_queried_tokens ? 100.0 * double(st.prefix_hit_tokens) / double(st.prefix_queried_tokens) : 0.0,
+              long(st.prefix_queried_tokens), long(st.preemptions));
+  if (decode_steps > 0)
+    std::printf("  decode-only steps: %ld, %.2f ms each = forward (enqueue) %.2f + sample/sync %.2f + host %.3f ms (%.1f%%)\n",
+                long(decode_steps), step_s / double(decode_steps) * 1e3, fwd_s / double(decode_steps) * 1e3,
+                sample_s / double(decode_steps) * 1e3, host_s / double(decode_steps) * 1e3, 100.0 * host_s / step_s);
   return 0;
 }
-dsa::tools::Register reg("bench", "decode latency of DSA vs dense MLA at a context (same cache state)", run);
+dsa::tools::Register reg("bench", "decode latency (DSA vs dense) or serving throughput of the batched engine", run);
 }  // namespace

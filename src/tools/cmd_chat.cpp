@@ -1,11 +1,13 @@
 // dsa chat: an interactive conversation. The history is re-encoded each turn with the model's chat
 // format (V3.2 DSML or the V3.1-family template, detected from the model directory, --chat-format
-// overrides), and the KV cache is reused for the longest common token prefix, so a turn only
-// prefills what is new. Output streams through the output parser: reasoning is shown apart from
-// the answer and partial tags never leak. Commands: /clear, /think on|off, /system TEXT, /exit.
+// overrides) and sent as one request; the engine's prefix cache reuses the blocks earlier turns
+// computed, so a turn prefills little more than what is new. Output streams through the output
+// parser: reasoning is shown apart from the answer and partial tags never leak. Commands: /clear,
+// /think on|off, /system TEXT, /exit; Ctrl-C stops the current answer and keeps the history.
 #include <unistd.h>
 
-#include <chrono>
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 
@@ -20,6 +22,13 @@ namespace {
 using namespace dsa;
 using clk = std::chrono::steady_clock;
 
+std::atomic<bool> g_interrupt{false};
+std::atomic<bool> g_generating{false};
+extern "C" void on_sigint(int) {
+  if (!g_generating.load()) _exit(130);  // at the prompt: Ctrl-C leaves, as a shell does
+  g_interrupt = true;                    // during an answer: stop the answer, keep the history
+}
+
 struct ChatSession {
   Engine& eng;
   const Tokenizer& tok;
@@ -29,14 +38,9 @@ struct ChatSession {
   bool thinking = false, color = false;
   std::string system;
   std::vector<chat::Message> history;
-  Sequence seq;
-  std::vector<int32_t> cached;  // tokens whose K/V are in seq
+  uint64_t turn_no = 0;
 
-  void clear() {
-    history.clear();
-    seq.release(eng.kv());
-    cached.clear();
-  }
+  void clear() { history.clear(); }
 
   void turn(const std::string& user) {
     std::vector<chat::Message> msgs;
@@ -46,26 +50,21 @@ struct ChatSession {
     chat::EncodeOptions eo;
     eo.thinking = thinking;
     const std::vector<int32_t> prompt = tok.encode(chat::encode_chat(fmt, msgs, eo));
-    const int64_t ctx = eng.model().config().max_position_embeddings;
+    const int64_t ctx = eng.config().max_position_embeddings;
     if (int64_t(prompt.size()) + 1 > ctx) {
       std::printf("[the conversation is %zu tokens, over the model's context of %ld: /clear to start again]\n",
                   prompt.size(), long(ctx));
       return;
     }
-    // Reuse the cache for the common prefix; at least one token must be fed to get logits.
-    size_t common = 0;
-    while (common < cached.size() && common < prompt.size() && cached[common] == prompt[common]) ++common;
-    if (common == prompt.size()) --common;
-    seq.len = int64_t(common);
-    cached.resize(common);
-    auto t0 = clk::now();
-    std::vector<int32_t> fresh(prompt.begin() + int64_t(common), prompt.end());
-    std::vector<float> logits = eng.feed(seq, fresh);
-    cached.insert(cached.end(), fresh.begin(), fresh.end());
-    const double ttft = std::chrono::duration<double>(clk::now() - t0).count();
+    // The whole conversation is the prompt; the prefix cache finds the blocks earlier turns computed.
+    RequestParams p;
+    p.prompt = prompt;
+    p.sampling = sp;
+    if (sp.seed) p.sampling.seed = *sp.seed + turn_no++;
+    p.max_tokens = std::min<int64_t>(max_new, ctx - int64_t(prompt.size()));
+    p.skip_special_tokens = false;  // the output parser needs the tags
+    const RequestId id = eng.add_request(std::move(p));
 
-    Sampler sampler(sp);
-    StreamDecoder sd(tok, /*skip_special=*/false);
     chat::ParseOptions po;
     po.format = fmt;
     po.thinking = thinking;
@@ -94,22 +93,34 @@ struct ChatSession {
       }
       std::fflush(stdout);
     };
-    const int32_t eos = tok.eos_id();
-    int64_t n = 0;
-    auto td = clk::now();
-    for (; n < max_new; ++n) {
-      const int32_t t = sampler.sample(logits.data(), eng.model().config().vocab_size);
-      show(parser.feed(sd.push(t)));
-      if (t == eos || seq.len + 1 >= ctx) { ++n; break; }
-      cached.push_back(t);
-      logits = eng.feed(seq, {t});
+    g_interrupt = false;
+    g_generating = true;
+    RequestOutput fin;
+    bool cancelled = false;
+    while (!fin.finished) {
+      if (g_interrupt && !cancelled) {
+        eng.cancel(id);
+        cancelled = true;
+      }
+      for (RequestOutput& o : eng.step()) {
+        if (o.id != id) continue;
+        show(parser.feed(o.text));
+        if (o.finished) fin = std::move(o);
+      }
     }
-    show(parser.feed(sd.flush()));
+    g_generating = false;
     show(parser.finish());
     if (color && in_reasoning) std::fputs("\x1b[0m", stdout);
-    const double dec = std::chrono::duration<double>(clk::now() - td).count();
-    std::printf("\n%s[%zu prompt tokens (%zu new), TTFT %.2f s, %ld tokens at %.1f tok/s]%s\n", color ? "\x1b[2m" : "",
-                prompt.size(), fresh.size(), ttft, long(n), n > 1 ? double(n - 1) / dec : 0.0, color ? "\x1b[0m" : "");
+    if (fin.finish == FinishReason::Error) {
+      std::printf("\n[error: %s]\n", fin.error.c_str());
+      return;
+    }
+    const double ttft = fin.first_token_s > 0 ? fin.first_token_s - fin.arrival_s : 0;
+    const double dec = fin.first_token_s > 0 ? fin.finish_s - fin.first_token_s : 0;
+    const int64_t n = fin.completion_tokens;
+    std::printf("\n%s[%s%ld prompt tokens (%ld cached), TTFT %.2f s, %ld tokens at %.1f tok/s]%s\n", color ? "\x1b[2m" : "",
+                cancelled ? "stopped; " : "", long(fin.prompt_tokens), long(fin.cached_tokens), ttft, long(n),
+                n > 1 && dec > 0 ? double(n - 1) / dec : 0.0, color ? "\x1b[0m" : "");
     chat::Message a{chat::Role::kAssistant, content};
     a.reasoning_content = reasoning;
     history.push_back({chat::Role::kUser, user});
@@ -125,6 +136,7 @@ int run(int argc, char** argv) {
   SamplingParams sp;
   sp.temperature = 0.7f;
   sp.top_p = 0.95f;
+  uint64_t seed = 0;
   int64_t max_new = 512;
   bool think = false, no_color = false;
   app.add_option("--chat-format", format, "v32 (DSML) or v31 (V3.1-family template); default: from the model directory");
@@ -134,14 +146,16 @@ int run(int argc, char** argv) {
   app.add_option("--temperature", sp.temperature)->capture_default_str();
   app.add_option("--top-p", sp.top_p)->capture_default_str();
   app.add_option("--top-k", sp.top_k)->capture_default_str();
-  app.add_option("--seed", sp.seed)->capture_default_str();
+  app.add_option("--seed", seed, "sampling seed (turn i draws with seed + i)")->capture_default_str();
   app.add_flag("--no-color", no_color, "plain output");
   if (int rc = tools::parse(app, argc, argv); rc >= 0) return rc;
+  sp.seed = seed;
   ef.check_model_dir();
   Tokenizer tok = Tokenizer::from_dir(ef.model);
   const chat::ChatFormat fmt = format.empty() ? chat::detect_chat_format(ef.model) : chat::chat_format_from_name(format);
   auto eng = Engine::load(ef.model, ef.options());
-  ChatSession s{*eng, tok, fmt, sp, max_new, think, !no_color && isatty(1), system, {}, {}, {}};
+  ChatSession s{*eng, tok, fmt, sp, max_new, think, !no_color && isatty(1), system, {}, 0};
+  std::signal(SIGINT, on_sigint);
   std::fprintf(stderr, "dsa chat: %s on %s, format %s, attention %s. /help for commands.\n", ef.model.c_str(),
                eng->backend().name().c_str(), chat::chat_format_name(fmt), tools::attention_label(ef.options().attention).c_str());
   std::string line;
@@ -154,7 +168,8 @@ int run(int argc, char** argv) {
     if (line == "/clear") { s.clear(); std::puts("[history cleared]"); continue; }
     if (line == "/think on" || line == "/think off") { s.thinking = line == "/think on"; std::printf("[thinking %s]\n", s.thinking ? "on" : "off"); continue; }
     if (line.rfind("/system ", 0) == 0) { s.system = line.substr(8); std::puts("[system prompt set]"); continue; }
-    if (line == "/help") { std::puts("/clear  /think on|off  /system TEXT  /exit"); continue; }
+    if (line == "/help") { std::puts("/clear  /think on|off  /system TEXT  /exit   (Ctrl-C stops an answer)"); continue; }
+    if (line[0] == '/') { std::printf("[unknown command %s; /help lists them]\n", line.c_str()); continue; }
     try {
       s.turn(line);
     } catch (const Error& e) {

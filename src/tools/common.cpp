@@ -10,8 +10,13 @@ void EngineFlags::add(CLI::App& app) {
   app.add_option("-m,--model", model, "model directory (config.json, safetensors, tokenizer.json)")->required();
   app.add_option("--device", device, "cpu or cuda")->capture_default_str();
   app.add_option("-t,--threads", threads, "CPU threads (0: all cores)");
-  app.add_option("--kv-tokens", kv_tokens, "KV cache capacity in tokens (default: the model's context)");
-  app.add_option("--prefill-chunk", prefill_chunk, "prefill in chunks of this many tokens (0: one step)");
+  app.add_option("--kv-tokens", kv_tokens, "KV pool capacity in tokens (default: --kv-memory, else the model's context)");
+  app.add_option("--kv-memory", kv_memory,
+                 "KV pool size: bytes (8G, 512M) or a share of the memory free after loading the weights (90%)");
+  app.add_option("--prefill-chunk", prefill_chunk, "most prompt tokens of one request per step (0: the step's budget)");
+  app.add_option("--max-batch-tokens", max_batch_tokens, "tokens per step (decode rows + prefill chunks)")->capture_default_str();
+  app.add_option("--max-seqs", max_seqs, "sequences running at once")->capture_default_str();
+  app.add_flag("--no-prefix-cache", no_prefix_cache, "do not reuse cached prompt blocks across requests");
   app.add_option("--attention", attention, "sparse (DSA) or dense (dense MLA, for comparison; not DSA)")
       ->check(CLI::IsMember({"sparse", "dense"}))->capture_default_str();
   app.add_option("--prefill-form", prefill_form,
@@ -25,7 +30,11 @@ EngineOptions EngineFlags::options() const {
   o.device = device;
   o.threads = threads;
   o.kv_tokens = kv_tokens;
+  o.kv_memory = kv_memory;
   o.prefill_chunk = prefill_chunk;
+  o.max_batch_tokens = max_batch_tokens;
+  o.max_seqs = max_seqs;
+  o.prefix_cache = !no_prefix_cache;
   o.attention = attention == "dense" ? AttentionMode::Dense : AttentionMode::Sparse;
   o.prefill_form = prefill_form == "mqa" ? PrefillForm::Mqa : PrefillForm::Mha;
   return o;

@@ -14,7 +14,11 @@ struct EngineFlags {
   std::string device = "cpu";
   int threads = 0;
   int64_t kv_tokens = 0;
+  std::string kv_memory;
   int64_t prefill_chunk = 0;
+  int64_t max_batch_tokens = 8192;
+  int64_t max_seqs = 128;
+  bool no_prefix_cache = false;
   std::string attention = "sparse";
   std::string prefill_form = "mha";
   void add(CLI::App& app);

@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <string>
 
 namespace dsa {
 
@@ -17,6 +19,16 @@ CpuBackend::CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_m
 }
 
 Tensor CpuBackend::alloc(DType t, Shape s) { return host_tensor(t, s); }
+
+size_t CpuBackend::free_memory() const {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  size_t kib = 0;
+  std::string unit;
+  while (f >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return 0;
+}
 
 void CpuBackend::download(const Tensor& t, void* host) {
   if (t.data != host) std::memcpy(host, t.data, t.nbytes());
@@ -183,17 +195,6 @@ std::unique_ptr<Backend> make_backend(const std::string& name, int threads) {
   if (const char* p = std::getenv("DSA_PROFILE_OPS"); p && *p && *p != '0')
     return std::make_unique<OpProfiler>(std::move(be));  // per-op times on stderr at exit
   return be;
-}
-
-int64_t Batch::n_ctx() const {
-  int64_t n = 0;
-  for (auto& s : seqs) n += s.end_pos();
-  return n;
-}
-bool Batch::all_single_token() const {
-  for (auto& s : seqs)
-    if (s.n_new != 1) return false;
-  return !seqs.empty();
 }
 
 }  // namespace dsa

@@ -12,6 +12,7 @@ class CpuBackend : public Backend {
   std::string name() const override { return "cpu"; }
   Device device() const override { return Device::CPU; }
   int threads() const { return threads_; }
+  size_t free_memory() const override;  // MemAvailable of /proc/meminfo
 
   Tensor alloc(DType t, Shape s) override;
   Tensor upload(const Tensor& host) override { return host; }
@@ -56,6 +57,10 @@ class CpuBackend : public Backend {
                  bool norm, float route_scale, Tensor& ids, Tensor& weights) override;
   void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const std::vector<MlpWeights>& experts,
                    const MlpWeights* shared, Tensor& out) override;
+
+  void sample(const Tensor& logits, const std::vector<SampleParams>& params, Tensor& tokens, Tensor& logprobs,
+              Tensor* top_ids, Tensor* top_lp) override;
+  void token_logprobs(const Tensor& logits, const Tensor& targets, Tensor& lp) override;
 
  private:
   int threads_;

@@ -426,6 +426,15 @@ std::string CudaBackend::memory_report() const {
   return buf;
 }
 
+size_t CudaBackend::free_memory() const {
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return free_b + pool_->cached();
+}
+
 void CudaBackend::synchronize() {
   DSA_CUDA_CHECK(cudaDeviceSynchronize());
   check_errors();

@@ -47,6 +47,7 @@ class CudaBackend : public Backend {
   void copy_cols(const Tensor& src, int64_t col0, Tensor& dst) override;
   void synchronize() override;
   std::string memory_report() const override;
+  size_t free_memory() const override;  // cudaMemGetInfo's free bytes plus this backend's cached blocks
   void prepare_batch(Batch& b) override;
   void begin_graph() override;
   void end_graph() override;
@@ -89,6 +90,10 @@ class CudaBackend : public Backend {
                  bool norm, float route_scale, Tensor& ids, Tensor& weights) override;
   void moe_experts(const Tensor& x, const Tensor& ids, const Tensor& weights, const std::vector<MlpWeights>& experts,
                    const MlpWeights* shared, Tensor& out) override;
+  // sampling/sample.cu
+  void sample(const Tensor& logits, const std::vector<SampleParams>& params, Tensor& tokens, Tensor& logprobs,
+              Tensor* top_ids, Tensor* top_lp) override;
+  void token_logprobs(const Tensor& logits, const Tensor& targets, Tensor& lp) override;
 
   // ---- extras for tests and benchmarks (not part of the Backend contract) -------------------
   // Top-k of precomputed score rows (F32 [T, ld], row t valid in [0, n[t])) — the selection stage
