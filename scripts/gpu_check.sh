@@ -19,6 +19,8 @@
 #     ppl        dsa-mini dev-set perplexity at context 8192 on the GPU, dense and DSA
 #     profile    (not in the default list) Nsight Compute: per-kernel durations of the batch-1 decode chains and
 #                full sections of the MLA decode and indexer score kernels (ncu_*.txt in the log archive)
+#     runtime    (not in the default list) the batched engine's throughput: dsa bench --requests on dsa-mini and
+#                the real-scale preset (RUNTIME_CASES="model:in:out:concurrency[:requests] ...", model mini|real)
 #     real       real-scale model (v32-real-attn: 7168 hidden, 128 heads, 64x128 indexer, k 2048), made
 #                on the device; 128K-token prefill then decode, dense vs DSA, with memory and speed
 #   Logs under $OUT; the floors table and one summary at the end. GPU_CHECK_BUDGET_S (default 570) stops
@@ -221,6 +223,28 @@ if has real && (( $(left) > 60 )); then
       --prefill-chunk ${REAL_CHUNK:-32768} --prefill-form mqa > "$OUT/real_mqa.log" 2>&1
     note "real scale, $CTX-token prefill in the absorbed form: rc=$? in $((SECONDS - t0)) s: $(grep -m1 'prefill:' "$OUT/real_mqa.log")"
   fi
+fi
+
+if has runtime && (( $(left) > 60 )); then  # the batched engine: serving throughput (dsa bench --requests)
+  # dsa-mini (context 8192: its long case is 7936-in, not 16K) and the real-scale preset (16K-in, absorbed-form prefill:
+  # the reference-form prefill of 2M tokens would take ~20 min). RUNTIME_CASES overrides: "model:in:out:c[:n]" ...
+  RM=${REAL_MODEL_DIR:-/tmp/dsa-v32-real-attn}
+  CASES=${RUNTIME_CASES:-"mini:1024:256:1:8 mini:1024:256:8:16 mini:1024:256:32:32 mini:1024:256:128:128 mini:7936:256:1:4 mini:7936:256:8:8 mini:7936:256:32:32 mini:7936:256:128:128"}
+  for cs in $CASES; do
+    IFS=: read -r mdl in_len out_len conc nreq <<< "$cs"
+    nreq=${nreq:-$conc}
+    (( $(left) > 40 )) || { note "runtime: no time left for $cs"; break; }
+    M=$MINI; extra=""
+    if [[ $mdl == real ]]; then
+      M=$RM; extra="--prefill-form mqa --prefill-chunk 16384"
+      [[ -f $RM/config.json ]] || timeout 120 "$B/dsa" make-model --preset v32-real-attn --out "$RM" > "$OUT/real_make.log" 2>&1
+    fi
+    t0=$SECONDS
+    timeout $(( $(left) - 10 )) "$B/dsa" bench -m "$M" --device cuda --requests "$nreq" --concurrency "$conc" \
+      --input-len "$in_len" --output-len "$out_len" $extra > "$OUT/rt.tmp" 2>&1
+    note "throughput $mdl in $in_len out $out_len c=$conc n=$nreq: rc=$? in $((SECONDS - t0)) s: $(grep -E 'requests/s|TTFT|KV blocks|decode-only|rror' "$OUT/rt.tmp" | sed 's/  */ /g' | tr '\n' ';')"
+    cat "$OUT/rt.tmp" >> "$OUT/runtime.log"; rm -f "$OUT/rt.tmp"
+  done
 fi
 
 if has profile && command -v ncu > /dev/null && (( $(left) > 60 )); then  # Nsight Compute: where the time goes

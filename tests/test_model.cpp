@@ -10,20 +10,12 @@
 #include "backends/op_profiler.h"
 #include "model/random_model.h"
 #include "runtime/engine.h"
+#include "test_models.h"
 #include "test_util.h"
 
 namespace dsa::test {
 
 namespace fs = std::filesystem;
-
-static std::string tiny_model_dir() {
-  static const std::string dir = [] {
-    std::string d = (fs::temp_directory_path() / ("dsa-tiny-" + std::to_string(::getpid()))).string();
-    write_random_model(d, preset_model_config("tiny"), 7, 1u << 20);  // small shards: several files
-    return d;
-  }();
-  return dir;
-}
 
 static std::unique_ptr<Engine> tiny_engine(AttentionMode mode, int64_t chunk = 0, int64_t kv_tokens = 0) {
   EngineOptions o;
