@@ -19,6 +19,7 @@ class OpProfiler : public Backend {
   ~OpProfiler() override;
   Backend& inner() { return *be_; }
   void report() const;  // per-op calls, total ms, share (stderr)
+  void reset() { stats_.clear(); }  // e.g. after a prefill, to profile the decode steps alone
   int64_t calls(const std::string& op) const {
     auto it = stats_.find(op);
     return it == stats_.end() ? 0 : it->second.calls;

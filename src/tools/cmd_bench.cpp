@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "backends/op_profiler.h"
 #include "tools/commands.h"
 #include "tools/common.h"
 
@@ -69,7 +70,10 @@ LatencyResult latency_run(Engine& eng, int64_t ctx, int64_t steps, int64_t batch
       if (!o.tokens.empty()) started.insert(o.id);
       done += o.finished;
     }
-    if (int64_t(started.size()) == batch && r.prefill_s == 0) r.prefill_s = seconds_since(t0);
+    if (int64_t(started.size()) == batch && r.prefill_s == 0) {
+      r.prefill_s = seconds_since(t0);
+      if (auto* prof = dynamic_cast<OpProfiler*>(&eng.backend())) prof->reset();  // DSA_PROFILE_OPS: decode steps only
+    }
   }
   r.ms_per_step = decode_steps > 1 ? total / double(decode_steps - 1) * 1e3 : 0;
   return r;
