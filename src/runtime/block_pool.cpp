@@ -13,10 +13,15 @@ uint64_t BlockKey::hash() const {
   return h ? h : 1;  // 0 names "no parent"
 }
 
-BlockPool::BlockPool(int64_t num_blocks, int64_t block_tokens)
-    : block_tokens_(block_tokens), blocks_(size_t(num_blocks)), tokens_(size_t(num_blocks * block_tokens)) {
+// Checked before any member is sized (a negative count would throw std::length_error first).
+static int64_t checked_blocks(int64_t num_blocks) {
   DSA_CHECK(num_blocks > 0 && num_blocks < (int64_t(1) << 31), "KV block pool of ", num_blocks,
             " blocks: must be in [1, 2^31)");
+  return num_blocks;
+}
+
+BlockPool::BlockPool(int64_t num_blocks, int64_t block_tokens)
+    : block_tokens_(block_tokens), blocks_(size_t(checked_blocks(num_blocks))), tokens_(size_t(num_blocks * block_tokens)) {
   for (int64_t b = num_blocks - 1; b >= 0; --b) empty_.push_back(int32_t(b));
 }
 
