@@ -1,0 +1,165 @@
+#include "server/engine_loop.h"
+
+#include <cstdio>
+
+namespace dsa::server {
+
+void Mailbox::push(Item it) {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    items_.push_back(std::move(it));
+  }
+  cv_.notify_all();
+}
+
+bool Mailbox::pop_all(std::vector<Item>& out, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> l(mu_);
+  if (items_.empty()) cv_.wait_for(l, timeout, [&] { return !items_.empty(); });
+  if (items_.empty()) return false;
+  for (auto& it : items_) out.push_back(std::move(it));
+  items_.clear();
+  return true;
+}
+
+EngineLoop::EngineLoop(Engine& eng, int64_t max_waiting, OutputObserver observe)
+    : eng_(eng), max_waiting_(max_waiting), observe_(std::move(observe)) {
+  th_ = std::thread([this] { run(); });
+}
+
+EngineLoop::~EngineLoop() {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    stop_ = true;
+  }
+  wake_cv_.notify_all();
+  th_.join();
+  // The loop thread is gone: finishing everything here cannot race a step.
+  std::vector<RequestOutput> outs = eng_.cancel_all();
+  dispatch(outs);
+}
+
+std::vector<RequestId> EngineLoop::submit(std::vector<RequestParams> reqs, std::shared_ptr<Mailbox> box) {
+  std::lock_guard<std::mutex> g(mu_);
+  if (!accepting_) throw ShuttingDown("the server is shutting down and accepts no new requests");
+  // The engine counts a request as waiting from add_request until its first step, so this bound
+  // covers requests just submitted too.
+  const int64_t waiting = eng_.stats().waiting;
+  if (waiting + int64_t(reqs.size()) > max_waiting_)
+    throw QueueFull("the server is busy: " + std::to_string(waiting) + " requests are waiting (limit " +
+                    std::to_string(max_waiting_) + ", --max-queue); retry later");
+  std::vector<RequestId> ids;
+  try {
+    for (RequestParams& p : reqs) ids.push_back(eng_.add_request(std::move(p)));
+  } catch (...) {
+    for (RequestId id : ids) eng_.cancel(id);  // no route: their cancelled outputs are dropped
+    throw;
+  }
+  for (size_t i = 0; i < ids.size(); ++i) routes_[ids[i]] = {box, int(i)};
+  wake_ = true;
+  wake_cv_.notify_all();
+  return ids;
+}
+
+void EngineLoop::cancel(RequestId id) {
+  eng_.cancel(id);
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    wake_ = true;  // the cancellation takes effect at the next step
+  }
+  wake_cv_.notify_all();
+}
+
+int64_t EngineLoop::in_flight() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return int64_t(routes_.size());
+}
+
+void EngineLoop::dispatch(std::vector<RequestOutput>& outs) {
+  if (observe_)
+    for (const RequestOutput& o : outs) observe_(o);
+  bool idle = false;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    for (RequestOutput& o : outs) {
+      auto it = routes_.find(o.id);
+      if (it == routes_.end()) continue;
+      const bool fin = o.finished;
+      it->second.box->push({it->second.choice, std::move(o)});
+      if (fin) routes_.erase(it);
+    }
+    idle = routes_.empty();
+  }
+  if (idle) idle_cv_.notify_all();
+}
+
+void EngineLoop::run() {
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      wake_cv_.wait(l, [&] { return wake_ || stop_; });
+      if (stop_) return;
+      wake_ = false;
+    }
+    while (eng_.has_work()) {
+      std::vector<RequestOutput> outs;
+      try {
+        outs = eng_.step();  // a failure inside the model comes back as error finishes
+      } catch (const std::exception& e) {
+        // Anything else leaves the step half done: finish every request with the error.
+        std::fprintf(stderr, "dsa serve: engine step failed: %s\n", e.what());
+        outs = eng_.cancel_all();
+        for (RequestOutput& o : outs) {
+          o.finish = FinishReason::Error;
+          o.error = std::string("engine step failed: ") + e.what();
+        }
+      }
+      dispatch(outs);
+      std::lock_guard<std::mutex> g(mu_);
+      if (stop_) return;
+    }
+  }
+}
+
+int64_t EngineLoop::drain(std::chrono::steady_clock::time_point deadline) {
+  stop_accepting();
+  std::vector<RequestId> left;
+  {
+    std::unique_lock<std::mutex> l(mu_);
+    idle_cv_.wait_until(l, deadline, [&] { return routes_.empty(); });
+    for (auto& [id, r] : routes_) left.push_back(id);
+  }
+  if (left.empty()) return 0;
+  cancelling_all_ = true;
+  for (RequestId id : left) cancel(id);
+  // Cancellations take effect at the next step, which is at most one step away.
+  std::unique_lock<std::mutex> l(mu_);
+  idle_cv_.wait_for(l, std::chrono::seconds(30), [&] { return routes_.empty(); });
+  return int64_t(left.size());
+}
+
+Submission::Submission(EngineLoop& loop, std::vector<RequestParams> reqs) : loop_(loop) {
+  ids_ = loop_.submit(std::move(reqs), box_);
+  finished_.assign(ids_.size(), false);
+}
+
+Submission::~Submission() { cancel(); }
+
+void Submission::cancel() {
+  for (size_t i = 0; i < ids_.size(); ++i)
+    if (!finished_[i]) loop_.cancel(ids_[i]);
+}
+
+bool Submission::next(std::vector<Mailbox::Item>& out, std::chrono::milliseconds timeout) {
+  const size_t first = out.size();
+  if (!box_->pop_all(out, timeout)) return false;
+  for (size_t i = first; i < out.size(); ++i) {
+    const int c = out[i].choice;
+    if (out[i].out.finished && !finished_[size_t(c)]) {
+      finished_[size_t(c)] = true;
+      ++n_done_;
+    }
+  }
+  return true;
+}
+
+}  // namespace dsa::server

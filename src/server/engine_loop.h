@@ -1,0 +1,117 @@
+#pragma once
+// EngineLoop: the one thread that drives Engine::step() for the server, and the hand-off of each
+// request's outputs to the HTTP thread that waits for them (docs/server.md).
+//
+// HTTP threads submit requests (a whole `n` group at once) with a Mailbox; the loop thread steps
+// while the engine has work and drops every RequestOutput into the mailbox of its request. The
+// engine thread never waits for a client: a slow reader only grows its own mailbox.
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "runtime/engine.h"
+
+namespace dsa::server {
+
+// The outputs of one HTTP request's engine requests (its choices), in arrival order.
+class Mailbox {
+ public:
+  struct Item {
+    int choice = 0;
+    RequestOutput out;
+  };
+  void push(Item it);
+  // Moves every queued item into `out`; waits up to `timeout` when there is none. False if none.
+  bool pop_all(std::vector<Item>& out, std::chrono::milliseconds timeout);
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Item> items_;
+};
+
+// Thrown by submit when the waiting queue is full (HTTP 429) or the server is draining (503).
+struct QueueFull : Error {
+  using Error::Error;
+};
+struct ShuttingDown : Error {
+  using Error::Error;
+};
+
+// What one engine step finished, for the metrics (called on the loop thread).
+using OutputObserver = std::function<void(const RequestOutput&)>;
+
+class EngineLoop {
+ public:
+  // max_waiting: requests that may wait for a slot before submit refuses more (QueueFull).
+  EngineLoop(Engine& eng, int64_t max_waiting, OutputObserver observe = {});
+  ~EngineLoop();  // stops the thread; requests still in flight are cancelled
+
+  // Adds the requests as choices 0..k-1 of `box`, all or none: throws QueueFull / ShuttingDown, or
+  // the engine's dsa::Error for a request that can never run.
+  std::vector<RequestId> submit(std::vector<RequestParams> reqs, std::shared_ptr<Mailbox> box);
+  void cancel(RequestId id);
+
+  // Refuse new requests from now on (ShuttingDown); in-flight ones continue.
+  void stop_accepting() { accepting_ = false; }
+  bool accepting() const { return accepting_; }
+  // Requests submitted and not yet finished.
+  int64_t in_flight() const;
+  // Waits until nothing is in flight or the deadline passes; then cancels whatever is left and
+  // waits for those cancellations to be delivered. Returns the number cancelled.
+  int64_t drain(std::chrono::steady_clock::time_point deadline);
+  // True once drain() started cancelling: a cancelled finish then means "shutting down".
+  bool cancelling_all() const { return cancelling_all_; }
+
+  Engine& engine() { return eng_; }
+
+ private:
+  void run();
+  void dispatch(std::vector<RequestOutput>& outs);
+
+  Engine& eng_;
+  int64_t max_waiting_;
+  OutputObserver observe_;
+  std::atomic<bool> accepting_{true}, cancelling_all_{false};
+  mutable std::mutex mu_;
+  std::condition_variable wake_cv_, idle_cv_;
+  bool wake_ = false, stop_ = false;
+  struct Route {
+    std::shared_ptr<Mailbox> box;
+    int choice = 0;
+  };
+  std::unordered_map<RequestId, Route> routes_;
+  std::thread th_;
+};
+
+// One HTTP request's engine requests (its choices). Whatever has not finished when it is destroyed
+// is cancelled: a handler that returns early, or a client that went away, frees its blocks.
+class Submission {
+ public:
+  Submission(EngineLoop& loop, std::vector<RequestParams> reqs);  // throws as EngineLoop::submit
+  ~Submission();
+  Submission(const Submission&) = delete;
+  Submission& operator=(const Submission&) = delete;
+
+  int size() const { return int(ids_.size()); }
+  // The next outputs (marking finished choices); waits up to `timeout` for some.
+  bool next(std::vector<Mailbox::Item>& out, std::chrono::milliseconds timeout);
+  bool done() const { return n_done_ == int(ids_.size()); }
+  void cancel();
+
+ private:
+  EngineLoop& loop_;
+  std::shared_ptr<Mailbox> box_ = std::make_shared<Mailbox>();
+  std::vector<RequestId> ids_;
+  std::vector<bool> finished_;
+  int n_done_ = 0;
+};
+
+}  // namespace dsa::server

@@ -1,0 +1,68 @@
+#pragma once
+// `dsa serve`: an OpenAI-compatible HTTP server on the batched engine (docs/server.md).
+//
+//   auto eng = Engine::load(dir, opt);
+//   Server srv(*eng, describe_model(*eng, dir, ""), ServerOptions{});
+//   int port = srv.bind();        // port 0 in the options: any free port
+//   srv.start();                  // or srv.serve() to block
+//   ...
+//   srv.shutdown(30.0);           // refuse new requests, let running ones finish, then stop
+//
+// Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health,
+// GET /metrics (Prometheus), GET / (the chat page).
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "io/chat_encoding.h"
+#include "runtime/engine.h"
+#include "server/openai_api.h"
+
+namespace dsa::server {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8000;                  // 0: any free port (see Server::bind)
+  std::string api_key;              // non-empty: /v1/* needs "Authorization: Bearer <key>"
+  int64_t max_queue = 256;          // requests waiting for a slot; beyond: 429
+  size_t max_body_bytes = 16u << 20;  // larger request bodies: 413
+  int max_connections = 1024;       // HTTP worker threads (one per open connection) at most
+  int read_timeout_s = 30;          // a client silent this long while sending is dropped
+  int write_timeout_s = 30;         // a client not reading this long is dropped (its request cancelled)
+  bool cors = true;                 // Access-Control-Allow-Origin: * (browser clients elsewhere)
+  bool log_requests = false;        // one line per request on stderr
+};
+
+// The served model as the API describes it: name (default: the directory's last component),
+// limits, chat format (default: detected from the directory), sampling defaults from
+// generation_config.json. Throws dsa::Error when the model has no tokenizer.
+ModelInfo describe_model(const Engine& eng, const std::string& dir, const std::string& name,
+                         std::optional<chat::ChatFormat> format = std::nullopt);
+
+class Server {
+ public:
+  Server(Engine& eng, ModelInfo model, ServerOptions opt);
+  ~Server();  // shuts down at once if still running (no grace period)
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds the listening socket; returns the port. Throws dsa::Error naming the address on failure.
+  int bind();
+  // Serves until shutdown() (bind() first). start() does it on a background thread.
+  void serve();
+  void start();
+  // Graceful stop: new requests get 503, requests in flight may finish until `grace_s` has passed,
+  // the rest are cancelled (their clients get an error), then the listener closes. Returns the
+  // number of requests cancelled. Safe to call from any thread, more than once.
+  int64_t shutdown(double grace_s);
+
+  int port() const;
+  const ModelInfo& model() const;
+  std::string metrics_text() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace dsa::server
