@@ -367,7 +367,9 @@ void expect_weather_call(const json& calls_or_message, bool message, const std::
   EXPECT_EQ(f["name"], "get_weather");
   const json args = json::parse(f["arguments"].get<std::string>());
   EXPECT_EQ(args["city"], city);
-  if (days >= 0) EXPECT_EQ(args["days"], days);
+  if (days >= 0) {
+    EXPECT_EQ(args["days"], days);
+  }
   const std::string id = message ? calls[0]["id"].get<std::string>() : calls[0]["id"].get<std::string>();
   EXPECT_EQ(id.rfind("call_", 0), 0u);
 }
@@ -554,10 +556,14 @@ TEST(Server, BadInputGetsClearErrors) {
       {chat, with(json::parse(with(ok, "tools", kWeatherTools)), "tool_choice", json{{"type", "function"}, {"function", {{"name", "nope"}}}}),
        400, "tool_choice", "`nope`"},
       {chat, with(ok, "chat_template_kwargs", "thinking"), 400, "chat_template_kwargs", "must be an object"},
+      {chat, with(ok, "chat_template_kwargs", json{{"thinking", "yes"}}), 400, "chat_template_kwargs", "must be a boolean"},
+      {chat, with(ok, "thinking", json{{"type", "maybe"}}), 400, "thinking", "enabled"},
       {chat, with(ok, "scripted_reply", 3), 400, "scripted_reply", "non-empty string"},
       {chat, user_chat(long_text, 10).dump(), 400, "messages", "maximum context length"},
       {chat, std::string("{\"messages\": [{\"role\": \"user\", \"content\": \"bad \xff\xfe utf8\"}]}"), 400, "", "UTF-8"},
       {chat, "{\"messages\": [{\"role\": \"user\", \"content\": \"\\ud800 alone\"}]}", 400, "", "surrogate"},
+      {chat, std::string(100000, '[') + std::string(100000, ']'), 400, "", "deeper than 100 levels"},
+      {chat, "{\"temperature\": " + std::string(5000, '[') + std::string(5000, ']') + "}", 400, "", "deeper than 100 levels"},
       {cmpl, "{}", 400, "prompt", "`prompt` is required"},
       {cmpl, with(okc, "prompt", json::array()), 400, "prompt", "must not be an empty list"},
       {cmpl, with(okc, "prompt", 12), 400, "prompt", "must be a string"},
@@ -613,6 +619,12 @@ TEST(Server, HugeHeadersBodiesAndUris) {
   Reply b = post(c, "/v1/chat/completions", big);
   EXPECT_EQ(b.status, 413) << b.raw;
   EXPECT_NE(expect_error_shape(b).find("larger than"), std::string::npos);
+  // `curl -d` without a Content-Type sends a form-encoded body, which the library caps at 8 KiB.
+  auto fr = c.Post("/v1/chat/completions", user_chat(std::string(10000, 'a'), 2).dump(), "application/x-www-form-urlencoded");
+  ASSERT_TRUE(fr);
+  Reply form{fr->status, json::parse(fr->body, nullptr, false), fr->body, {}};
+  EXPECT_EQ(form.status, 413) << form.raw;
+  EXPECT_NE(expect_error_shape(form).find("Content-Type: application/json"), std::string::npos);
   // A URI over 8 KiB.
   auto u = c.Get(("/v1/models/" + std::string(10000, 'x')).c_str());
   ASSERT_TRUE(u);

@@ -253,6 +253,10 @@ TEST(ServerLoad, MetricsExposition) {
   httplib::Client c = s.client();
   ASSERT_EQ(post(c, "/v1/chat/completions", user_chat("hi", 3)).status, 200);
   ASSERT_EQ(post(c, "/v1/chat/completions", std::string("{")).status, 400);
+  // The library counts a response after writing it: wait until both are in.
+  ASSERT_TRUE(eventually([&] {
+    return metric(metrics_of(s), "dsa:http_requests_total{route=\"/v1/chat/completions\",status=\"400\"}") == 1;
+  }));
   auto r = c.Get("/metrics");
   ASSERT_TRUE(r);
   EXPECT_NE(r->get_header_value("Content-Type").find("text/plain; version=0.0.4"), std::string::npos);

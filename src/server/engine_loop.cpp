@@ -21,19 +21,24 @@ bool Mailbox::pop_all(std::vector<Item>& out, std::chrono::milliseconds timeout)
   return true;
 }
 
-EngineLoop::EngineLoop(Engine& eng, int64_t max_waiting, OutputObserver observe)
+EngineLoop::EngineLoop(Engine& eng, int64_t max_waiting, OutputObserver observe, bool own_thread)
     : eng_(eng), max_waiting_(max_waiting), observe_(std::move(observe)) {
-  th_ = std::thread([this] { run(); });
+  if (own_thread) th_ = std::thread([this] { run(); });
 }
 
-EngineLoop::~EngineLoop() {
+void EngineLoop::stop() {
   {
     std::lock_guard<std::mutex> g(mu_);
     stop_ = true;
   }
   wake_cv_.notify_all();
-  th_.join();
-  // The loop thread is gone: finishing everything here cannot race a step.
+}
+
+EngineLoop::~EngineLoop() {
+  stop();
+  if (th_.joinable()) th_.join();
+  // Nothing steps any more (an external run() has returned before its owner destroys the loop):
+  // finishing everything here cannot race a step.
   std::vector<RequestOutput> outs = eng_.cancel_all();
   dispatch(outs);
 }
@@ -113,6 +118,8 @@ void EngineLoop::run() {
           o.error = std::string("engine step failed: ") + e.what();
         }
       }
+      // Nothing could be scheduled (cannot last: running requests always make progress); do not spin.
+      if (outs.empty() && eng_.last_step().tokens == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
       dispatch(outs);
       std::lock_guard<std::mutex> g(mu_);
       if (stop_) return;

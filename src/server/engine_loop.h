@@ -51,8 +51,15 @@ using OutputObserver = std::function<void(const RequestOutput&)>;
 class EngineLoop {
  public:
   // max_waiting: requests that may wait for a slot before submit refuses more (QueueFull).
-  EngineLoop(Engine& eng, int64_t max_waiting, OutputObserver observe = {});
-  ~EngineLoop();  // stops the thread; requests still in flight are cancelled
+  // own_thread: step on a thread of its own; otherwise the owner calls run(). On the CPU the thread
+  // that loaded the engine should run it: its OpenMP team is then the only one, and the workers
+  // keep spinning between parallel regions (a second team halves decode speed on few cores).
+  EngineLoop(Engine& eng, int64_t max_waiting, OutputObserver observe = {}, bool own_thread = true);
+  ~EngineLoop();  // stops; requests still in flight are cancelled
+
+  // Steps until stop() (when not own_thread).
+  void run();
+  void stop();
 
   // Adds the requests as choices 0..k-1 of `box`, all or none: throws QueueFull / ShuttingDown, or
   // the engine's dsa::Error for a request that can never run.
@@ -73,7 +80,6 @@ class EngineLoop {
   Engine& engine() { return eng_; }
 
  private:
-  void run();
   void dispatch(std::vector<RequestOutput>& outs);
 
   Engine& eng_;

@@ -215,10 +215,18 @@ void resolve_length(ApiRequest::Prompt& p, std::optional<int64_t> max_tokens, co
   }
 }
 
+constexpr int kMaxDepth = 100;
+
 json parse_body(const std::string& body) {
   json b;
   try {
-    b = json::parse(body);
+    // Deeper nesting is refused while parsing: printing, copying or rendering such a value recurses
+    // once per level and would overflow a thread's stack.
+    b = json::parse(body, [](int depth, json::parse_event_t, json&) {
+      if (depth > kMaxDepth)
+        throw ApiError(400, "the request body nests JSON deeper than " + std::to_string(kMaxDepth) + " levels");
+      return true;
+    });
   } catch (const json::parse_error& e) {
     // "[json.exception.parse_error.101] parse error at line 1, ..." -> "parse error at line 1, ..."
     std::string w = e.what();
@@ -354,8 +362,17 @@ ApiRequest parse_chat_request(const std::string& body, const ModelInfo& m) {
     if ((*rf)["type"] != "text")
       bad("response_format", "`response_format` " + shown((*rf)["type"]) + " is not supported by this server (only \"text\")");
   }
-  if (const json* k = field(b, "chat_template_kwargs"); k && !k->is_object())
-    bad("chat_template_kwargs", "`chat_template_kwargs` must be an object, got " + shown(*k));
+  if (const json* k = field(b, "chat_template_kwargs")) {
+    if (!k->is_object()) bad("chat_template_kwargs", "`chat_template_kwargs` must be an object, got " + shown(*k));
+    for (const char* key : {"thinking", "enable_thinking"})
+      if (const json* t = field(*k, key); t && !t->is_boolean())
+        bad("chat_template_kwargs", std::string("`chat_template_kwargs.") + key + "` must be a boolean, got " + shown(*t));
+  }
+  if (const json* t = field(b, "thinking")) {
+    const bool ok = t->is_boolean() || (t->is_object() && field(*t, "type") && (*t)["type"].is_string() &&
+                                        ((*t)["type"] == "enabled" || (*t)["type"] == "disabled"));
+    if (!ok) bad("thinking", "`thinking` must be {\"type\": \"enabled\"} or {\"type\": \"disabled\"}, got " + shown(*t));
+  }
   check_tools(b);
   bool required = false;
   const std::string named = check_tool_choice(b, required);

@@ -152,7 +152,7 @@ std::string sse(const json& j) { return "data: " + dump(j) + "\n\n"; }
 
 }  // namespace
 
-ModelInfo describe_model(const Engine& eng, const std::string& dir, const std::string& name,
+ModelInfo describe_model(Engine& eng, const std::string& dir, const std::string& name,
                          std::optional<chat::ChatFormat> format) {
   namespace fs = std::filesystem;
   DSA_CHECK(eng.tokenizer(), dir, " has no tokenizer.json; the server needs one (text in, text out)");
@@ -162,7 +162,7 @@ ModelInfo describe_model(const Engine& eng, const std::string& dir, const std::s
   m.name = name.empty() ? base : name;
   m.dir = dir;
   m.context = eng.config().max_position_embeddings;
-  m.kv_tokens = const_cast<Engine&>(eng).kv().capacity_tokens();
+  m.kv_tokens = eng.kv().capacity_tokens();
   m.vocab = eng.config().vocab_size;
   m.tok = eng.tokenizer();
   m.format = format ? *format : chat::detect_chat_format(dir);
@@ -190,14 +190,14 @@ struct Server::Impl {
   HttpServer http;
   std::thread thread;
   int port = -1;
-  std::atomic<bool> serving{false};
   std::atomic<int> open_responses{0};
   std::mutex shutdown_mu;
   bool stopped = false;
   int64_t created = std::time(nullptr);
 
   Impl(Engine& e, ModelInfo m, ServerOptions o) : eng(e), model(std::move(m)), opt(std::move(o)) {
-    loop = std::make_unique<EngineLoop>(eng, opt.max_queue, [this](const RequestOutput& out) { metrics.on_output(out); });
+    loop = std::make_unique<EngineLoop>(
+        eng, opt.max_queue, [this](const RequestOutput& out) { metrics.on_output(out); }, opt.engine_thread);
     routes();
   }
 
@@ -270,7 +270,14 @@ void Server::Impl::routes() {
     switch (res.status) {
       case 400: msg = "bad request: malformed HTTP or a header line over 8 KiB"; break;
       case 404: msg = "no route " + req.method + " " + req.path + " (see GET /v1/models, POST /v1/chat/completions)"; break;
-      case 413: msg = "the request body is larger than " + std::to_string(opt.max_body_bytes) + " bytes (--max-body)"; break;
+      case 413:
+        // The library caps form-encoded bodies at 8 KiB (what `curl -d` sends without a Content-Type).
+        if (req.get_header_value("Content-Type") == "application/x-www-form-urlencoded")
+          msg = "a body sent as application/x-www-form-urlencoded is limited to 8 KiB; send the JSON with "
+                "\"Content-Type: application/json\"";
+        else
+          msg = "the request body is larger than " + std::to_string(opt.max_body_bytes) + " bytes (--max-body)";
+        break;
       case 414: msg = "the request URI is too long"; break;
       default: msg = res.reason.empty() ? "HTTP error " + std::to_string(res.status) : res.reason;
     }
@@ -470,18 +477,21 @@ int Server::bind() {
   return s.port;
 }
 
-void Server::serve() {
+void Server::start() {
+  DSA_CHECK(impl_->opt.engine_thread, "Server::start needs ServerOptions::engine_thread (or call serve())");
   // A client that closes its socket while we write must not kill the process.
   std::signal(SIGPIPE, SIG_IGN);
-  impl_->serving = true;
-  impl_->http.listen_after_bind();
-  impl_->serving = false;
+  impl_->thread = std::thread([this] { impl_->http.listen_after_bind(); });
 }
 
-void Server::start() {
+void Server::serve() {
   std::signal(SIGPIPE, SIG_IGN);
-  impl_->serving = true;
-  impl_->thread = std::thread([this] { serve(); });
+  impl_->thread = std::thread([this] {
+    impl_->http.listen_after_bind();
+    impl_->loop->stop();  // the listener is gone (shut down or failed): so is serve()
+  });
+  if (!impl_->opt.engine_thread) impl_->loop->run();  // until shutdown() stops it
+  if (impl_->thread.joinable()) impl_->thread.join();
 }
 
 int64_t Server::shutdown(double grace_s) {
@@ -494,7 +504,6 @@ int64_t Server::shutdown(double grace_s) {
   // Streams may still be writing their last events (or an error): let them, within reason.
   for (int i = 0; i < 500 && s.open_responses > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   s.http.stop();
-  if (s.thread.joinable()) s.thread.join();
   return cancelled;
 }
 

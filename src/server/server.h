@@ -31,12 +31,15 @@ struct ServerOptions {
   int write_timeout_s = 30;         // a client not reading this long is dropped (its request cancelled)
   bool cors = true;                 // Access-Control-Allow-Origin: * (browser clients elsewhere)
   bool log_requests = false;        // one line per request on stderr
+  // Step the engine on a thread of the server's own. False: serve() steps it on the calling thread,
+  // which should be the one that loaded the engine (its OpenMP team; see EngineLoop).
+  bool engine_thread = true;
 };
 
 // The served model as the API describes it: name (default: the directory's last component),
 // limits, chat format (default: detected from the directory), sampling defaults from
 // generation_config.json. Throws dsa::Error when the model has no tokenizer.
-ModelInfo describe_model(const Engine& eng, const std::string& dir, const std::string& name,
+ModelInfo describe_model(Engine& eng, const std::string& dir, const std::string& name,
                          std::optional<chat::ChatFormat> format = std::nullopt);
 
 class Server {
@@ -48,7 +51,8 @@ class Server {
 
   // Binds the listening socket; returns the port. Throws dsa::Error naming the address on failure.
   int bind();
-  // Serves until shutdown() (bind() first). start() does it on a background thread.
+  // Serves until shutdown() (bind() first), stepping the engine on this thread unless
+  // engine_thread. start() returns at once (needs engine_thread).
   void serve();
   void start();
   // Graceful stop: new requests get 503, requests in flight may finish until `grace_s` has passed,

@@ -66,6 +66,7 @@ int run(int argc, char** argv) {
   so.write_timeout_s = so.read_timeout_s;
   so.max_body_bytes = max_body_mb << 20;
   so.cors = !no_cors;
+  so.engine_thread = false;  // serve() steps the engine here, on the thread that loads it
   ef.check_model_dir();
 
   auto eng = Engine::load(ef.model, ef.options());
