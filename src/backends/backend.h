@@ -93,7 +93,14 @@ struct SampleParams {
   float top_p = 1.0f;        // >= 1: off
   uint64_t seed = 0;         // the draw's noise is a function of (seed, counter, token id) only,
   uint64_t counter = 0;      // so a request's tokens never depend on the rest of the batch
+  bool greedy() const { return !(temperature > 0.0f); }
+  // A draw restricted by top-k or top-p: it needs the row's order.
+  bool filtered(int64_t vocab) const { return !greedy() && ((top_k > 0 && top_k < vocab) || top_p < 1.0f); }
 };
+// The shape contracts of Backend::sample and token_logprobs, shared by every backend (throws).
+void check_sample_args(const Tensor& logits, size_t n_params, const Tensor& tokens, const Tensor& logprobs,
+                       const Tensor* top_ids, const Tensor* top_lp);
+void check_token_logprobs_args(const Tensor& logits, const Tensor& targets, const Tensor& lp);
 
 class Backend {
  public:

@@ -39,18 +39,15 @@ void CpuBackend::sample(const Tensor& logits, const std::vector<SampleParams>& p
                         Tensor& logprobs, Tensor* top_ids, Tensor* top_lp) {
   const int64_t R = logits.dim(0), V = logits.dim(1);
   const int64_t NT = top_ids ? top_ids->dim(1) : 0;
-  DSA_CHECK(int64_t(params.size()) == R && tokens.numel() == R && logprobs.numel() == R,
-            "sample: ", R, " rows of logits, ", params.size(), " parameter sets, ", tokens.str(), ", ", logprobs.str());
-  DSA_CHECK(!top_ids == !top_lp && (!top_ids || (top_ids->dim(0) == R && top_lp->dim(0) == R && top_lp->dim(1) == NT && NT <= V)),
-            "sample: top-logprob outputs must be given together as [", R, ", n <= ", V, "]");
+  check_sample_args(logits, params.size(), tokens, logprobs, top_ids, top_lp);
 #pragma omp parallel for schedule(dynamic) if (R > 1)
   for (int64_t r = 0; r < R; ++r) {
     const float* l = logits.ptr<float>() + r * V;
     const SampleParams& p = params[size_t(r)];
-    const bool greedy = !(p.temperature > 0.0f);
+    const bool greedy = p.greedy();
     int64_t n = p.top_k > 0 ? std::min<int64_t>(p.top_k, V) : V;
     // Greedy and plain temperature sampling need no order beyond what is asked for the outputs.
-    const bool need_order = !greedy && (n < V || p.top_p < 1.0f);
+    const bool need_order = p.filtered(V);
     std::vector<int32_t> ids;
     order_prefix(l, V, std::max<int64_t>({NT, need_order ? n : 0, greedy ? 1 : 0}), ids);
     int32_t tok = 0;
@@ -93,8 +90,7 @@ void CpuBackend::sample(const Tensor& logits, const std::vector<SampleParams>& p
 
 void CpuBackend::token_logprobs(const Tensor& logits, const Tensor& targets, Tensor& lp) {
   const int64_t R = logits.dim(0), V = logits.dim(1);
-  DSA_CHECK(targets.numel() == R && lp.numel() == R && lp.dtype == DType::F64, "token_logprobs: ", logits.str(), ", ",
-            targets.str(), " -> ", lp.str());
+  check_token_logprobs_args(logits, targets, lp);
   for (int64_t r = 0; r < R; ++r) {
     const int32_t t = targets.ptr<int32_t>()[r];
     DSA_CHECK(t >= 0 && t < V, "token_logprobs: target ", t, " of row ", r, " is outside [0, ", V, ")");

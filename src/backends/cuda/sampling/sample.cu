@@ -205,10 +205,7 @@ void CudaBackend::sample(const Tensor& logits, const std::vector<SampleParams>& 
                          Tensor& logprobs, Tensor* top_ids, Tensor* top_lp) {
   const int64_t R = logits.dim(0), V = logits.dim(1);
   const int64_t NT = top_ids ? top_ids->dim(1) : 0;
-  DSA_CHECK(int64_t(params.size()) == R && tokens.numel() == R && logprobs.numel() == R,
-            "sample: ", R, " rows of logits, ", params.size(), " parameter sets, ", tokens.str(), ", ", logprobs.str());
-  DSA_CHECK(!top_ids == !top_lp && (!top_ids || (top_ids->dim(0) == R && top_lp->dim(0) == R && top_lp->dim(1) == NT && NT <= V)),
-            "sample: top-logprob outputs must be given together as [", R, ", n <= ", V, "]");
+  check_sample_args(logits, params.size(), tokens, logprobs, top_ids, top_lp);
   DSA_CHECK(V < (int64_t(1) << 31) && R * V < (int64_t(1) << 31), "sample: ", R, " x ", V, " logits exceed the sort's 32-bit offsets");
   if (R == 0) return;
   // Which rows need their order: filtered draws and top logprobs (the same rule as the reference).
@@ -217,8 +214,7 @@ void CudaBackend::sample(const Tensor& logits, const std::vector<SampleParams>& 
   bool any = false;
   for (int64_t r = 0; r < R; ++r) {
     const SampleParams& p = params[size_t(r)];
-    const bool filtered = p.temperature > 0.0f && ((p.top_k > 0 && p.top_k < V) || p.top_p < 1.0f);
-    ord_h[size_t(r)] = filtered || NT > 0;
+    ord_h[size_t(r)] = p.filtered(V) || NT > 0;
     any |= ord_h[size_t(r)] != 0;
     seg_h[size_t(r)] = int32_t(r * V);
     seg_h[size_t(R + r)] = int32_t(r * V + (ord_h[size_t(r)] ? V : 0));  // empty segments are skipped
@@ -257,8 +253,7 @@ void CudaBackend::sample(const Tensor& logits, const std::vector<SampleParams>& 
 
 void CudaBackend::token_logprobs(const Tensor& logits, const Tensor& targets, Tensor& lp) {
   const int64_t R = logits.dim(0), V = logits.dim(1);
-  DSA_CHECK(targets.numel() == R && lp.numel() == R && lp.dtype == DType::F64, "token_logprobs: ", logits.str(), ", ",
-            targets.str(), " -> ", lp.str());
+  check_token_logprobs_args(logits, targets, lp);
   if (R == 0) return;
   token_logprobs_kernel<<<unsigned(R), kThreads>>>(logits.ptr<float>(), V, targets.ptr<int32_t>(), lp.ptr<double>(),
                                                    err_flag());
