@@ -110,6 +110,10 @@ void DeepseekV32::attention(int64_t l, const Tensor& x, Batch& b, const std::vec
       Tensor kvup = be_.alloc(DType::BF16, {NC, H, NOPE + DV});
       { Tensor k2 = kvup.view({NC, H * (NOPE + DV)}); be_.linear_fp8(ckv, w.wkv_b, k2); }
       be_.attention_mha(qr_, kvup, cpe, rb, sel, scale, orun);
+      if (tap_) {
+        const Tensor xr = x.rows(run.t0, run.t1), qrr = qr.rows(run.t0, run.t1);
+        tap_(AttentionTap{l, &xr, &qrr, &qr_, &kvup, &cpe, sel, &rb});
+      }
     }
   }
   be_.linear_fp8(o.view({T, H * DV}), w.wo, out);

@@ -1,6 +1,7 @@
 #pragma once
 // The DeepSeek-V3.2 graph (architecture.md §2–§6) written as calls on a Backend.
 // No arithmetic here: every number is computed by a backend op.
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -24,6 +25,17 @@ enum class AttentionMode {
   Dense,   // dense causal MLA for comparison — NOT DSA (the indexer does not run)
 };
 
+// What one layer's MHA-form attention saw (training and evaluation observers, src/train/): every
+// tensor on the backend, token rows of the run; kv_up / pe are the run's context rows.
+struct AttentionTap {
+  int64_t layer = 0;
+  const Tensor *x, *qr;      // attn_norm output BF16 [T, D]; q_norm(wq_a x) BF16 [T, q_lora]
+  const Tensor *q;           // MLA queries BF16 [T, H, 192] (RoPE applied)
+  const Tensor *kv_up, *pe;  // BF16 [n_ctx, H, 256] (k_nope | v), BF16 [n_ctx, 64] (rotated)
+  const Tensor* topk;        // I32 [T, K] the indexer's selection, or null (dense / all selected)
+  const Batch* batch;
+};
+
 class DeepseekV32 {
  public:
   DeepseekV32(ModelConfig cfg, ModelWeights w, Backend& be);
@@ -39,6 +51,10 @@ class DeepseekV32 {
   // over all tokens and the attention core once per run of sequences of one form.
   Tensor forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionMode mode,
                  const std::vector<int32_t>& logit_rows);
+  // Observer called after each layer's MHA-form attention (null: none). For training/evaluation.
+  void set_attention_tap(std::function<void(const AttentionTap&)> f) { tap_ = std::move(f); }
+  // Override index_topk (evaluation at another k); 0 keeps the config's.
+  void set_index_topk(int64_t k) { if (k > 0) cfg_.index_topk = k; }
 
  private:
   // A run of consecutive sequences of one attention form: token rows [t0, t1) of the step, and the
@@ -54,6 +70,7 @@ class DeepseekV32 {
   ModelWeights w_;
   Backend& be_;
   Tensor rope_;  // F32 [max_pos, 32, 2] on the backend
+  std::function<void(const AttentionTap&)> tap_;
 };
 
 }  // namespace dsa
