@@ -78,7 +78,7 @@ inline void dk_impl(const F* da, int64_t ldda, int64_t Hi, const F* q, const int
 
 // fp32 instances compiled for AVX-512 / AVX2 / baseline, chosen at load time (the project builds
 // for the baseline ISA, backends/cpu/simd.h); f64 (tests) uses the templates as they are.
-#define DSA_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define DSA_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), flatten))
 DSA_CLONES void tile_nt_f32(const float* A, int64_t lda, int64_t m, const float* BT, int64_t ldb, int64_t n,
                             int64_t kd, float* C, int64_t ldc) {
   tile_nt_impl(A, lda, m, BT, ldb, n, kd, C, ldc);
