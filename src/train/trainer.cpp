@@ -145,7 +145,8 @@ std::string format_step(const StepLog& s) {
 }
 
 TrainResult train_indexer(const TrainOptions& o, const std::function<void(const StepLog&)>& on_step) {
-  DSA_CHECK(!o.model.empty() && !o.data.empty() && !o.out.empty(), "train-indexer: --model, --data and --out are required");
+  DSA_CHECK(!o.model.empty() && (!o.data.empty() || !o.tokens.empty()) && !o.out.empty(),
+            "train-indexer: --model, --data and --out are required");
   DSA_CHECK(o.steps > 0 && o.ctx >= 2, "train-indexer: --steps and --ctx must be positive");
   // The output checkpoint: a copy of the input (patched with the indexer at every save).
   copy_model_dir(o.model, o.out);
@@ -164,9 +165,8 @@ TrainResult train_indexer(const TrainOptions& o, const std::function<void(const 
   auto eng = Engine::load(load_dir, eo);
   const ModelConfig& cfg = eng->config();
   DSA_CHECK(o.ctx <= cfg.max_position_embeddings, "--ctx ", o.ctx, " exceeds the model's context ", cfg.max_position_embeddings);
-  const Tokenizer tok = Tokenizer::from_dir(o.model);
-  const std::vector<int32_t> stream = token_stream(tok, o.data);
-  DSA_CHECK(int64_t(stream.size()) > o.ctx, o.data, ": ", stream.size(), " tokens, fewer than one window of ", o.ctx);
+  const std::vector<int32_t> stream = o.tokens.empty() ? token_stream(Tokenizer::from_dir(o.model), o.data) : o.tokens;
+  DSA_CHECK(int64_t(stream.size()) >= o.ctx, o.data, ": ", stream.size(), " tokens, fewer than one window of ", o.ctx);
   const IndexerShape shape = indexer_shape(cfg);
   const int64_t L = cfg.num_hidden_layers, K = o.topk > 0 ? o.topk : cfg.index_topk;
   std::vector<IndexerParams<float>> P(static_cast<size_t>(L)), G(static_cast<size_t>(L));

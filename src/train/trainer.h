@@ -27,6 +27,7 @@ struct TrainOptions {
   bool resume = false;
   int64_t stop_after = 0;        // stop (after saving) once this many steps are done: tests, time slices
   int threads = 0;
+  std::vector<int32_t> tokens;   // if not empty: the token stream itself instead of --data (tests)
 };
 
 struct StepLog {
