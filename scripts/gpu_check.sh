@@ -19,8 +19,10 @@
 #     ppl        dsa-mini dev-set perplexity at context 8192 on the GPU, dense and DSA
 #     profile    (not in the default list) Nsight Compute: per-kernel durations of the batch-1 decode chains and
 #                full sections of the MLA decode and indexer score kernels (ncu_*.txt in the log archive)
+#     gemm       (not in the default list) dsa_gpu_gemm_bench --quick alone (ours, cuBLASLt block-scaled, cuBLASLt plain FP8)
 #     runtime    (not in the default list) the batched engine's throughput: dsa bench --requests on dsa-mini and
-#                the real-scale preset (RUNTIME_CASES="model:in:out:concurrency[:requests] ...", model mini|real)
+#                the real-scale preset (RUNTIME_CASES="model:in:out:concurrency[:requests] ...", model mini|real;
+#                RUNTIME_EXTRA: more dsa bench options, e.g. --numerics fast)
 #     real       real-scale model (v32-real-attn: 7168 hidden, 128 heads, 64x128 indexer, k 2048), made
 #                on the device; 128K-token prefill then decode, dense vs DSA, with memory and speed
 #   Logs under $OUT; the floors table and one summary at the end. GPU_CHECK_BUDGET_S (default 570) stops
@@ -241,10 +243,16 @@ if has runtime && (( $(left) > 60 )); then  # the batched engine: serving throug
     fi
     t0=$SECONDS
     timeout $(( $(left) - 10 )) "$B/dsa" bench -m "$M" --device cuda --requests "$nreq" --concurrency "$conc" \
-      --input-len "$in_len" --output-len "$out_len" $extra > "$OUT/rt.tmp" 2>&1
+      --input-len "$in_len" --output-len "$out_len" $extra ${RUNTIME_EXTRA:-} > "$OUT/rt.tmp" 2>&1
     note "throughput $mdl in $in_len out $out_len c=$conc n=$nreq: rc=$? in $((SECONDS - t0)) s: $(grep -E 'requests/s|TTFT|KV blocks|decode-only|rror' "$OUT/rt.tmp" | sed 's/  */ /g' | tr '\n' ';')"
     cat "$OUT/rt.tmp" >> "$OUT/runtime.log"; rm -f "$OUT/rt.tmp"
   done
+fi
+
+if has gemm && [[ -x $B/bench/gpu/dsa_gpu_gemm_bench ]] && (( $(left) > 60 )); then  # the GEMM bench alone (quick shapes)
+  t0=$SECONDS
+  timeout 120 "$B/bench/gpu/dsa_gpu_gemm_bench" --quick --md "$OUT/gemm.md" > "$OUT/gemm_bench.log" 2>&1
+  note "dsa_gpu_gemm_bench --quick: rc=$? in $((SECONDS - t0)) s"
 fi
 
 if has profile && command -v ncu > /dev/null && (( $(left) > 60 )); then  # Nsight Compute: where the time goes

@@ -18,6 +18,7 @@
 
 #include "backends/cuda/cuda_backend.h"
 #include "bench_util.h"
+#include "backends/cuda/gemm/blas_lt.h"
 #include "backends/cuda/gemm/fp8_gemm.h"
 
 using namespace dsa;
@@ -86,6 +87,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--md") && i + 1 < argc) md_file = argv[++i];
   }
   if (!md_file.empty()) md_out = std::fopen(md_file.c_str(), "w");
+  cuda::BlasLt blas;
   int dev = 0;
   cudaDeviceProp prop{};
   chk(cudaGetDeviceProperties(&prop, dev), "props");
@@ -152,6 +154,38 @@ int main(int argc, char** argv) {
       }
     }
     cuda::set_fp8_gemm_path(cuda::Fp8Path::Auto);
+    // cuBLASLt: the block-scaled FP8 GEMM of `--numerics fast` (lt-blk) and, as the peer, its plain
+    // FP8 GEMM without block scales (lt-fp8, what "cuBLAS FP8" figures measure).
+    for (int64_t M : Ms) {
+      if (M <= 16) continue;
+      for (bool unscaled : {false, true}) {
+        cuda::LtGemm g;
+        g.kind = cuda::LtGemm::Kind::Fp8;
+        g.fp8_unscaled = unscaled;
+        g.x = a; g.ldx = s.K; g.d = out; g.ldd = s.N; g.ldw = s.K;
+        g.M = M; g.N = s.N; g.K = s.K;
+        g.x_scale = as;
+        bool ok = true;
+        const double ms = time_ms(
+            [&](int r) {
+              const int c = r % copies;
+              g.w = ws_codes[size_t(c)];
+              g.w_scale = ws_scale[size_t(c)];
+              ok = ok && blas.run(g);
+            },
+            reps);
+        chk(cudaGetLastError(), "cuBLASLt");
+        if (!ok) {
+          std::printf("| %-14s | %-6s | %5lld | %5lld | %5lld | no cuBLASLt algorithm |\n", s.name,
+                      unscaled ? "lt-fp8" : "lt-blk", (long long)M, (long long)s.N, (long long)s.K);
+          continue;
+        }
+        const double flop = 2.0 * double(M) * double(s.N) * double(s.K);
+        const double bytes = double(wbytes) + double(M) * s.K * 1.0 + double(M) * s.N * 2.0 +
+                             (unscaled ? 0.0 : double(nsc) * 4 + double(M) * (s.K / 128) * 4);
+        report(s.name, unscaled ? "lt-fp8" : "lt-blk", M, s.N, s.K, ms, flop, bytes);
+      }
+    }
     for (int c = 0; c < copies; ++c) {
       cudaFree(ws_codes[size_t(c)]);
       cudaFree(ws_scale[size_t(c)]);
@@ -228,6 +262,21 @@ int main(int argc, char** argv) {
       const double ms = time_ms([&](int) { cuda::launch_linear_f32_gemv(x, T, K, w, false, N, o); }, reps);
       report("lm_head bf16", "gemv", T, N, K, ms, 2.0 * T * N * K, double(N) * K * 2 + double(T) * N * 4);
     }
+    // Above 8 rows (decode batches, prefill's last rows): cuBLASLt bf16 with fp32 accumulation.
+    uint16_t* xb = dalloc<uint16_t>(size_t(128 * K));
+    float* ob = dalloc<float>(size_t(128 * N));
+    fill_bf16<<<256, 256>>>(xb, size_t(128 * K), 11u);
+    for (int64_t T : {int64_t(16), int64_t(32), int64_t(128)}) {
+      cuda::LtGemm g;
+      g.out_f32 = true;
+      g.x = xb; g.ldx = K; g.w = w; g.ldw = K; g.d = ob; g.ldd = N;
+      g.M = T; g.N = N; g.K = K;
+      bool ok = true;
+      const double ms = time_ms([&](int) { ok = ok && blas.run(g); }, reps);
+      if (ok) report("lm_head bf16", "lt-bf16", T, N, K, ms, 2.0 * T * N * K, double(N) * K * 2 + double(T) * N * 4);
+    }
+    cudaFree(xb);
+    cudaFree(ob);
     cudaFree(w);
   }
 

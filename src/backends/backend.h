@@ -86,6 +86,14 @@ struct Batch {
   std::shared_ptr<void> device;
 };
 
+// How a backend computes (docs/numerics.md). Reference: every op rounds where the DeepSeek reference
+// rounds, sums in fp32 (only the order of fp32 adds may differ) — the default and what tests compare.
+// Fast: what production engines compute where it is faster; on CUDA the FP8 linears of more than 16
+// rows run on cuBLASLt's block-scaled FP8 tensor-core GEMM (wgmma: the 128-K partial sums keep about
+// 22 bits before the fp32 promotion). A backend without a fast variant of an op runs the reference one.
+enum class Numerics : uint8_t { Reference, Fast };
+inline const char* numerics_name(Numerics n) { return n == Numerics::Fast ? "fast" : "reference"; }
+
 // Per-row parameters of Backend::sample.
 struct SampleParams {
   float temperature = 0.0f;  // <= 0: greedy
@@ -107,6 +115,8 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
   virtual Device device() const = 0;
+  void set_numerics(Numerics n) { numerics_ = n; }
+  Numerics numerics() const { return numerics_; }
 
   // ---- memory -------------------------------------------------------------------------------
   virtual Tensor alloc(DType t, Shape s) = 0;
@@ -236,6 +246,9 @@ class Backend {
   // lp[r] = log softmax(logits[r])[targets[r]] in float64, as l[target] - (log(sum_v exp(l_v - m)) + m)
   // with m the row's max (logits F32 [R, V], targets I32 [R], lp F64 [R]). Perplexity, prompt logprobs.
   virtual void token_logprobs(const Tensor& logits, const Tensor& targets, Tensor& lp) = 0;
+
+ protected:
+  Numerics numerics_ = Numerics::Reference;
 };
 
 // SwiGLU MLP through the backend ops: out = down(silu(gate x) * up x).

@@ -6,12 +6,20 @@
 
 #include "backends/sample_noise.h"
 #include "io/safetensors.h"
+#include "runtime/memory_estimate.h"
 
 namespace dsa {
 
 using Clock = std::chrono::steady_clock;
 static uint64_t attention_salt(AttentionMode m) { return m == AttentionMode::Sparse ? 0x5a17 : 0xde45; }
 static double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+template <typename T>
+static void check_finite_logits(const T* p, int64_t n, const char* which) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i]))
+      fail("the model produced a non-finite logit (", p[i], ")", which,
+           ": its weights or inputs hold NaN/Inf (loading scans the weights unless --no-check-weights)");
+}
 
 size_t parse_memory_size(const std::string& s, size_t available, const std::string& what) {
   size_t used = 0;
@@ -44,7 +52,11 @@ std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions
   ModelConfig cfg = ModelConfig::from_file(dir + "/config.json");
   Checkpoint ck = Checkpoint::open(dir);
   e->be_ = make_backend(opt.device, opt.threads);
-  ModelWeights w = load_weights(ck, cfg, *e->be_);
+  e->be_->set_numerics(opt.numerics);
+  const std::string where = e->be_->name() == "cpu" ? "the host (MemAvailable)" : e->be_->name();
+  check_memory_fits("the weights", estimate_weight_bytes(cfg, ck.tensor_bytes()), dir, e->be_->free_memory(), where,
+                    "use a machine or device with more memory");
+  ModelWeights w = load_weights(ck, cfg, *e->be_, opt.check_weights);
   const size_t per_token = KvCache::bytes_per_token(cfg.num_hidden_layers);
   int64_t kv_tokens = opt.kv_tokens;
   if (kv_tokens <= 0 && !opt.kv_memory.empty()) {
@@ -54,6 +66,18 @@ std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions
               " bytes per token over ", cfg.num_hidden_layers, " layers); at least one block of ", kKvBlock, " is needed");
   }
   if (kv_tokens <= 0) kv_tokens = cfg.max_position_embeddings;
+  {
+    const uint64_t kv_bytes = uint64_t(per_token) * uint64_t((kv_tokens + kKvBlock - 1) / kKvBlock * kKvBlock);
+    const uint64_t ws = estimate_workspace_bytes(cfg, opt.max_batch_tokens, std::min(kv_tokens, cfg.max_position_embeddings),
+                                                 opt.max_seqs);
+    check_memory_fits("the KV pool and the step workspace", kv_bytes + ws,
+                      concat("KV ", format_bytes(double(kv_bytes)), " for ", kv_tokens, " tokens at ", per_token,
+                             " B/token, workspace ~", format_bytes(double(ws)), " for steps of ", opt.max_batch_tokens,
+                             " tokens"),
+                      e->be_->free_memory(), where,
+                      "lower --kv-tokens (or --kv-memory), the batch (--batch, --concurrency, --max-seqs) or "
+                      "--max-batch-tokens");
+  }
   e->kv_ = std::make_unique<KvCache>(*e->be_, cfg.num_hidden_layers, (kv_tokens + kKvBlock - 1) / kKvBlock);
   if (opt.tokenizer && std::filesystem::exists(dir + "/tokenizer.json"))
     e->tok_ = std::make_unique<Tokenizer>(Tokenizer::from_dir(dir));
@@ -178,6 +202,10 @@ StepResults Engine::run(const StepPlan& plan, StepTiming& t) {
   t.forward_s = since(tf);
   auto ts = Clock::now();
   StepResults res;
+  // Non-finite logits (bad weights or inputs) stop the step's requests with an error instead of
+  // sampling garbage: host logits are scanned before sampling (sorting NaNs is undefined); on a device
+  // the log-probabilities computed over each whole row below carry any NaN/Inf through.
+  if (logits.device == Device::CPU) check_finite_logits(logits.ptr<float>(), logits.numel(), "");
   if (ns > 0) {
     Tensor tok = be_->alloc(DType::I32, {int64_t(ns)}), lp = be_->alloc(DType::F32, {int64_t(ns)});
     Tensor tid, tlp;
@@ -187,6 +215,7 @@ StepResults Engine::run(const StepPlan& plan, StepTiming& t) {
     res.logprobs.resize(ns);
     be_->download(tok, res.tokens.data());
     be_->download(lp, res.logprobs.data());
+    check_finite_logits(res.logprobs.data(), int64_t(ns), " (a sampled token's log-probability)");
     if (top_n > 0) {
       std::vector<int32_t> hi(ns * size_t(top_n));
       std::vector<float> hl(ns * size_t(top_n));
@@ -208,6 +237,7 @@ StepResults Engine::run(const StepPlan& plan, StepTiming& t) {
     be_->token_logprobs(logits.rows(int64_t(ns), int64_t(ns + nl)), tg, lp);
     res.prompt_lp.resize(nl);
     be_->download(lp, res.prompt_lp.data());
+    check_finite_logits(res.prompt_lp.data(), int64_t(nl), " (a prompt token's log-probability)");
   }
   be_->synchronize();
   t.sample_s = since(ts);

@@ -37,7 +37,9 @@ struct EngineOptions {
   bool prefix_cache = true;
   AttentionMode attention = AttentionMode::Sparse;
   PrefillForm prefill_form = PrefillForm::Mha;  // Mqa: absorbed-form prefill (see deepseek_v32.h)
+  Numerics numerics = Numerics::Reference;      // Fast: production-kernel numerics (backend.h, docs/numerics.md)
   bool tokenizer = true;         // load tokenizer.json when the directory has one (text outputs, stop strings)
+  bool check_weights = true;     // scan the weights for NaN/Inf while loading
 };
 
 // Per-step costs of the last step, on the host clock (seconds).

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "backends/cuda/gemm/blas_lt.h"
 #include "backends/cuda/gemm/fp8_gemm.h"
 #include "gpu_util.h"
 
@@ -309,6 +310,107 @@ TEST(GpuGemm, LinearF32Gemv) {
       be.cpu.linear_f32(x, wf, fc);
       be.gpu.linear_f32(be.up(x), be.up(wf), fg);
       expect_close(be.down(fg), fc, 1e-5, "linear_f32");
+    }
+}
+
+// `--numerics fast`: cuBLASLt's block-scaled FP8 GEMM (1x128 activation scales stored M-major, the
+// checkpoint's 128x128 weight scales as they are) against the same reference chain. Tolerance: wgmma
+// keeps about 14 bits while it sums a 128-K block (DeepSeek-V3 §3.3.2), with at most 4 truncating adds
+// per block (k = 32 per instruction), so per block |part - ref| <= 4 * 2^-13 * sum|a*w| = 2^-11 sum|a*w|;
+// the bound used is 2^-10 (the order bound's 2^-16 per block times 64), i.e. a factor 2 of margin.
+TEST(GpuGemm, Fp8BlockScaledCublasLtMatchesReference) {
+  REQUIRE_GPU();
+  Both be;
+  cuda::BlasLt& lt = be.gpu.blas();
+  if (!lt.fp8_blockscaled_possible()) GTEST_SKIP() << "block-scaled FP8 in cuBLASLt needs sm_90 and cuBLASLt 12.9+";
+  Stats all;
+  for (int64_t K : {int64_t(512), int64_t(1536), int64_t(7168)})
+    for (int64_t N : {int64_t(64), int64_t(576), int64_t(1536), int64_t(2112)})
+      for (int64_t M : {int64_t(17), int64_t(64), int64_t(130), int64_t(1000)}) {
+        const int64_t KB = K / 128;
+        Tensor a = rand_e4m3({M, K}), w = rand_e4m3({N, K});
+        Tensor as = rand_scales(M, KB, -8, 9), ws = rand_scales((N + 127) / 128, KB, -12, 7);
+        Tensor ast = host_tensor(DType::F32, {KB, M});
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t kb = 0; kb < KB; ++kb) ast.ptr<float>()[kb * M + m] = as.ptr<float>()[m * KB + kb];
+        std::vector<float> ref, bound;
+        reference(a.ptr<uint8_t>(), as.ptr<float>(), M, K, w.ptr<uint8_t>(), ws.ptr<float>(), N, ref, bound);
+        for (float& b : bound) b *= 64.f;
+        Tensor ad = be.up(a), astd = be.up(ast), wd = be.up(w), wsd = be.up(ws);
+        Tensor out = be.poisoned(DType::BF16, {M, N});
+        cuda::LtGemm g;
+        g.kind = cuda::LtGemm::Kind::Fp8;
+        g.x = ad.data; g.ldx = K; g.w = wd.data; g.ldw = K; g.d = out.data; g.ldd = N;
+        g.M = M; g.N = N; g.K = K;
+        g.x_scale = astd.ptr<float>(); g.w_scale = wsd.ptr<float>();
+        const std::string what = "cuBLASLt block-scaled M=" + std::to_string(M) + " N=" + std::to_string(N) +
+                                 " K=" + std::to_string(K);
+        ASSERT_TRUE(lt.run(g)) << what << ": no cuBLASLt algorithm";
+        all.merge(compare(be.down(out), ref, bound, M, N, what.c_str()));
+      }
+  std::printf("[fp8 cuBLASLt block-scaled] %lld outputs, %lld differ from the reference (%.4f%%), max %.2f bf16 ulp, "
+              "max |diff| / (ulp + 2 d_fast) = %.3f\n",
+              (long long)all.n, (long long)all.mism, 100.0 * double(all.mism) / double(std::max<int64_t>(1, all.n)),
+              all.max_ulps, all.max_ratio);
+  EXPECT_EQ(all.bad, 0);
+}
+
+// The backend op in fast numerics: rows above 16 go to cuBLASLt (counted), the rest to the GEMV; both
+// against the CPU backend. Reference numerics never touch the FP8 cuBLASLt path.
+TEST(GpuGemm, LinearFp8FastNumericsMatchesCpuBackend) {
+  REQUIRE_GPU();
+  Both be;
+  cuda::BlasLt& lt = be.gpu.blas();
+  struct Restore { Backend& b; ~Restore() { b.set_numerics(Numerics::Reference); } } restore{be.gpu};
+  for (Numerics mode : {Numerics::Reference, Numerics::Fast}) {
+    be.gpu.set_numerics(mode);
+    for (int64_t T : {int64_t(5), int64_t(33), int64_t(257)})
+      for (auto [N, K] : {std::pair<int64_t, int64_t>{576, 7168}, {1536, 1024}, {2112, 512}}) {
+        Fp8Weight w{rand_e4m3({N, K}), rand_scales((N + 127) / 128, K / 128, -12, 7)};
+        Fp8Weight wg{be.up(w.w), be.up(w.scale)};
+        Tensor x = rand_bf16({T, K}, 2.0f);
+        Tensor oc = host_tensor(DType::BF16, {T, N}), og = be.poisoned(DType::BF16, {T, N});
+        be.cpu.linear_fp8(x, w, oc);
+        const int64_t before = lt.runs(cuda::LtGemm::Kind::Fp8);
+        be.gpu.linear_fp8(be.up(x), wg, og);
+        const bool want_lt = mode == Numerics::Fast && T > 16 && lt.fp8_blockscaled_possible();
+        EXPECT_EQ(lt.runs(cuda::LtGemm::Kind::Fp8) - before, want_lt ? 1 : 0)
+            << numerics_name(mode) << " T=" << T << " N=" << N << " K=" << K;
+        expect_close(be.down(og), oc, 2e-3, "linear_fp8 (fast)");
+      }
+  }
+}
+
+// bf16 weights above the GEMV's 8 rows (lm_head in decode batches) and the MLA absorb products run on
+// cuBLASLt's bf16 tensor-core GEMM: exact products, fp32 sums (only their order differs).
+TEST(GpuGemm, Bf16CublasLtLinearAndAbsorb) {
+  REQUIRE_GPU();
+  Both be;
+  cuda::BlasLt& lt = be.gpu.blas();
+  for (int64_t T : {int64_t(9), int64_t(33), int64_t(128), int64_t(300)}) {
+    const int64_t N = 1000, K = 7168;
+    Tensor wf = rand_bf16({N, K}), x = rand_bf16({T, K}, 2.0f);
+    Tensor fc = host_tensor(DType::F32, {T, N}), fg = be.poisoned(DType::F32, {T, N});
+    const int64_t before = lt.runs(cuda::LtGemm::Kind::Bf16);
+    be.cpu.linear_f32(x, wf, fc);
+    be.gpu.linear_f32(be.up(x), be.up(wf), fg);
+    EXPECT_EQ(lt.runs(cuda::LtGemm::Kind::Bf16) - before, 1) << "T=" << T;
+    expect_close(be.down(fg), fc, 1e-5, "linear_f32 (cuBLASLt)");
+  }
+  for (int64_t T : {int64_t(1), int64_t(7), int64_t(130)})
+    for (int64_t H : {int64_t(2), int64_t(128)}) {
+      const int64_t QS = 192;
+      Tensor q = rand_bf16({T, H, QS}), w = rand_bf16({H, 256, 512}, 0.05f), ol = rand_bf16({T, H, 512});
+      Tensor qc = host_tensor(DType::BF16, {T, H, 512}), qg = be.poisoned(DType::BF16, {T, H, 512});
+      const int64_t before = lt.runs(cuda::LtGemm::Kind::Bf16);
+      be.cpu.mla_absorb_q(q, w, qc);
+      be.gpu.mla_absorb_q(be.up(q), be.up(w), qg);
+      expect_close(be.down(qg), qc, 2e-3, "mla_absorb_q (cuBLASLt)");
+      Tensor oc = host_tensor(DType::BF16, {T, H, 128}), og = be.poisoned(DType::BF16, {T, H, 128});
+      be.cpu.mla_absorb_out(ol, w, oc);
+      be.gpu.mla_absorb_out(be.up(ol), be.up(w), og);
+      expect_close(be.down(og), oc, 2e-3, "mla_absorb_out (cuBLASLt)");
+      EXPECT_EQ(lt.runs(cuda::LtGemm::Kind::Bf16) - before, 2) << "T=" << T << " H=" << H;
     }
 }
 

@@ -237,6 +237,7 @@ CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
   smem_optin_ = prop.sharedMemPerBlockOptin;
   DSA_CUDA_CHECK(cudaMalloc(&err_, sizeof(int)));
   DSA_CUDA_CHECK(cudaMemset(err_, 0, sizeof(int)));
+  blas_ = std::make_unique<BlasLt>();
   if (const char* g = std::getenv("DSA_CUDA_GRAPHS")) graphs_on_ = g[0] && !(g[0] == '0' && g[1] == 0);
   // One-time probes with synchronous copies happen here, never inside a decode step (graph capture).
   sm90_scores_available();

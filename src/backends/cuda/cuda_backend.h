@@ -10,6 +10,7 @@
 
 #include "backends/backend.h"
 #include "backends/cuda/common.cuh"
+#include "backends/cuda/gemm/blas_lt.h"
 
 namespace dsa::cuda {
 
@@ -120,6 +121,7 @@ class CudaBackend : public Backend {
   const DevBatch& dev(const Batch& b);  // prepares on first use
   DevicePool& pool() { return *pool_; }
   int sm_count() const { return sms_; }
+  BlasLt& blas() { return *blas_; }
   // Largest dynamic + static shared memory one block may use on this GPU (sm_80: 163 KB, sm_86/89:
   // 99 KB, sm_90: 227 KB); kernels that need more fall back to a smaller variant.
   size_t smem_optin() const { return smem_optin_; }
@@ -129,6 +131,7 @@ class CudaBackend : public Backend {
 
  private:
   std::shared_ptr<DevicePool> pool_;
+  std::unique_ptr<BlasLt> blas_;
   int* err_ = nullptr;
   int sms_ = 0;
   size_t smem_optin_ = 48 * 1024;
@@ -155,7 +158,8 @@ bool pdl_enabled();
 void set_pdl_enabled(bool on);
 
 // Kernel entry points shared between op files (host-side launchers).
-void launch_act_quant(const uint16_t* x, int64_t rows, int64_t K, uint8_t* q, float* s);
+// s_mmajor: the scales stored [K/128][rows] (what cuBLASLt's VEC128 mode reads) instead of [rows][K/128].
+void launch_act_quant(const uint16_t* x, int64_t rows, int64_t K, uint8_t* q, float* s, bool s_mmajor = false);
 // out[M,N] = bf16(sum_kb dot128(aq, wq) * (as * ws)); grouped when table != nullptr.
 struct Fp8GemmArgs {
   const uint8_t* a; const float* as; int64_t M, K;     // activations e4m3 [M, K], scales [M, K/128]

@@ -11,7 +11,9 @@ namespace {
 
 constexpr int BM = 64, BN = 64, BK = 32, NT = 256;
 
-__global__ void act_quant_kernel(const uint16_t* x, int64_t groups, uint8_t* q, float* s) {
+// One warp per 1x128 group g = row * KB + kb; mmajor: the scale goes to s[kb * rows + row].
+__global__ void act_quant_kernel(const uint16_t* x, int64_t groups, uint8_t* q, float* s, int64_t KB, int64_t rows,
+                                 bool mmajor) {
   const int64_t g = blockIdx.x * int64_t(blockDim.y) + threadIdx.y;
   if (g >= groups) return;
   const int l = threadIdx.x;
@@ -24,7 +26,7 @@ __global__ void act_quant_kernel(const uint16_t* x, int64_t groups, uint8_t* q, 
   const uint32_t packed = uint32_t(quant_e4m3(v[0], inv)) | (uint32_t(quant_e4m3(v[1], inv)) << 8) |
                           (uint32_t(quant_e4m3(v[2], inv)) << 16) | (uint32_t(quant_e4m3(v[3], inv)) << 24);
   *reinterpret_cast<uint32_t*>(q + g * 128 + l * 4) = packed;
-  if (l == 0) s[g] = sc;
+  if (l == 0) s[mmajor ? (g % KB) * rows + g / KB : g] = sc;
 }
 
 template <typename T> __device__ __forceinline__ float ld(const T* p);
@@ -138,12 +140,25 @@ void run_gemm(const GemmP& p, int64_t Z, int64_t mtiles) {
   DSA_LAUNCH_CHECK();
 }
 
+// A bf16 product for cuBLASLt (blas_lt.h has the meaning of each stride).
+LtGemm bf16_gemm(const void* x, int64_t ldx, int64_t sx, const void* w, int64_t ldw, int64_t sw, bool w_kn, void* d,
+                 int64_t ldd, int64_t sd, int64_t M, int64_t N, int64_t K, int64_t batch, bool out_f32) {
+  LtGemm g;
+  g.kind = LtGemm::Kind::Bf16;
+  g.out_f32 = out_f32;
+  g.x = x; g.ldx = ldx; g.stride_x = sx;
+  g.w = w; g.ldw = ldw; g.stride_w = sw; g.w_kn = w_kn;
+  g.d = d; g.ldd = ldd; g.stride_d = sd;
+  g.M = M; g.N = N; g.K = K; g.batch = batch;
+  return g;
+}
+
 }  // namespace
 
-void launch_act_quant(const uint16_t* x, int64_t rows, int64_t K, uint8_t* q, float* s) {
+void launch_act_quant(const uint16_t* x, int64_t rows, int64_t K, uint8_t* q, float* s, bool s_mmajor) {
   const int64_t groups = rows * (K / 128);
   if (groups == 0) return;
-  act_quant_kernel<<<cdiv(groups, 8), dim3(32, 8)>>>(x, groups, q, s);
+  act_quant_kernel<<<cdiv(groups, 8), dim3(32, 8)>>>(x, groups, q, s, K / 128, rows, s_mmajor);
   DSA_LAUNCH_CHECK();
 }
 
@@ -159,6 +174,18 @@ void CudaBackend::linear_fp8(const Tensor& x, const Fp8Weight& w, Tensor& out) {
   DSA_CHECK(K % 128 == 0, "linear_fp8: K = ", K, " is not a multiple of 128");
   if (T == 0) return;
   Tensor q = alloc(DType::E4M3, {T, K}), s = alloc(DType::F32, {T, K / 128});
+  // Fast numerics: cuBLASLt's block-scaled FP8 GEMM above the GEMV's 16 rows (Numerics in backend.h).
+  if (numerics_ == Numerics::Fast && T > 16 && blas_->fp8_blockscaled_possible() && K % 512 == 0) {
+    launch_act_quant(x.ptr<uint16_t>(), T, K, q.ptr<uint8_t>(), s.ptr<float>(), true);
+    LtGemm g;
+    g.kind = LtGemm::Kind::Fp8;
+    g.x = q.data; g.ldx = K;
+    g.w = w.w.data; g.ldw = K;
+    g.d = out.data; g.ldd = N;
+    g.M = T; g.N = N; g.K = K;
+    g.x_scale = s.ptr<float>(); g.w_scale = w.scale.ptr<float>();
+    if (blas_->run(g)) return;
+  }
   launch_act_quant(x.ptr<uint16_t>(), T, K, q.ptr<uint8_t>(), s.ptr<float>());
   launch_linear_fp8({q.ptr<uint8_t>(), s.ptr<float>(), T, K, w.w.ptr<uint8_t>(), w.scale.ptr<float>(), N,
                      out.ptr<uint16_t>(), N});
@@ -174,6 +201,10 @@ void CudaBackend::linear_f32(const Tensor& x, const Tensor& w, Tensor& out) {
   p.M = T; p.N = N; p.K = K;
   if (T == 0 || N == 0) return;
   if (launch_linear_f32_gemv(x.ptr<uint16_t>(), T, K, w.data, w.dtype == DType::F32, N, out.ptr<float>())) return;
+  // bf16 weights: the products are exact in fp32, so tensor cores with fp32 accumulation compute the
+  // contract (only the order of the fp32 adds differs), ~50x the CUDA-core kernel's rate (lm_head).
+  if (w.dtype == DType::BF16 && blas_->run(bf16_gemm(x.data, K, 0, w.data, K, 0, false, out.data, N, 0, T, N, K, 1, true)))
+    return;
   if (w.dtype == DType::F32) run_gemm<uint16_t, float, false, false>(p, 1, cdiv(T, BM));
   else run_gemm<uint16_t, uint16_t, false, false>(p, 1, cdiv(T, BM));
 }
@@ -193,6 +224,9 @@ void CudaBackend::mla_absorb_q(const Tensor& q, const Tensor& wkv_b, Tensor& q_l
   p.b = wkv_b.data; p.sBz = 2 * NOPE * C; p.sBn = 1; p.sBk = C;
   p.c = q_lat.data; p.sCz = C; p.sCm = H * C;
   p.M = T; p.N = C; p.K = NOPE;
+  if (blas_->run(bf16_gemm(q.data, H * QS, QS, wkv_b.data, C, 2 * NOPE * C, true, q_lat.data, H * C, C, T, C, NOPE, H,
+                           false)))
+    return;
   run_gemm<uint16_t, uint16_t, true, false>(p, H, cdiv(T, BM));
 }
 
@@ -203,6 +237,8 @@ void CudaBackend::mla_absorb_out(const Tensor& o_lat, const Tensor& wkv_b, Tenso
   p.b = static_cast<const uint16_t*>(wkv_b.data) + NOPE * C; p.sBz = 2 * NOPE * C; p.sBn = C; p.sBk = 1;
   p.c = out.data; p.sCz = DV; p.sCm = H * DV;
   p.M = T; p.N = DV; p.K = C;
+  if (blas_->run(bf16_gemm(o_lat.data, H * C, C, p.b, C, 2 * NOPE * C, false, out.data, H * DV, DV, T, DV, C, H, false)))
+    return;
   run_gemm<uint16_t, uint16_t, true, false>(p, H, cdiv(T, BM));
 }
 

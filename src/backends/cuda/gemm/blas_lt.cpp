@@ -1,0 +1,141 @@
+#include "backends/cuda/gemm/blas_lt.h"
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include "core/error.h"
+
+namespace dsa::cuda {
+
+namespace {
+
+void lt_check(cublasStatus_t s, const char* what) {
+  DSA_CHECK(s == CUBLAS_STATUS_SUCCESS, "cuBLASLt ", what, " failed (status ", int(s), ")");
+}
+
+// Largest power of two (<= 256) dividing every address and leading dimension in bytes: the heuristic
+// must not pick an algorithm that assumes more alignment than the operands have.
+int alignment_of(const LtGemm& g) {
+  const int64_t el_x = g.kind == LtGemm::Kind::Fp8 ? 1 : 2, el_d = g.out_f32 ? 4 : 2;
+  uint64_t bits = reinterpret_cast<uintptr_t>(g.x) | reinterpret_cast<uintptr_t>(g.w) |
+                  reinterpret_cast<uintptr_t>(g.d) | uint64_t(g.ldx * el_x) | uint64_t(g.ldw * el_x) |
+                  uint64_t(g.ldd * el_d);
+  if (g.batch > 1) bits |= uint64_t(g.stride_x * el_x) | uint64_t(g.stride_w * el_x) | uint64_t(g.stride_d * el_d);
+  int a = 1;
+  while (a < 256 && !(bits & uint64_t(a))) a <<= 1;
+  return a;
+}
+
+}  // namespace
+
+struct BlasLt::Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t lw = nullptr, lx = nullptr, ld = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool ok = false;
+  ~Plan() {
+    if (ld) cublasLtMatrixLayoutDestroy(ld);
+    if (lx) cublasLtMatrixLayoutDestroy(lx);
+    if (lw) cublasLtMatrixLayoutDestroy(lw);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+BlasLt::BlasLt() {
+  cublasLtHandle_t h = nullptr;
+  lt_check(cublasLtCreate(&h), "handle creation");
+  handle_ = h;
+  // 32 MiB: what NVIDIA recommends for Hopper (split-K and stream-K algorithms need it).
+  workspace_bytes_ = size_t(32) << 20;
+  const cudaError_t e = cudaMalloc(&workspace_, workspace_bytes_);
+  DSA_CHECK(e == cudaSuccess, "cuBLASLt workspace (", workspace_bytes_ >> 20, " MiB): ", cudaGetErrorString(e));
+  int dev = 0, major = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  fp8_possible_ = major == 9 && cublasLtGetVersion() >= 120900;
+}
+
+BlasLt::~BlasLt() {
+  for (auto& [k, p] : plans_) delete p;
+  if (workspace_) cudaFree(workspace_);
+  if (handle_) cublasLtDestroy(handle_);
+}
+
+BlasLt::Plan* BlasLt::plan(const LtGemm& g, int align) {
+  const Key key{int(g.kind), int(g.out_f32), g.M, g.N, g.K, g.batch, g.ldx, g.ldw, g.ldd, g.stride_x, g.stride_w,
+                g.stride_d, int(g.w_kn), align, int(g.fp8_unscaled)};
+  if (auto it = plans_.find(key); it != plans_.end()) return it->second;
+  auto* p = new Plan;
+  plans_[key] = p;
+  const bool fp8 = g.kind == LtGemm::Kind::Fp8;
+  const cudaDataType_t tin = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF, tout = g.out_f32 ? CUDA_R_32F : CUDA_R_16BF;
+  // Column-major cuBLAS view of the row-major product: D^T [N, M] = op(W') [N, K] . X' [K, M], where
+  // X' is X read column-major ([K, M], ld ldx) and W' is W read column-major: [K, N] (transposed by
+  // the op) or, with w_kn, [N, K] as it is.
+  lt_check(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "descriptor");
+  const cublasOperation_t ta = g.w_kn ? CUBLAS_OP_N : CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
+  lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "TRANSB");
+  if (fp8 && !g.fp8_unscaled) {
+    const int32_t ma = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, mb = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+    lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &ma, sizeof ma), "A scale mode");
+    lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mb, sizeof mb), "B scale mode");
+    const int8_t fast_accum = 0;  // promote every block: fp32 outside the 128-K partial sums
+    lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast_accum, sizeof fast_accum),
+             "fast accum");
+  }
+  if (g.w_kn) lt_check(cublasLtMatrixLayoutCreate(&p->lw, tin, g.N, g.K, g.ldw), "W layout");
+  else lt_check(cublasLtMatrixLayoutCreate(&p->lw, tin, g.K, g.N, g.ldw), "W layout");
+  lt_check(cublasLtMatrixLayoutCreate(&p->lx, tin, g.K, g.M, g.ldx), "X layout");
+  lt_check(cublasLtMatrixLayoutCreate(&p->ld, tout, g.N, g.M, g.ldd), "D layout");
+  if (g.batch > 1) {
+    const int32_t n = int32_t(g.batch);
+    for (auto [l, s] : {std::pair{p->lw, g.stride_w}, {p->lx, g.stride_x}, {p->ld, g.stride_d}}) {
+      lt_check(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &n, sizeof n), "batch count");
+      lt_check(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &s, sizeof s),
+               "batch stride");
+    }
+  }
+  cublasLtMatmulPreference_t pref = nullptr;
+  lt_check(cublasLtMatmulPreferenceCreate(&pref), "preference");
+  const uint64_t ws = workspace_bytes_;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+  const uint32_t al = uint32_t(align);
+  for (auto a : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                 CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
+    cublasLtMatmulPreferenceSetAttribute(pref, a, &al, sizeof al);
+  // No in-place split-K reductions: every output's sum is then formed the same way on every run.
+  const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE | CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes, sizeof schemes);
+  cublasLtMatmulHeuristicResult_t res{};
+  int found = 0;
+  const cublasStatus_t hs =
+      cublasLtMatmulAlgoGetHeuristic(handle_, p->op, p->lw, p->lx, p->ld, p->ld, pref, 1, &res, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  p->ok = hs == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
+  if (p->ok) p->algo = res.algo;
+  return p;
+}
+
+bool BlasLt::run(const LtGemm& g) {
+  if (g.M == 0 || g.N == 0) return true;
+  const bool fp8 = g.kind == LtGemm::Kind::Fp8;
+  if (fp8 && (g.w_kn || g.out_f32)) return false;
+  if (fp8 && !g.fp8_unscaled && (!fp8_possible_ || g.K % 512 != 0 || !g.x_scale || !g.w_scale)) return false;
+  Plan* p = plan(g, alignment_of(g));
+  if (!p->ok) return false;
+  if (fp8 && !g.fp8_unscaled) {  // the scale pointers change from call to call; the plan's descriptor is ours alone
+    lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &g.w_scale, sizeof g.w_scale),
+             "A scale");
+    lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &g.x_scale, sizeof g.x_scale),
+             "B scale");
+  }
+  const float alpha = 1.f, beta = 0.f;
+  const cublasStatus_t s = cublasLtMatmul(handle_, p->op, &alpha, g.w, p->lw, g.x, p->lx, &beta, g.d, p->ld, g.d,
+                                          p->ld, &p->algo, workspace_, workspace_bytes_, cudaStreamPerThread);
+  lt_check(s, "matmul");
+  ++runs_[int(g.kind)];
+  return true;
+}
+
+}  // namespace dsa::cuda
