@@ -323,6 +323,33 @@ void ModelConfig::validate(const std::string& what) const {
   DSA_POSITIVE(index_topk);
   DSA_POSITIVE(max_position_embeddings);
 #undef DSA_POSITIVE
+  // Upper bounds far above any real model (V3.2: 7168 hidden, 128 heads, 61 layers, 163840 context):
+  // beyond them a size is a typo, and products of sizes could overflow.
+#define DSA_AT_MOST(f, hi) \
+  if (f > (hi)) bad(#f, f, " is larger than the ", int64_t(hi), " this engine supports")
+  DSA_AT_MOST(vocab_size, int64_t(1) << 22);
+  DSA_AT_MOST(hidden_size, int64_t(1) << 18);
+  DSA_AT_MOST(intermediate_size, int64_t(1) << 20);
+  DSA_AT_MOST(moe_intermediate_size, int64_t(1) << 20);
+  DSA_AT_MOST(num_hidden_layers, 4096);
+  DSA_AT_MOST(num_nextn_predict_layers, 64);
+  DSA_AT_MOST(moe_layer_freq, 4096);
+  DSA_AT_MOST(num_attention_heads, 4096);
+  DSA_AT_MOST(q_lora_rank, int64_t(1) << 18);
+  DSA_AT_MOST(kv_lora_rank, int64_t(1) << 18);
+  DSA_AT_MOST(qk_nope_head_dim, 4096);
+  DSA_AT_MOST(qk_rope_head_dim, 4096);
+  DSA_AT_MOST(v_head_dim, 4096);
+  DSA_AT_MOST(n_routed_experts, 65536);
+  DSA_AT_MOST(n_shared_experts, 1024);
+  DSA_AT_MOST(num_experts_per_tok, 65536);
+  DSA_AT_MOST(n_group, 65536);
+  DSA_AT_MOST(topk_group, 65536);
+  DSA_AT_MOST(index_n_heads, 4096);
+  DSA_AT_MOST(index_head_dim, 4096);
+  DSA_AT_MOST(max_position_embeddings, int64_t(1) << 24);
+  DSA_AT_MOST(index_topk, int64_t(1) << 24);
+#undef DSA_AT_MOST
 #define DSA_NONNEG(f) \
   if (f < 0) bad(#f, "expected a non-negative integer, found ", f)
   DSA_NONNEG(n_routed_experts);

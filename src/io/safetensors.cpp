@@ -304,6 +304,21 @@ Tensor SafetensorsFile::tensor(const TensorInfo& info) const {
 
 namespace {
 
+// Why `p` cannot be a shard: "" for a regular file (links followed), else what it is instead.
+std::string not_a_shard(const fs::path& p) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(p, ec);
+  if (fs::is_regular_file(st)) return "";
+  if (!fs::exists(st))
+    return fs::is_symlink(fs::symlink_status(p, ec)) ? "is a symbolic link to nothing" : "does not exist";
+  if (fs::is_directory(st)) return "is a directory, not a regular file";
+  if (fs::is_fifo(st)) return "is a FIFO, not a regular file";
+  if (fs::is_character_file(st)) return "is a character device, not a regular file";
+  if (fs::is_block_file(st)) return "is a block device, not a regular file";
+  if (fs::is_socket(st)) return "is a socket, not a regular file";
+  return "is not a regular file";
+}
+
 json read_json_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, ": cannot open: ", std::strerror(errno));
@@ -356,9 +371,8 @@ Checkpoint Checkpoint::open(const std::string& dir) {
     }
     for (const auto& [shard, tname] : first_tensor) {
       const fs::path sp = fs::path(dir) / shard;
-      if (!fs::is_regular_file(sp, ec))
-        fail(ip, ": tensor ", qname(tname), " is mapped to shard ", qname(shard), ", but ", sp.string(),
-             " does not exist");
+      if (const std::string why = not_a_shard(sp); !why.empty())
+        fail(ip, ": tensor ", qname(tname), " is mapped to shard ", qname(shard), ", but ", sp.string(), " ", why);
       shard_ids.emplace(shard, add_file(sp));
     }
     for (const auto& [name, v] : wm->items()) {
@@ -388,7 +402,9 @@ Checkpoint Checkpoint::open(const std::string& dir) {
 
   std::vector<fs::path> shards;
   for (const auto& de : fs::directory_iterator(dir, ec)) {
-    if (de.path().extension() == ".safetensors" && de.is_regular_file(ec)) shards.push_back(de.path());
+    if (de.path().extension() != ".safetensors") continue;
+    if (const std::string why = not_a_shard(de.path()); !why.empty()) fail(de.path().string(), ": ", why);
+    shards.push_back(de.path());
   }
   if (ec) fail(dir, ": cannot list directory: ", ec.message());
   if (shards.empty())
@@ -445,6 +461,76 @@ Tensor Checkpoint::get(std::string_view name, DType dtype, Shape shape) const {
     fail(f.path(), ": tensor ", qname(name), ": expected ", dtype_name(dtype), shape.str(), ", found ",
          dtype_name(ti.dtype), ti.shape.str());
   return f.tensor(ti);
+}
+
+namespace {
+
+// Index of the first element whose bits say NaN or infinity (all exponent bits set), or n. The
+// branch-free OR pass vectorizes; the exact index is looked for only once something is found.
+template <typename T, typename Pred>
+size_t first_nonfinite(const T* p, size_t n, Pred bad) {
+  constexpr size_t kChunk = 1 << 16;
+  for (size_t c = 0; c < n; c += kChunk) {
+    const size_t e = std::min(n, c + kChunk);
+    bool any = false;
+    for (size_t i = c; i < e; ++i) any |= bad(p[i]);
+    if (any)
+      for (size_t i = c; i < e; ++i)
+        if (bad(p[i])) return i;
+  }
+  return n;
+}
+
+}  // namespace
+
+void Checkpoint::check_finite(std::string_view name) const {
+  auto it = where_.find(name);
+  if (it == where_.end()) fail(dir_, ": missing tensor ", qname(name));
+  const auto& f = *files_[it->second.first];
+  const TensorInfo& ti = f.header().tensors[it->second.second];
+  const Tensor t = f.tensor(ti);
+  const size_t n = size_t(t.numel());
+  size_t at = n;
+  bool nan = false;
+  switch (t.dtype) {
+    case DType::F32: {
+      const uint32_t* p = static_cast<const uint32_t*>(t.data);
+      at = first_nonfinite(p, n, [](uint32_t v) { return (v & 0x7f800000u) == 0x7f800000u; });
+      nan = at < n && (p[at] & 0x007fffffu) != 0;
+      break;
+    }
+    case DType::BF16: {
+      const uint16_t* p = static_cast<const uint16_t*>(t.data);
+      at = first_nonfinite(p, n, [](uint16_t v) { return (v & 0x7f80u) == 0x7f80u; });
+      nan = at < n && (p[at] & 0x007fu) != 0;
+      break;
+    }
+    case DType::F16: {
+      const uint16_t* p = static_cast<const uint16_t*>(t.data);
+      at = first_nonfinite(p, n, [](uint16_t v) { return (v & 0x7c00u) == 0x7c00u; });
+      nan = at < n && (p[at] & 0x03ffu) != 0;
+      break;
+    }
+    case DType::E4M3: {  // e4m3fn has no infinity; S.1111.111 is NaN
+      const uint8_t* p = static_cast<const uint8_t*>(t.data);
+      at = first_nonfinite(p, n, [](uint8_t v) { return (v & 0x7fu) == 0x7fu; });
+      nan = true;
+      break;
+    }
+    default:
+      return;
+  }
+  if (at < n)
+    fail(f.path(), ": tensor ", qname(name), " (", dtype_name(ti.dtype), ti.shape.str(), ") holds ",
+         nan ? "NaN" : "an infinity", " at element ", at,
+         ": the checkpoint is corrupt (--no-check-weights skips this check)");
+}
+
+uint64_t Checkpoint::tensor_bytes() const {
+  uint64_t b = 0;
+  for (const auto& f : files_)
+    for (const auto& t : f->header().tensors) b += t.end - t.begin;
+  return b;
 }
 
 // ---- Writing -----------------------------------------------------------------------------

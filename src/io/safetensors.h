@@ -74,6 +74,10 @@ class Checkpoint {
   // Tensor by name with the expected dtype and shape; on mismatch throws
   // "<file>: tensor '<name>': expected BF16[384, 128], found F32[384, 128]".
   Tensor get(std::string_view name, DType dtype, Shape shape) const;
+  // Throws "<file>: tensor '<name>' holds NaN at element i ..." when a floating-point tensor (F32,
+  // BF16, F16, E4M3) holds a NaN or an infinity. Reads every byte once.
+  void check_finite(std::string_view name) const;
+  uint64_t tensor_bytes() const;  // all tensors' data, over every shard
 
  private:
   std::string dir_;

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <unordered_map>
@@ -1059,6 +1060,11 @@ void Tokenizer::Impl::bpe(const char* w, size_t n, std::vector<int32_t>& out) co
 namespace {
 
 std::string read_file(const std::string& path, const char* what) {
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  if (std::filesystem::is_directory(st)) fail("tokenizer: ", what, " '", path, "' is a directory, not a file");
+  if (std::filesystem::exists(st) && !std::filesystem::is_regular_file(st))
+    fail("tokenizer: ", what, " '", path, "' is not a regular file");
   std::ifstream f(path, std::ios::binary);
   if (!f) fail("tokenizer: cannot open ", what, " '", path, "'");
   std::ostringstream ss;
@@ -1081,6 +1087,16 @@ std::string type_of(const json& j, const char* what, const std::string& origin) 
   if (!j.is_object() || !j.contains("type") || !j["type"].is_string())
     fail("tokenizer: ", what, " in '", origin, "' has no \"type\"");
   return j["type"].get<std::string>();
+}
+
+// Ids index per-id tables, so they are bounded well below INT32_MAX (a real vocabulary has ~130K).
+constexpr int64_t kMaxTokenId = (int64_t(1) << 22) - 1;
+
+int64_t token_id_of(const json& v, const std::string& what, const std::string& origin) {
+  if (!v.is_number_integer()) fail("tokenizer: ", what, " in '", origin, "' has id ", v.dump(), ": expected an integer");
+  if (v.is_number_unsigned() ? v.get<uint64_t>() > uint64_t(kMaxTokenId) : (v.get<int64_t>() < 0 || v.get<int64_t>() > kMaxTokenId))
+    fail("tokenizer: ", what, " in '", origin, "' has id ", v.dump(), ": expected an id in [0, ", kMaxTokenId, "]");
+  return v.get<int64_t>();
 }
 
 bool get_bool(const json& j, const char* key, bool dflt) {
@@ -1188,19 +1204,19 @@ Tokenizer Tokenizer::from_dir(const std::string& dir) {
   std::string d = dir.empty() ? "." : dir;
   if (d.back() != '/') d += '/';
   std::string cfg = d + "tokenizer_config.json";
-  std::ifstream probe(cfg);
-  return from_files(d + "tokenizer.json", probe ? cfg : std::string());
+  std::error_code ec;
+  return from_files(d + "tokenizer.json", std::filesystem::exists(cfg, ec) ? cfg : std::string());
 }
 
 Tokenizer Tokenizer::from_files(const std::string& tokenizer_json, const std::string& tokenizer_config_json) {
   std::string tj = read_file(tokenizer_json, "tokenizer.json");
   std::string cj;
   if (!tokenizer_config_json.empty()) cj = read_file(tokenizer_config_json, "tokenizer_config.json");
-  return from_json_strings(tj, cj, tokenizer_json);
+  return from_json_strings(tj, cj, tokenizer_json, tokenizer_config_json);
 }
 
 Tokenizer Tokenizer::from_json_strings(std::string_view tokenizer_json, std::string_view tokenizer_config_json,
-                                       const std::string& origin) {
+                                       const std::string& origin, const std::string& config_origin) {
   auto t = std::make_shared<Impl>();
   t->uid = g_next_uid.fetch_add(1);
   t->origin = origin;
@@ -1227,8 +1243,7 @@ Tokenizer Tokenizer::from_json_strings(std::string_view tokenizer_json, std::str
     int32_t max_id = -1;
     t->vocab.reserve(vocab.size() * 2);
     for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-      int64_t id = it.value().get<int64_t>();
-      if (id < 0 || id > INT32_MAX) fail("tokenizer: bad id ", id, " for token '", it.key(), "'");
+      const int64_t id = token_id_of(it.value(), "token '" + it.key() + "'", origin);
       t->vocab.emplace(it.key(), static_cast<int32_t>(id));
       max_id = std::max(max_id, static_cast<int32_t>(id));
     }
@@ -1236,14 +1251,13 @@ Tokenizer Tokenizer::from_json_strings(std::string_view tokenizer_json, std::str
     if (j.contains("added_tokens") && !j["added_tokens"].is_null()) {
       for (const json& a : j["added_tokens"]) {
         AddedToken at;
-        at.id = a.at("id").get<int32_t>();
+        at.id = int32_t(token_id_of(a.at("id"), "added token " + a.value("content", std::string("?")), origin));
         at.content = a.at("content").get<std::string>();
         at.special = get_bool(a, "special", false);
         at.lstrip = get_bool(a, "lstrip", false);
         at.rstrip = get_bool(a, "rstrip", false);
         at.normalized = get_bool(a, "normalized", !at.special);
         at.single_word = get_bool(a, "single_word", false);
-        if (at.id < 0) fail("tokenizer: added token '", at.content, "' has a negative id");
         max_id = std::max(max_id, at.id);
         t->added_ids.emplace(at.content, at.id);  // the first of duplicates wins, as in the trie
         t->added.push_back(std::move(at));
@@ -1328,9 +1342,12 @@ Tokenizer Tokenizer::from_json_strings(std::string_view tokenizer_json, std::str
   }
 
   // --- tokenizer_config.json ---
-  if (!tokenizer_config_json.empty()) {
-    json c = parse_json(tokenizer_config_json, origin, "tokenizer_config.json");
-    if (!c.is_object()) fail("tokenizer: tokenizer_config.json next to '", origin, "' is not a JSON object");
+  if (!tokenizer_config_json.empty()) try {
+    const std::string corigin = config_origin.empty() ? "tokenizer_config.json of " + origin : config_origin;
+    json c = parse_json(tokenizer_config_json, corigin, "tokenizer_config.json");
+    if (!c.is_object()) fail("tokenizer: '", corigin, "' is not a JSON object");
+    if (auto it = c.find("add_bos_token"); it != c.end() && !it->is_null() && !it->is_boolean())
+      fail("tokenizer: field \"add_bos_token\" in '", corigin, "' is not a boolean");
     t->add_bos = get_bool(c, "add_bos_token", false);
     auto token_id = [&](const char* key) -> int32_t {
       auto it = c.find(key);
@@ -1341,7 +1358,7 @@ Tokenizer Tokenizer::from_json_strings(std::string_view tokenizer_json, std::str
       else if (it->is_object() && it->contains("content"))
         s = (*it)["content"].get<std::string>();
       else
-        fail("tokenizer: \"", key, "\" in tokenizer_config.json is neither a string nor an AddedToken");
+        fail("tokenizer: \"", key, "\" in '", corigin, "' is neither a string nor an AddedToken");
       auto a = t->added_ids.find(s);
       if (a != t->added_ids.end()) return a->second;
       auto v = t->vocab.find(s);
@@ -1350,7 +1367,10 @@ Tokenizer Tokenizer::from_json_strings(std::string_view tokenizer_json, std::str
     };
     t->bos = token_id("bos_token");
     t->eos = token_id("eos_token");
-    if (t->add_bos && t->bos < 0) fail("tokenizer: add_bos_token is true but there is no bos_token");
+    if (t->add_bos && t->bos < 0) fail("tokenizer: add_bos_token is true in '", corigin, "' but there is no bos_token");
+  } catch (const json::exception& e) {
+    fail("tokenizer: unexpected JSON structure in '",
+         config_origin.empty() ? "tokenizer_config.json of " + origin : config_origin, "': ", e.what());
   }
   return Tokenizer(std::move(t));
 }

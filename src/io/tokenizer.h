@@ -44,8 +44,9 @@ class Tokenizer {
   // tokenizer_config_json may be "" (then add_bos() is false and bos_id()/eos_id() are -1).
   static Tokenizer from_files(const std::string& tokenizer_json, const std::string& tokenizer_config_json);
   // The same from the files' contents.
+  // origin / config_origin name the two in errors.
   static Tokenizer from_json_strings(std::string_view tokenizer_json, std::string_view tokenizer_config_json,
-                                     const std::string& origin = "<memory>");
+                                     const std::string& origin = "<memory>", const std::string& config_origin = "");
 
   // Token ids of text; no BOS is added; added/special tokens written in the text are matched.
   std::vector<int32_t> encode(std::string_view text) const;

@@ -11,12 +11,15 @@ struct Loader {
   const Checkpoint& ck;
   const ModelConfig& cfg;
   Backend& be;
+  bool check_finite = true;
   size_t bytes = 0;
   std::set<std::string> used;
 
   Tensor get(const std::string& name, DType t, Shape s) {
     used.insert(name);
-    return ck.get(name, t, s);
+    Tensor h = ck.get(name, t, s);
+    if (check_finite) ck.check_finite(name);
+    return h;
   }
   Tensor put(const Tensor& host) {
     bytes += host.nbytes();
@@ -49,9 +52,9 @@ struct Loader {
 
 }  // namespace
 
-ModelWeights load_weights(const Checkpoint& ck, const ModelConfig& cfg, Backend& be) {
+ModelWeights load_weights(const Checkpoint& ck, const ModelConfig& cfg, Backend& be, bool check_finite) {
   DSA_CHECK(cfg.fp8, ck.dir(), ": only FP8 (quantization_config fp8/e4m3) checkpoints are supported");
-  Loader L{ck, cfg, be};
+  Loader L{ck, cfg, be, check_finite};
   const int64_t D = cfg.hidden_size, H = cfg.num_attention_heads, V = cfg.vocab_size;
   const int64_t QK = cfg.qk_head_dim(), NOPE = cfg.qk_nope_head_dim, DV = cfg.v_head_dim;
   const int64_t R = cfg.kv_lora_rank, RO = cfg.qk_rope_head_dim;
@@ -105,12 +108,28 @@ ModelWeights load_weights(const Checkpoint& ck, const ModelConfig& cfg, Backend&
     }
     m.layers.push_back(std::move(w));
   }
-  // Anything left over is a checkpoint/config mismatch — except the MTP layers
-  // (model.layers.{num_hidden_layers}.* and up), which the reference ignores too.
+  // Anything left over is a checkpoint/config mismatch — except the num_nextn_predict_layers MTP
+  // layers (model.layers.{num_hidden_layers}..), which the reference ignores too.
+  const int64_t n_layers = cfg.num_hidden_layers + cfg.num_nextn_predict_layers;
   for (const std::string& name : ck.names()) {
     if (L.used.count(name)) continue;
-    const std::string mtp = "model.layers.";
-    if (name.rfind(mtp, 0) == 0 && std::stoll(name.substr(mtp.size())) >= cfg.num_hidden_layers) continue;
+    const std::string pre = "model.layers.";
+    if (name.rfind(pre, 0) == 0) {
+      const size_t dot = name.find('.', pre.size());
+      const std::string idx = name.substr(pre.size(), dot == std::string::npos ? std::string::npos : dot - pre.size());
+      int64_t l = 0;
+      bool num = !idx.empty() && idx.size() <= 9;
+      for (char c : idx) num = num && c >= '0' && c <= '9';
+      if (!num)
+        fail(ck.file_of(name), ": unexpected tensor '", name, "': layer index '", idx, "' is not a layer number in [0, ",
+             n_layers, ")");
+      for (char c : idx) l = l * 10 + (c - '0');
+      if (l >= cfg.num_hidden_layers && l < n_layers) continue;
+      if (l >= n_layers)
+        fail(ck.file_of(name), ": tensor '", name, "' belongs to layer ", l, ", but config.json has num_hidden_layers ",
+             cfg.num_hidden_layers, " + num_nextn_predict_layers ", cfg.num_nextn_predict_layers, " = ", n_layers,
+             " layers (does config.json belong to this checkpoint?)");
+    }
     fail(ck.file_of(name), ": unexpected tensor '", name, "' (not part of a ", cfg.num_hidden_layers,
          "-layer DeepseekV32 model with this config)");
   }

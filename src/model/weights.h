@@ -39,6 +39,7 @@ struct ModelWeights {
   size_t bytes = 0;  // resident weight bytes on the backend
 };
 
-ModelWeights load_weights(const Checkpoint& ckpt, const ModelConfig& cfg, Backend& be);
+// check_finite: scan every floating-point tensor for NaN/Inf first (Checkpoint::check_finite).
+ModelWeights load_weights(const Checkpoint& ckpt, const ModelConfig& cfg, Backend& be, bool check_finite = true);
 
 }  // namespace dsa

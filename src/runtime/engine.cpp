@@ -69,7 +69,7 @@ std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions
   {
     const uint64_t kv_bytes = uint64_t(per_token) * uint64_t((kv_tokens + kKvBlock - 1) / kKvBlock * kKvBlock);
     const uint64_t ws = estimate_workspace_bytes(cfg, opt.max_batch_tokens, std::min(kv_tokens, cfg.max_position_embeddings),
-                                                 opt.max_seqs);
+                                                 std::min(opt.max_seqs, opt.max_batch_tokens));
     check_memory_fits("the KV pool and the step workspace", kv_bytes + ws,
                       concat("KV ", format_bytes(double(kv_bytes)), " for ", kv_tokens, " tokens at ", per_token,
                              " B/token, workspace ~", format_bytes(double(ws)), " for steps of ", opt.max_batch_tokens,

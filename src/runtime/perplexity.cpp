@@ -34,7 +34,8 @@ std::vector<std::string> manifest_files(const std::string& manifest) {
 
 PerplexityResult evaluate_perplexity(Engine& eng, const Tokenizer& tok, const std::vector<std::string>& files,
                                      int64_t ctx, int64_t max_windows,
-                                     const std::function<void(int64_t, int64_t, double)>& on_window) {
+                                     const std::function<void(int64_t, int64_t, double)>& on_window,
+                                     const std::function<void(int64_t)>& on_plan) {
   const ModelConfig& cfg = eng.model().config();
   DSA_CHECK(ctx >= 2 && ctx <= cfg.max_position_embeddings, "window of ", ctx, " tokens: must be in [2, ",
             cfg.max_position_embeddings, "] (the model's context)");
@@ -66,6 +67,7 @@ PerplexityResult evaluate_perplexity(Engine& eng, const Tokenizer& tok, const st
     if (max_windows > 0 && int64_t(win.size()) >= max_windows) break;
     win.push_back({off, std::min<int64_t>(ctx, int64_t(stream.size()) - off), {}, false});
   }
+  if (on_plan) on_plan(int64_t(win.size()));
   std::map<RequestId, size_t> of;
   size_t next_submit = 0, next_sum = 0;
   auto submit = [&] {

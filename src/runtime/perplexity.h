@@ -29,9 +29,11 @@ struct PerplexityResult {
 // Files listed in a MANIFEST.txt (one name per line, relative to its folder), in order.
 std::vector<std::string> manifest_files(const std::string& manifest);
 
-// on_window(window index, tokens in it, window nll) after each window, if given.
+// on_window(window index, tokens in it, window nll) after each window, if given; on_plan(number of
+// windows) once the files are tokenized, before the first window runs.
 PerplexityResult evaluate_perplexity(Engine& eng, const Tokenizer& tok, const std::vector<std::string>& files,
                                      int64_t ctx, int64_t max_windows = 0,
-                                     const std::function<void(int64_t, int64_t, double)>& on_window = {});
+                                     const std::function<void(int64_t, int64_t, double)>& on_window = {},
+                                     const std::function<void(int64_t)>& on_plan = {});
 
 }  // namespace dsa

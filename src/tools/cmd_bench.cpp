@@ -97,20 +97,32 @@ int run(int argc, char** argv) {
   app.add_option("--shared-prefix", shared_prefix, "throughput: tokens every prompt starts with (prefix cache)");
   app.add_option("--trace", trace, "throughput: JSONL, one request per line: {\"input_len\": N, \"output_len\": M}");
   app.add_option("--seed", seed, "prompt tokens' seed")->capture_default_str();
+  app.get_option("--attention")->description("throughput mode (--requests, --trace): sparse (DSA) or dense; "
+                                             "latency mode always runs both");
   if (int rc = tools::parse(app, argc, argv); rc >= 0) return rc;
-  ef.check_model_dir();
+  const ModelConfig cfg = ef.check();
   EngineOptions opt = ef.options();
-  const ModelConfig cfg = ModelConfig::from_file(ef.model + "/config.json");
+  const bool throughput = requests > 0 || !trace.empty();
+  DSA_USAGE_CHECK(throughput || app.get_option("--attention")->count() == 0,
+                  "--attention applies to throughput mode (--requests, --trace); latency mode runs DSA and dense in turn");
+  const int64_t C = cfg.max_position_embeddings;
+  tools::check_range<int64_t>("--steps", steps, 1, 1 << 20);
+  tools::check_range<int64_t>("--batch", batch, 1, 1 << 16);
+  if (ctx != 0) tools::check_range<int64_t>("--ctx", ctx, 1, C, " (the model's context)");
+  tools::check_range<int64_t>("--requests", requests, 0, 1 << 24);
+  tools::check_range<int64_t>("--concurrency", concurrency, 1, 1 << 16);
+  tools::check_range<int64_t>("--input-len", input_len, 1, C, " (the model's context)");
+  tools::check_range<int64_t>("--output-len", output_len, 1, C, " (the model's context)");
+  tools::check_range<int64_t>("--shared-prefix", shared_prefix, 0, C - 1, " (less than the model's context)");
 
-  if (requests == 0 && trace.empty()) {
+  if (!throughput) {
     // ---- latency ---------------------------------------------------------------------------
     if (ctx == 0) ctx = 8 * cfg.index_topk;
-    DSA_CHECK(batch >= 1 && steps >= 1, "--batch and --steps must be at least 1");
     DSA_CHECK(ctx >= 1 && ctx + steps + 2 <= cfg.max_position_embeddings, "--ctx + --steps exceeds the model's context (",
               cfg.max_position_embeddings, ")");
     if (opt.kv_tokens == 0 && opt.kv_memory.empty()) opt.kv_tokens = batch * (ctx + steps + 2 * kKvBlock);
     opt.max_seqs = std::max(opt.max_seqs, batch);
-    auto eng = Engine::load(ef.model, opt);
+    auto eng = tools::load_engine(ef, opt);
     std::printf("memory: weights %s, KV pool %s for %ld tokens (%s/token over all layers)\n",
                 tools::human_bytes(double(eng->weight_bytes())).c_str(), tools::human_bytes(double(eng->kv().bytes())).c_str(),
                 long(eng->kv().capacity_tokens()),
@@ -177,7 +189,7 @@ int run(int argc, char** argv) {
     for (auto& j : jobs) longest = std::max(longest, j.in + j.out);
     opt.kv_tokens = std::min<int64_t>(int64_t(jobs.size()), concurrency) * (longest + kKvBlock);
   }
-  auto eng = Engine::load(ef.model, opt);
+  auto eng = tools::load_engine(ef, opt);
   std::mt19937_64 rng(seed);
   const std::vector<int32_t> prefix = random_tokens(rng, shared_prefix, cfg.vocab_size);
   std::fprintf(stderr, "throughput: %zu requests, concurrency %ld, on %s, %s, KV pool %ld tokens, step budget %ld tokens\n",

@@ -50,9 +50,10 @@ struct ChatSession {
     chat::EncodeOptions eo;
     eo.thinking = thinking;
     const std::vector<int32_t> prompt = tok.encode(chat::encode_chat(fmt, msgs, eo));
-    const int64_t ctx = eng.config().max_position_embeddings;
+    const int64_t ctx = std::min(eng.config().max_position_embeddings, eng.kv().capacity_tokens());
     if (int64_t(prompt.size()) + 1 > ctx) {
-      std::printf("[the conversation is %zu tokens, over the model's context of %ld: /clear to start again]\n",
+      std::printf("[the conversation is %zu tokens, over the %ld tokens of context (the model's context or the KV pool, "
+                  "--kv-tokens): /clear to start again]\n",
                   prompt.size(), long(ctx));
       return;
     }
@@ -112,7 +113,7 @@ struct ChatSession {
     show(parser.finish());
     if (color && in_reasoning) std::fputs("\x1b[0m", stdout);
     if (fin.finish == FinishReason::Error) {
-      std::printf("\n[error: %s]\n", fin.error.c_str());
+      std::printf("\n[error: %s; the history is kept, /clear starts a new conversation]\n", fin.error.c_str());
       return;
     }
     const double ttft = fin.first_token_s > 0 ? fin.first_token_s - fin.arrival_s : 0;
@@ -133,27 +134,28 @@ int run(int argc, char** argv) {
   tools::EngineFlags ef;
   ef.add(app);
   std::string format, system;
-  SamplingParams sp;
-  sp.temperature = 0.7f;
-  sp.top_p = 0.95f;
-  uint64_t seed = 0;
+  tools::SamplingFlags sf;
+  sf.sp.temperature = 0.7f;
+  sf.sp.top_p = 0.95f;
   int64_t max_new = 512;
   bool think = false, no_color = false;
   app.add_option("--chat-format", format, "v32 (DSML) or v31 (V3.1-family template); default: from the model directory");
   app.add_option("--system", system, "system prompt");
   app.add_flag("--think", think, "start with thinking mode on");
   app.add_option("-n,--max-new", max_new, "maximum tokens per answer")->capture_default_str();
-  app.add_option("--temperature", sp.temperature)->capture_default_str();
-  app.add_option("--top-p", sp.top_p)->capture_default_str();
-  app.add_option("--top-k", sp.top_k)->capture_default_str();
-  app.add_option("--seed", seed, "sampling seed (turn i draws with seed + i)")->capture_default_str();
+  sf.add(app);
   app.add_flag("--no-color", no_color, "plain output");
   if (int rc = tools::parse(app, argc, argv); rc >= 0) return rc;
-  sp.seed = seed;
-  ef.check_model_dir();
+  {
+    const ModelConfig mc = ef.check();
+    tools::check_range<int64_t>("-n", max_new, 1, mc.max_position_embeddings, " (the model's context)");
+    sf.validate(mc.vocab_size);
+  }
+  SamplingParams sp = sf.sp;
+  sp.seed = sf.seed;  // turn i draws with seed + i
   Tokenizer tok = Tokenizer::from_dir(ef.model);
   const chat::ChatFormat fmt = format.empty() ? chat::detect_chat_format(ef.model) : chat::chat_format_from_name(format);
-  auto eng = Engine::load(ef.model, ef.options());
+  auto eng = tools::load_engine(ef);
   ChatSession s{*eng, tok, fmt, sp, max_new, think, !no_color && isatty(1), system, {}, 0};
   std::signal(SIGINT, on_sigint);
   std::fprintf(stderr, "dsa chat: %s on %s, format %s, attention %s. /help for commands.\n", ef.model.c_str(),
@@ -168,12 +170,14 @@ int run(int argc, char** argv) {
     if (line == "/clear") { s.clear(); std::puts("[history cleared]"); continue; }
     if (line == "/think on" || line == "/think off") { s.thinking = line == "/think on"; std::printf("[thinking %s]\n", s.thinking ? "on" : "off"); continue; }
     if (line.rfind("/system ", 0) == 0) { s.system = line.substr(8); std::puts("[system prompt set]"); continue; }
+    if (line.rfind("/think", 0) == 0) { std::printf("[%s: /think takes on or off]\n", line.c_str()); continue; }
+    if (line == "/system") { std::puts("[/system takes the prompt text: /system You are ...]"); continue; }
     if (line == "/help") { std::puts("/clear  /think on|off  /system TEXT  /exit   (Ctrl-C stops an answer)"); continue; }
     if (line[0] == '/') { std::printf("[unknown command %s; /help lists them]\n", line.c_str()); continue; }
     try {
       s.turn(line);
     } catch (const Error& e) {
-      std::printf("\n[error: %s]\n", e.what());
+      std::printf("\n[error: %s; the history is kept, /clear starts a new conversation]\n", e.what());
     }
   }
   return 0;

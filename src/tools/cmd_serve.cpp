@@ -67,9 +67,9 @@ int run(int argc, char** argv) {
   so.max_body_bytes = max_body_mb << 20;
   so.cors = !no_cors;
   so.engine_thread = false;  // serve() steps the engine here, on the thread that loads it
-  ef.check_model_dir();
+  ef.check();
 
-  auto eng = Engine::load(ef.model, ef.options());
+  auto eng = tools::load_engine(ef);
   std::optional<chat::ChatFormat> fmt;
   if (!format.empty()) fmt = chat::chat_format_from_name(format);
   server::ModelInfo mi = server::describe_model(*eng, ef.model, name, fmt);

@@ -11,7 +11,8 @@ std::vector<Command>& commands() {
 }
 
 void print_usage() {
-  std::fprintf(stderr, "usage: dsa <command> [options]   (dsa <command> --help for its options)\n\ncommands:\n");
+  std::fprintf(stderr, "usage: dsa <command> [options]   (dsa <command> --help for its options)\n"
+                       "       dsa --version\n\ncommands:\n");
   auto cs = commands();
   std::sort(cs.begin(), cs.end(), [](auto& a, auto& b) { return a.name < b.name; });
   for (auto& c : cs) std::fprintf(stderr, "  %-14s %s\n", c.name.c_str(), c.help.c_str());
