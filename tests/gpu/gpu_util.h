@@ -102,6 +102,20 @@ inline double expect_close(const Tensor& gpu_h, const Tensor& cpu_h, double tol,
   return e;
 }
 
+// Both MLA absorb products (q_nope . W_UK and o_lat . W_UV^T, q stride 192) on fresh random inputs, GPU vs CPU.
+inline void expect_absorb_matches(Both& be, int64_t T, int64_t H) {
+  const int64_t QS = 192;
+  Tensor q = rand_bf16({T, H, QS}), w = rand_bf16({H, 256, 512}, 0.05f), ol = rand_bf16({T, H, 512});
+  Tensor qc = host_tensor(DType::BF16, {T, H, 512}), qg = be.poisoned(DType::BF16, {T, H, 512});
+  be.cpu.mla_absorb_q(q, w, qc);
+  be.gpu.mla_absorb_q(be.up(q), be.up(w), qg);
+  expect_close(be.down(qg), qc, 2e-3, "mla_absorb_q");
+  Tensor oc = host_tensor(DType::BF16, {T, H, 128}), og = be.poisoned(DType::BF16, {T, H, 128});
+  be.cpu.mla_absorb_out(ol, w, oc);
+  be.gpu.mla_absorb_out(be.up(ol), be.up(w), og);
+  expect_close(be.down(og), oc, 2e-3, "mla_absorb_out");
+}
+
 // bf16 results that should differ from the CPU's by at most one bf16 ulp in a few elements
 // (fp32 summation order only): max |gpu - cpu| <= ulp(|cpu|) and few mismatches.
 inline void expect_bf16_near(const Tensor& gpu_h, const Tensor& cpu_h, double max_mismatch_frac, const char* what) {

@@ -399,17 +399,8 @@ TEST(GpuGemm, Bf16CublasLtLinearAndAbsorb) {
   }
   for (int64_t T : {int64_t(1), int64_t(7), int64_t(130)})
     for (int64_t H : {int64_t(2), int64_t(128)}) {
-      const int64_t QS = 192;
-      Tensor q = rand_bf16({T, H, QS}), w = rand_bf16({H, 256, 512}, 0.05f), ol = rand_bf16({T, H, 512});
-      Tensor qc = host_tensor(DType::BF16, {T, H, 512}), qg = be.poisoned(DType::BF16, {T, H, 512});
       const int64_t before = lt.runs(cuda::LtGemm::Kind::Bf16);
-      be.cpu.mla_absorb_q(q, w, qc);
-      be.gpu.mla_absorb_q(be.up(q), be.up(w), qg);
-      expect_close(be.down(qg), qc, 2e-3, "mla_absorb_q (cuBLASLt)");
-      Tensor oc = host_tensor(DType::BF16, {T, H, 128}), og = be.poisoned(DType::BF16, {T, H, 128});
-      be.cpu.mla_absorb_out(ol, w, oc);
-      be.gpu.mla_absorb_out(be.up(ol), be.up(w), og);
-      expect_close(be.down(og), oc, 2e-3, "mla_absorb_out (cuBLASLt)");
+      expect_absorb_matches(be, T, H);
       EXPECT_EQ(lt.runs(cuda::LtGemm::Kind::Bf16) - before, 2) << "T=" << T << " H=" << H;
     }
 }

@@ -141,18 +141,7 @@ TEST(GpuOps, LinearsAndDequant) {
 TEST(GpuOps, MlaAbsorb) {
   REQUIRE_GPU();
   Both be;
-  for (int64_t H : {int64_t(1), int64_t(3), int64_t(16)}) {
-    const int64_t T = 5, QS = 192;
-    Tensor q = rand_bf16({T, H, QS}), w = rand_bf16({H, 256, 512}, 0.05f), ol = rand_bf16({T, H, 512});
-    Tensor qc = host_tensor(DType::BF16, {T, H, 512}), qg = be.poisoned(DType::BF16, {T, H, 512});
-    be.cpu.mla_absorb_q(q, w, qc);
-    be.gpu.mla_absorb_q(be.up(q), be.up(w), qg);
-    expect_close(be.down(qg), qc, 2e-3, "mla_absorb_q");
-    Tensor oc = host_tensor(DType::BF16, {T, H, 128}), og = be.poisoned(DType::BF16, {T, H, 128});
-    be.cpu.mla_absorb_out(ol, w, oc);
-    be.gpu.mla_absorb_out(be.up(ol), be.up(w), og);
-    expect_close(be.down(og), oc, 2e-3, "mla_absorb_out");
-  }
+  for (int64_t H : {int64_t(1), int64_t(3), int64_t(16)}) expect_absorb_matches(be, 5, H);
 }
 
 // A filled MLA cache of L tokens (shuffled blocks); returns the batch that wrote it.
