@@ -17,11 +17,12 @@
 #     bench      dsa_gpu_bench (per kernel, per-layer decode dense vs DSA) + prefill bench (+ GEMM bench)
 #     e2e        dsa bench on dsa-mini (batch 1/8, graphs on/off) and an op profile of a decode step
 #     ppl        dsa-mini dev-set perplexity at context 8192 on the GPU, dense and DSA
+#                (PPL_MODES="dense sparse:fast ...": attention[:numerics])
 #     profile    (not in the default list) Nsight Compute: per-kernel durations of the batch-1 decode chains and
 #                full sections of the MLA decode and indexer score kernels (ncu_*.txt in the log archive)
 #     gemm       (not in the default list) dsa_gpu_gemm_bench --quick alone (ours, cuBLASLt block-scaled, cuBLASLt plain FP8)
 #     runtime    (not in the default list) the batched engine's throughput: dsa bench --requests on dsa-mini and
-#                the real-scale preset (RUNTIME_CASES="model:in:out:concurrency[:requests] ...", model mini|real;
+#                the real-scale preset (RUNTIME_CASES="model:in:out:concurrency[:requests[:numerics]] ...", model mini|real;
 #                RUNTIME_EXTRA: more dsa bench options, e.g. --numerics fast)
 #     real       real-scale model (v32-real-attn: 7168 hidden, 128 heads, 64x128 indexer, k 2048), made
 #                on the device; 128K-token prefill then decode, dense vs DSA, with memory and speed
@@ -197,12 +198,14 @@ if has e2e && (( $(left) > 60 )); then  # end-to-end decode step latency on dsa-
 fi
 
 if has ppl && (( $(left) > 90 )); then
-  for att in ${PPL_MODES:-dense sparse}; do
+  for pm in ${PPL_MODES:-dense sparse}; do  # attention[:numerics], e.g. "sparse sparse:fast"
+    IFS=: read -r att num <<< "$pm"
+    num=${num:-reference}
     (( $(left) > 60 )) || break
     t0=$SECONDS
-    timeout $(( $(left) - 30 )) "$B/dsa" perplexity -m "$MINI" --device cuda --attention $att \
+    timeout $(( $(left) - 30 )) "$B/dsa" perplexity -m "$MINI" --device cuda --attention $att --numerics $num \
       --manifest "$DEV/shared/data/dev/MANIFEST.txt" --ctx 8192 > "$OUT/ppl.tmp" 2>&1
-    note "dsa-mini ppl ctx 8192 on cuda, $att: rc=$? in $((SECONDS - t0)) s: $(grep -m1 '^perplexity' "$OUT/ppl.tmp")"
+    note "dsa-mini ppl ctx 8192 on cuda, $att, $num numerics: rc=$? in $((SECONDS - t0)) s: $(grep -m1 '^perplexity' "$OUT/ppl.tmp")"
     cat "$OUT/ppl.tmp" >> "$OUT/ppl.log"; rm -f "$OUT/ppl.tmp"
   done
 fi
@@ -233,8 +236,9 @@ if has runtime && (( $(left) > 60 )); then  # the batched engine: serving throug
   RM=${REAL_MODEL_DIR:-/tmp/dsa-v32-real-attn}
   CASES=${RUNTIME_CASES:-"mini:1024:256:1:8 mini:1024:256:8:16 mini:1024:256:32:32 mini:1024:256:128:128 mini:7936:256:1:4 mini:7936:256:8:8 mini:7936:256:32:32 mini:7936:256:128:128"}
   for cs in $CASES; do
-    IFS=: read -r mdl in_len out_len conc nreq <<< "$cs"
+    IFS=: read -r mdl in_len out_len conc nreq num <<< "$cs"
     nreq=${nreq:-$conc}
+    num=${num:-reference}
     (( $(left) > 40 )) || { note "runtime: no time left for $cs"; break; }
     M=$MINI; extra=""
     if [[ $mdl == real ]]; then
@@ -243,8 +247,8 @@ if has runtime && (( $(left) > 60 )); then  # the batched engine: serving throug
     fi
     t0=$SECONDS
     timeout $(( $(left) - 10 )) "$B/dsa" bench -m "$M" --device cuda --requests "$nreq" --concurrency "$conc" \
-      --input-len "$in_len" --output-len "$out_len" $extra ${RUNTIME_EXTRA:-} > "$OUT/rt.tmp" 2>&1
-    note "throughput $mdl in $in_len out $out_len c=$conc n=$nreq: rc=$? in $((SECONDS - t0)) s: $(grep -E 'requests/s|TTFT|KV blocks|decode-only|rror' "$OUT/rt.tmp" | sed 's/  */ /g' | tr '\n' ';')"
+      --input-len "$in_len" --output-len "$out_len" --numerics $num $extra ${RUNTIME_EXTRA:-} > "$OUT/rt.tmp" 2>&1
+    note "throughput $mdl in $in_len out $out_len c=$conc n=$nreq $num numerics: rc=$? in $((SECONDS - t0)) s: $(grep -E 'requests/s|TTFT|KV blocks|decode-only|rror' "$OUT/rt.tmp" | sed 's/  */ /g' | tr '\n' ';')"
     cat "$OUT/rt.tmp" >> "$OUT/runtime.log"; rm -f "$OUT/rt.tmp"
   done
 fi
