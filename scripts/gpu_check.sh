@@ -22,7 +22,7 @@
 #                full sections of the MLA decode and indexer score kernels (ncu_*.txt in the log archive)
 #     gemm       (not in the default list) dsa_gpu_gemm_bench --quick alone (ours, cuBLASLt block-scaled, cuBLASLt plain FP8)
 #     runtime    (not in the default list) the batched engine's throughput: dsa bench --requests on dsa-mini and
-#                the real-scale preset (RUNTIME_CASES="model:in:out:concurrency[:requests[:numerics]] ...", model mini|real;
+#                the real-scale preset (RUNTIME_CASES="model:in:out:concurrency[:requests[:tags]] ...", model mini|real, tags fast,replay;
 #                RUNTIME_EXTRA: more dsa bench options, e.g. --numerics fast)
 #     real       real-scale model (v32-real-attn: 7168 hidden, 128 heads, 64x128 indexer, k 2048), made
 #                on the device; 128K-token prefill then decode, dense vs DSA, with memory and speed
@@ -236,9 +236,11 @@ if has runtime && (( $(left) > 60 )); then  # the batched engine: serving throug
   RM=${REAL_MODEL_DIR:-/tmp/dsa-v32-real-attn}
   CASES=${RUNTIME_CASES:-"mini:1024:256:1:8 mini:1024:256:8:16 mini:1024:256:32:32 mini:1024:256:128:128 mini:7936:256:1:4 mini:7936:256:8:8 mini:7936:256:32:32 mini:7936:256:128:128"}
   for cs in $CASES; do
-    IFS=: read -r mdl in_len out_len conc nreq num <<< "$cs"
+    IFS=: read -r mdl in_len out_len conc nreq tags <<< "$cs"
     nreq=${nreq:-$conc}
-    num=${num:-reference}
+    num=reference; replay=""  # tags, comma-separated: fast (numerics), replay (decode steps as graphs, replayed 3x, timed)
+    [[ ,$tags, == *,fast,* ]] && num=fast
+    [[ ,$tags, == *,replay,* ]] && replay="--graph-replay 3"
     (( $(left) > 40 )) || { note "runtime: no time left for $cs"; break; }
     M=$MINI; extra=""
     if [[ $mdl == real ]]; then
@@ -247,8 +249,8 @@ if has runtime && (( $(left) > 60 )); then  # the batched engine: serving throug
     fi
     t0=$SECONDS
     timeout $(( $(left) - 10 )) "$B/dsa" bench -m "$M" --device cuda --requests "$nreq" --concurrency "$conc" \
-      --input-len "$in_len" --output-len "$out_len" --numerics $num $extra ${RUNTIME_EXTRA:-} > "$OUT/rt.tmp" 2>&1
-    note "throughput $mdl in $in_len out $out_len c=$conc n=$nreq $num numerics: rc=$? in $((SECONDS - t0)) s: $(grep -E 'requests/s|TTFT|KV blocks|decode-only|rror' "$OUT/rt.tmp" | sed 's/  */ /g' | tr '\n' ';')"
+      --input-len "$in_len" --output-len "$out_len" --numerics $num $replay $extra ${RUNTIME_EXTRA:-} > "$OUT/rt.tmp" 2>&1
+    note "throughput $mdl in $in_len out $out_len c=$conc n=$nreq $num numerics${replay:+, graph replay}: rc=$? in $((SECONDS - t0)) s: $(grep -E 'requests/s|TTFT|KV blocks|decode-only|graph replay|rror' "$OUT/rt.tmp" | sed 's/  */ /g' | tr '\n' ';')"
     cat "$OUT/rt.tmp" >> "$OUT/runtime.log"; rm -f "$OUT/rt.tmp"
   done
 fi

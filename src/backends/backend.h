@@ -142,6 +142,13 @@ class Backend {
   virtual void begin_graph() {}
   virtual void end_graph() {}
   virtual void cancel_graph() {}
+  // Bench only: launch each recorded decode-step graph `n` more times, timed. Every temporary of a step
+  // is written before it is read and the step's cache writes are idempotent, so a replay recomputes the
+  // same step: its time is the step's kernels without host gaps (issue 11: step vs graph-replay sum).
+  // Turns decode-step graphs on. No-ops where there are no graphs.
+  struct GraphReplayStats { int64_t steps = 0, replays = 0; double ms = 0; };  // ms: sum over replays
+  virtual void set_graph_replay_probe(int n) {}
+  virtual GraphReplayStats graph_replay_stats() const { return {}; }
   // Once per weight at load time: a backend may re-lay out the e4m3 data for its kernels (same
   // values, same arithmetic). The weight is then only valid for this backend's ops.
   virtual void prepare_weight(Fp8Weight& w) {}

@@ -86,6 +86,7 @@ int run(int argc, char** argv) {
   int64_t ctx = 0, steps = 8, batch = 1;
   int64_t requests = 0, concurrency = 8, input_len = 1024, output_len = 256, shared_prefix = 0;
   uint64_t seed = 1;
+  int graph_replay = 0;
   std::string trace;
   app.add_option("--ctx", ctx, "latency: context length (default: 8 x index_topk)");
   app.add_option("--steps", steps, "latency: decode steps per mode")->capture_default_str();
@@ -96,6 +97,10 @@ int run(int argc, char** argv) {
   app.add_option("--output-len", output_len, "throughput: generated tokens per request")->capture_default_str();
   app.add_option("--shared-prefix", shared_prefix, "throughput: tokens every prompt starts with (prefix cache)");
   app.add_option("--trace", trace, "throughput: JSONL, one request per line: {\"input_len\": N, \"output_len\": M}");
+  app.add_option("--graph-replay", graph_replay,
+                 "throughput: record decode-only steps as CUDA graphs and replay each N more times, timed "
+                 "(the step's kernel time without host gaps; the step times then include the recording)")
+      ->check(CLI::Range(0, 100));
   app.add_option("--seed", seed, "prompt tokens' seed")->capture_default_str();
   app.get_option("--attention")->description("throughput mode (--requests, --trace): sparse (DSA) or dense; "
                                              "latency mode always runs both");
@@ -105,6 +110,7 @@ int run(int argc, char** argv) {
   const bool throughput = requests > 0 || !trace.empty();
   DSA_USAGE_CHECK(throughput || app.get_option("--attention")->count() == 0,
                   "--attention applies to throughput mode (--requests, --trace); latency mode runs DSA and dense in turn");
+  DSA_USAGE_CHECK(throughput || graph_replay == 0, "--graph-replay applies to throughput mode (--requests, --trace)");
   const int64_t C = cfg.max_position_embeddings;
   tools::check_range<int64_t>("--steps", steps, 1, 1 << 20);
   tools::check_range<int64_t>("--batch", batch, 1, 1 << 16);
@@ -190,6 +196,7 @@ int run(int argc, char** argv) {
     opt.kv_tokens = std::min<int64_t>(int64_t(jobs.size()), concurrency) * (longest + kKvBlock);
   }
   auto eng = tools::load_engine(ef, opt);
+  eng->backend().set_graph_replay_probe(graph_replay);
   std::mt19937_64 rng(seed);
   const std::vector<int32_t> prefix = random_tokens(rng, shared_prefix, cfg.vocab_size);
   std::fprintf(stderr, "throughput: %zu requests, concurrency %ld, on %s, %s, KV pool %ld tokens, step budget %ld tokens\n",
@@ -262,6 +269,14 @@ int run(int argc, char** argv) {
     std::printf("  decode-only steps: %ld, %.2f ms each = forward (enqueue) %.2f + sample/sync %.2f + host %.3f ms (%.1f%%)\n",
                 long(decode_steps), step_s / double(decode_steps) * 1e3, fwd_s / double(decode_steps) * 1e3,
                 sample_s / double(decode_steps) * 1e3, host_s / double(decode_steps) * 1e3, 100.0 * host_s / step_s);
+  if (graph_replay > 0) {
+    const Backend::GraphReplayStats g = eng->backend().graph_replay_stats();
+    if (g.replays > 0)
+      std::printf("  graph replay: %ld decode steps recorded, each replayed %d times: %.3f ms per step's kernels back to back\n",
+                  long(g.steps), graph_replay, g.ms / double(g.replays));
+    else
+      std::printf("  graph replay: no decode step was recorded as a graph on %s\n", eng->backend().name().c_str());
+  }
   return 0;
 }
 dsa::tools::Register reg("bench", "decode latency (DSA vs dense) or serving throughput of the batched engine", run);

@@ -57,6 +57,8 @@ class CudaBackend : public Backend {
   void set_graphs(bool on) { graphs_on_ = on; }
   struct GraphStats { int64_t captured = 0, updated = 0, instantiated = 0; };
   const GraphStats& graph_stats() const { return gstats_; }
+  void set_graph_replay_probe(int n) override { replay_probe_ = n; if (n > 0) graphs_on_ = true; }
+  GraphReplayStats graph_replay_stats() const override { return rstats_; }
 
   void embed(const Tensor& ids, const Tensor& table, Tensor& out) override;
   void rms_norm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;
@@ -142,6 +144,8 @@ class CudaBackend : public Backend {
   int graph_warmup_ = 0;           // eager decode steps seen (first-use uploads happen there)
   cudaGraphExec_t graph_exec_ = nullptr;
   GraphStats gstats_;
+  int replay_probe_ = 0;
+  GraphReplayStats rstats_;
   std::map<const void*, std::pair<std::vector<const void*>, Tensor>> expert_tables_;  // grouped-GEMM weight tables
  public:
   const Tensor& expert_table(const std::vector<MlpWeights>& experts);
