@@ -41,8 +41,12 @@ int run(int argc, char** argv) {
   app.add_option("--topk", topk, "index top-k (0: the config's index_topk)");
   app.add_option("--recall-stride", stride, "recall measured on every N-th query row (>= k)")->capture_default_str();
   app.add_option("-t,--threads", threads, "CPU threads (0: all)");
+  std::string device = "cpu";
+  app.add_option("--device", device, "cpu or cuda: the two forward passes (the recall statistic runs on the host)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   if (int rc = tools::parse(app, argc, argv); rc >= 0) return rc;
   EngineOptions eo;
+  eo.device = device;
   eo.threads = threads;
   eo.kv_tokens = ctx;
   eo.max_batch_tokens = std::max<int64_t>(ctx, 8192);

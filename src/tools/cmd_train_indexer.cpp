@@ -38,7 +38,15 @@ int run(int argc, char** argv) {
   app.add_flag("--resume", o.resume, "continue from --out/train_state.bin (same options)");
   app.add_option("--stop-after", o.stop_after, "stop (after saving) once this many steps have run in this call");
   app.add_option("-t,--threads", o.threads, "CPU threads (0: all cores)");
+  app.add_option("--device", o.device, "cpu or cuda: the backbone forward and the indexer loss + gradient")
+      ->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  std::string precision = "tf32";
+  app.add_option("--precision", precision, "cuda: the products over the (query, key) pairs on TF32 tensor cores "
+                 "(fp32 accumulation) or in exact fp32 (docs/training.md)")
+      ->check(CLI::IsMember({"tf32", "fp32"}))->capture_default_str();
+  app.add_flag("--profile", o.profile, "print each step's time per phase (backbone, indexer pieces, optimizer)");
   if (int rc = tools::parse(app, argc, argv); rc >= 0) return rc;
+  o.exact_fp32 = precision == "fp32";
   o.sparse = stage == "sparse";
   o.init_random = init == "random";
   const train::TrainResult r = train::train_indexer(o, [](const train::StepLog& s) {

@@ -15,6 +15,10 @@
 #include "runtime/perplexity.h"
 #include "train/indexer_ckpt.h"
 #include "train/layer_tap.h"
+#if DSA_HAVE_CUDA
+#include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/train/indexer_train.h"
+#endif
 
 namespace dsa::train {
 
@@ -109,6 +113,7 @@ void adamw(const TrainOptions& o, double lr, int64_t step, IndexerParams<float>&
     float* mm = M[k]->data();
     float* vv = V[k]->data();
     const int64_t n = int64_t(P[k]->size());
+#pragma omp parallel for if (n > (1 << 16))
     for (int64_t i = 0; i < n; ++i) {
       const float gi = float(gg[i] * clip_scale);
       mm[i] = float(o.beta1) * mm[i] + float(1 - o.beta1) * gi;
@@ -141,6 +146,13 @@ std::string format_step(const StepLog& s) {
   for (double r : s.recall) { std::snprintf(b, sizeof b, " %.3f", r); os << b; }
   std::snprintf(b, sizeof b, " | %.2f s/step %.0f tok/s ETA %.1f min", s.step_s, s.tok_s, s.eta_s / 60.0);
   os << b;
+  if (!s.phases.empty()) {
+    os << "\n  time:";
+    for (const auto& [name, sec] : s.phases) {
+      std::snprintf(b, sizeof b, " %s %.4f s;", name.c_str(), sec);
+      os << b;
+    }
+  }
   return os.str();
 }
 
@@ -148,6 +160,10 @@ TrainResult train_indexer(const TrainOptions& o, const std::function<void(const 
   DSA_CHECK(!o.model.empty() && (!o.data.empty() || !o.tokens.empty()) && !o.out.empty(),
             "train-indexer: --model, --data and --out are required");
   DSA_CHECK(o.steps > 0 && o.ctx >= 2, "train-indexer: --steps and --ctx must be positive");
+  DSA_CHECK(o.device == "cpu" || o.device == "cuda", "train-indexer: --device ", o.device, ": expected cpu or cuda");
+#if !DSA_HAVE_CUDA
+  DSA_CHECK(o.device == "cpu", "train-indexer --device cuda: this build has no CUDA backend");
+#endif
   // The output checkpoint: a copy of the input (patched with the indexer at every save).
   copy_model_dir(o.model, o.out);
   std::string load_dir = o.model;
@@ -156,7 +172,7 @@ TrainResult train_indexer(const TrainOptions& o, const std::function<void(const 
     load_dir = o.out;  // the input has no indexer tensors to load
   }
   EngineOptions eo;
-  eo.device = "cpu";
+  eo.device = o.device;
   eo.threads = o.threads;
   eo.kv_tokens = o.ctx;
   eo.max_batch_tokens = std::max<int64_t>(o.ctx, 8192);
@@ -198,17 +214,42 @@ TrainResult train_indexer(const TrainOptions& o, const std::function<void(const 
   lo.topk = K;
   std::vector<LayerStats> stats(static_cast<size_t>(L));
   LayerTap tap(eng->backend(), cfg);
+#if DSA_HAVE_CUDA
+  // --device cuda: the layer's loss and gradient on the GPU from the tap's device tensors (no host copy of
+  // the activations); the gradient comes back to the host masters and AdamW below.
+  std::unique_ptr<cuda::IndexerTrainer> gpu;
+  if (o.device == "cuda") {
+    auto* cb = dynamic_cast<cuda::CudaBackend*>(&eng->backend());
+    DSA_CHECK(cb, "train-indexer --device cuda: the engine's backend is not the CUDA backend itself (DSA_PROFILE_OPS?)");
+    gpu = std::make_unique<cuda::IndexerTrainer>(*cb, shape, o.exact_fp32 ? cuda::TrainPrecision::Fp32
+                                                                          : cuda::TrainPrecision::Tf32);
+    gpu->set_profiling(o.profile);
+  }
+#endif
+  using Clock = std::chrono::steady_clock;
+  double tap_s = 0;  // host time inside the tap this step (the loss + gradient of every layer)
   eng->model().set_attention_tap([&](const AttentionTap& a) {
     const int64_t l = a.layer;
-    const LayerInputs<float> in = tap.inputs(a, rope.ptr<float>());
+    if (o.profile) eng->backend().synchronize();  // the backbone's queued work counts as the backbone's
+    const auto t0 = Clock::now();
     for (std::vector<float>* v : G[size_t(l)].parts()) std::fill(v->begin(), v->end(), 0.0f);
+#if DSA_HAVE_CUDA
+    if (gpu) {
+      stats[size_t(l)] = gpu->loss_grad(a, cfg, rope.ptr<float>(), rope.dim(0), P[size_t(l)], lo, &G[size_t(l)]);
+      tap_s += std::chrono::duration<double>(Clock::now() - t0).count();
+      return;
+    }
+#endif
+    const LayerInputs<float> in = tap.inputs(a, rope.ptr<float>());
     stats[size_t(l)] = indexer_loss_grad(shape, P[size_t(l)], in, lo, &G[size_t(l)]);
+    tap_s += std::chrono::duration<double>(Clock::now() - t0).count();
   });
   TrainResult res;
   const auto t_start = std::chrono::steady_clock::now();
   const int64_t first = step;
   while (step < o.steps) {
     const auto t0 = std::chrono::steady_clock::now();
+    tap_s = 0;
     const int64_t s1 = step + 1;
     // The window of step s: a function of (seed, s) only, so a resumed run sees the same data.
     const uint64_t span = uint64_t(stream.size()) - uint64_t(o.ctx) + 1;
@@ -222,6 +263,7 @@ TrainResult train_indexer(const TrainOptions& o, const std::function<void(const 
     lg.steps = o.steps;
     lg.tokens = o.ctx;
     lg.lr = lr_at(o, s1);
+    const auto t_opt = Clock::now();
     for (int64_t l = 0; l < L; ++l) {
       double n2 = 0;
       for (const std::vector<float>* v : G[size_t(l)].parts())
@@ -235,6 +277,17 @@ TrainResult train_indexer(const TrainOptions& o, const std::function<void(const 
     step = s1;
     const auto t1 = std::chrono::steady_clock::now();
     lg.step_s = std::chrono::duration<double>(t1 - t0).count();
+    if (o.profile) {
+      const double opt_s = std::chrono::duration<double>(t1 - t_opt).count();
+      lg.phases.push_back({"backbone", lg.step_s - tap_s - opt_s});
+#if DSA_HAVE_CUDA
+      if (gpu)
+        for (auto& ph : gpu->take_profile()) lg.phases.push_back(ph);
+      else
+#endif
+        lg.phases.push_back({"indexer loss+grad", tap_s});
+      lg.phases.push_back({"optimizer", opt_s});
+    }
     const double el = std::chrono::duration<double>(t1 - t_start).count();
     lg.tok_s = double((step - first) * o.ctx) / el;
     lg.eta_s = el / double(step - first) * double(o.steps - step);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "train/indexer_grad.h"
@@ -27,6 +28,9 @@ struct TrainOptions {
   bool resume = false;
   int64_t stop_after = 0;        // stop (after saving) once this many steps are done: tests, time slices
   int threads = 0;
+  std::string device = "cpu";    // cpu | cuda: the backbone and the indexer loss + gradient (AdamW on the host)
+  bool exact_fp32 = false;       // cuda: the T^2 products in exact fp32 instead of TF32 (docs/training.md, "CUDA")
+  bool profile = false;          // per-step time per phase in StepLog::phases
   std::vector<int32_t> tokens;   // if not empty: the token stream itself instead of --data (tests)
 };
 
@@ -34,6 +38,7 @@ struct StepLog {
   int64_t step = 0, steps = 0, tokens = 0;
   double lr = 0, step_s = 0, tok_s = 0, eta_s = 0;
   std::vector<double> loss, recall, grad_norm;  // per layer
+  std::vector<std::pair<std::string, double>> phases;  // --profile: seconds per phase of the step
 };
 
 struct TrainResult {
