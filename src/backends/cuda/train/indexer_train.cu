@@ -291,7 +291,7 @@ struct IndexerTrainer::Impl {
   std::vector<std::pair<int, cudaEvent_t>> marks;
   std::vector<cudaEvent_t> spare;
   double acc[kPhases] = {};
-  bool profiling = false;
+  bool profiling = false, poison = false;
 
   Impl(CudaBackend& b, const train::IndexerShape& sh, TrainPrecision p) : be(b), s(sh), prec(p) {}
   ~Impl() {
@@ -347,6 +347,7 @@ struct IndexerTrainer::Impl {
 IndexerTrainer::IndexerTrainer(CudaBackend& be, const train::IndexerShape& s, TrainPrecision prec)
     : impl_(std::make_unique<Impl>(be, s, prec)) {}
 IndexerTrainer::~IndexerTrainer() = default;
+void IndexerTrainer::set_poison(bool on) { impl_->poison = on; }
 
 int64_t IndexerTrainer::tile_rows(int64_t T) const {
   if (tile_rows_override_ > 0) return std::min(tile_rows_override_, T);
@@ -431,7 +432,12 @@ train::LayerStats IndexerTrainer::Impl::run(const DevInputs& in, const train::In
   DSA_CHECK(!opt.sparse || opt.topk > 0, "IndexerTrainer: the sparse stage needs topk > 0");
   const float c = float(1.0 / std::sqrt(double(Hi) * double(kDi)));
   const int64_t ksel = opt.topk, ld = round_up(T, 4);  // ld: row stride of every [rows x keys] buffer
-  auto f32 = [&](int64_t n) { return be.alloc(DType::F32, {std::max<int64_t>(n, 1)}); };
+  auto scratch = [&](DType t, int64_t n) {
+    Tensor d = be.alloc(t, {std::max<int64_t>(n, 1)});
+    if (poison) DSA_CUDA_CHECK(cudaMemsetAsync(d.data, 0xff, d.nbytes(), cudaStreamPerThread));
+    return d;
+  };
+  auto f32 = [&](int64_t n) { return scratch(DType::F32, n); };
 
   // ---- parameters up, per-token forward (fp32 GEMMs: ~2% of the step's FLOPs) ----
   mark(kTransfers);
@@ -463,10 +469,9 @@ train::LayerStats IndexerTrainer::Impl::run(const DevInputs& in, const train::In
   // ---- tiles of query rows ----
   const bool want_grad = grad != nullptr;
   Tensor dQ = f32(T * HD), dK = f32(T * kDi), dW = f32(T * Hi);
-  Tensor row_loss = be.alloc(DType::F32, {2 * T}), row_recall = be.alloc(DType::F32, {2 * T});  // doubles
+  Tensor row_loss = f32(2 * T), row_recall = f32(2 * T);  // doubles
   Tensor A = f32(R * Hi * ld), S = f32(H * R * ld), I = f32(R * ld), P = f32(R * ld), dI = f32(R * ld);
-  Tensor sel = be.alloc(DType::U8, {R * ld});
-  Tensor top = be.alloc(DType::I32, {std::max<int64_t>(T * ksel, 1)});
+  Tensor sel = scratch(DType::U8, R * ld), top = scratch(DType::I32, T * ksel);
   DSA_CUDA_CHECK(cudaMemsetAsync(dK.data, 0, size_t(T) * kDi * 4, cudaStreamPerThread));
   if (opt.dI_out) opt.dI_out->assign(static_cast<size_t>(T * T), 0.f);
   const float wscale = float(1.0 / double(T));

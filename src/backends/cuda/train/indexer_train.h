@@ -42,6 +42,9 @@ class IndexerTrainer {
                               train::IndexerParams<float>* grad);
   // Query rows per tile (0: from the memory budget of the index dots, ~512 MiB). Tests use small tiles.
   void set_tile_rows(int64_t r) { tile_rows_override_ = r; }
+  // Tests: every device scratch buffer starts as 0xff bytes (NaN), so a read of an unwritten element
+  // shows in the results.
+  void set_poison(bool on);
   int64_t tile_rows(int64_t T) const;
   // GPU time per phase, accumulated over calls while profiling is on (seconds; read after a call,
   // which ends with a synchronising download). Phases: inputs, linears, index fwd, target, loss,
