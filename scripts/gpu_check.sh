@@ -2,7 +2,7 @@
 # GPU check of the CUDA backend, in one device call.
 #
 #   scripts/gpu_check.sh --stage     here (no GPU): copy what the device machine lacks into .device/
-#                                    (git-ignored): the dsa-mini model, the dev data, and a small
+#                                    (git-ignored): the dsa-mini model, the dev and warm-up data, and a small
 #                                    sysroot with GoogleTest, nlohmann_json, PCRE2 and Google
 #                                    Benchmark headers/libraries. Then call the device tool with
 #                                    carry [".device"].
@@ -21,6 +21,9 @@
 #     profile    (not in the default list) Nsight Compute: per-kernel durations of the batch-1 decode chains and
 #                full sections of the MLA decode and indexer score kernels (ncu_*.txt in the log archive)
 #     gemm       (not in the default list) dsa_gpu_gemm_bench --quick alone (ours, cuBLASLt block-scaled, cuBLASLt plain FP8)
+#     train      (not in the default list) indexer training on CUDA: the GpuTrain tests (CUDA vs CPU loss and gradients,
+#                dsa-mini train-indexer cuda vs cpu, resume) and the bench: train-indexer on dsa-mini, one 8192-token
+#                dense-stage window per step, 3 steps, TF32 and exact fp32, with the per-phase times (~2 min)
 #     runtime    (not in the default list) the batched engine's throughput: dsa bench --requests on dsa-mini and
 #                the real-scale preset (RUNTIME_CASES="model:in:out:concurrency[:requests[:tags]] ...", model mini|real, tags fast,replay;
 #                RUNTIME_EXTRA: more dsa bench options, e.g. --numerics fast)
@@ -35,9 +38,11 @@ DEV=${DSA_DEVICE_DIR:-$ROOT/.device}
 if [[ "${1:-}" == "--stage" ]]; then
   SHARED=${DSA_SHARED:-$ROOT/../shared}
   mkdir -p "$DEV/shared/models" "$DEV/shared/data"
-  rm -rf "$DEV/shared/models/dsa-mini" "$DEV/shared/data/dev"
+  rm -rf "$DEV/shared/models/dsa-mini" "$DEV/shared/data/dev" "$DEV/shared/data/warmup"
   cp -r "$SHARED/models/dsa-mini" "$DEV/shared/models/"
   cp -r "$SHARED/data/dev" "$DEV/shared/data/"
+  cp -r "$SHARED/data/warmup" "$DEV/shared/data/"  # 4.7 MB; the train stage's bench reads its first 20 files
+  head -20 "$SHARED/data/warmup/MANIFEST.txt" > "$DEV/shared/data/warmup/MANIFEST.bench.txt"
   chmod -R u+w "$DEV/shared"
   S=$DEV/sysroot/usr
   A=lib/x86_64-linux-gnu
@@ -282,6 +287,24 @@ if has profile && command -v ncu > /dev/null && (( $(left) > 60 )); then  # Nsig
       "$B/bench/gpu/dsa_gpu_bench" --only layer --batches 128 --ctxs 65536 > "$OUT/ncu_idx.txt" 2>&1
     note "ncu sections of the indexer score kernels (b=128, 64K): rc=$? in $((SECONDS - t0)) s (ncu_idx.txt)"
   fi
+fi
+
+if has train && (( $(left) > 60 )); then  # indexer training on CUDA (docs/training.md, "CUDA")
+  t0=$SECONDS
+  timeout 150 "$T" --gtest_filter='GpuTrain.*' > "$OUT/train_tests.log" 2>&1
+  note "train GPU tests: rc=$? in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/train_tests.log") ok, $(grep -c '^\[  FAILED' "$OUT/train_tests.log") failed lines"
+  grep -E "^\[  FAILED|Failure|^\[ (train|dsa-mini)" "$OUT/train_tests.log" | head -60
+  WU=$DEV/shared/data/warmup/MANIFEST.bench.txt
+  for prec in tf32 fp32; do
+    (( $(left) > 40 )) || break
+    t0=$SECONDS
+    rm -rf "/tmp/dsa-train-bench-$prec"
+    timeout $(( $(left) > 100 ? 90 : $(left) - 10 )) "$B/dsa" train-indexer -m "$MINI" --data "$WU" \
+      --out "/tmp/dsa-train-bench-$prec" --init-indexer random --ctx 8192 --steps 3 --device cuda --precision $prec \
+      --profile > "$OUT/train_bench_$prec.log" 2>&1
+    note "train-indexer dsa-mini, 8192-token dense-stage step on cuda, $prec: rc=$? in $((SECONDS - t0)) s: $(grep -oE '[0-9.]+ s/step' "$OUT/train_bench_$prec.log" | tr '\n' ' ')"
+    note "   last step: $(grep -A1 '^step 3/' "$OUT/train_bench_$prec.log" | tail -1 | sed 's/^ *//')"
+  done
 fi
 
 # Tables first, then the summary and the floors last (the device tool shows the tail of the output).
