@@ -27,6 +27,8 @@
 #     runtime    (not in the default list) the batched engine's throughput: dsa bench --requests on dsa-mini and
 #                the real-scale preset (RUNTIME_CASES="model:in:out:concurrency[:requests[:tags]] ...", model mini|real, tags fast,replay;
 #                RUNTIME_EXTRA: more dsa bench options, e.g. --numerics fast)
+#     cost       (not in the default list) `dsa cost` inputs: GEMM, decode (batch 128) and prefill per-layer times per
+#                token into cost.csv, and the table (cost.md); the PNG is drawn where gnuplot is (dsa cost --png)
 #     real       real-scale model (v32-real-attn: 7168 hidden, 128 heads, 64x128 indexer, k 2048), made
 #                on the device; 128K-token prefill then decode, dense vs DSA, with memory and speed
 #   Logs under $OUT; the floors table and one summary at the end. GPU_CHECK_BUDGET_S (default 570) stops
@@ -264,6 +266,24 @@ if has gemm && [[ -x $B/bench/gpu/dsa_gpu_gemm_bench ]] && (( $(left) > 60 )); t
   t0=$SECONDS
   timeout 120 "$B/bench/gpu/dsa_gpu_gemm_bench" --quick --md "$OUT/gemm.md" > "$OUT/gemm_bench.log" 2>&1
   note "dsa_gpu_gemm_bench --quick: rc=$? in $((SECONDS - t0)) s"
+fi
+
+if has cost && (( $(left) > 120 )); then  # `dsa cost` inputs: per-layer times per token (runtime/cost_model.h, docs/cost.md)
+  rm -f "$FINAL_OUT/cost.csv"
+  t0=$SECONDS
+  timeout 120 "$B/bench/gpu/dsa_gpu_gemm_bench" --quick --cost-csv "$FINAL_OUT/cost.csv" > "$OUT/cost_gemm.log" 2>&1
+  note "cost: GEMM rows rc=$? in $((SECONDS - t0)) s: $(grep -m1 '^cost rows' "$OUT/cost_gemm.log")"
+  t0=$SECONDS
+  timeout $(( $(left) > 260 ? 200 : $(left) - 60 )) "$B/bench/gpu/dsa_gpu_bench" --only layer --batches 128 \
+    --ctxs 1024,2048,4096,16384,32768,65536,131072 --cost-csv "$FINAL_OUT/cost.csv" > "$OUT/cost_decode.log" 2>&1
+  note "cost: decode rows (batch 128) rc=$? in $((SECONDS - t0)) s"
+  if (( $(left) > 60 )); then
+    t0=$SECONDS
+    timeout $(( $(left) - 20 )) "$B/bench/gpu/dsa_gpu_prefill_bench" --chunk 2048 --ctxs 2048,8192,32768,131072 \
+      --dense-max-flop 1.2e13 --cost-csv "$FINAL_OUT/cost.csv" > "$OUT/cost_prefill.log" 2>&1
+    note "cost: prefill rows rc=$? in $((SECONDS - t0)) s"
+  fi
+  "$B/dsa" cost --measurements "$FINAL_OUT/cost.csv" --md "$FINAL_OUT/cost.md" > /dev/null 2>&1 && note "cost table in cost.md (plot it here: dsa cost --png)"
 fi
 
 if has profile && command -v ncu > /dev/null && (( $(left) > 60 )); then  # Nsight Compute: where the time goes

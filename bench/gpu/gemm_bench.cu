@@ -4,7 +4,9 @@
 // TFLOP/s = 2MNK / t; GB/s = (weights + activations + scales + output) / t; "roof" is the share of
 // the binding roofline (H200: copy 4.2 TB/s, FP8 1300 TFLOP/s measured with cuBLAS):
 // max(bytes / 4.2 TB/s, flop / 1300 TFLOP/s) / t.
-// Usage: dsa_gpu_gemm_bench [--quick] [--md FILE]
+// Usage: dsa_gpu_gemm_bench [--quick] [--md FILE] [--cost-csv FILE]
+//   --cost-csv: append `dsa cost`'s position-independent rows (runtime/cost_model.h): one V3.2 MoE layer's
+//   linears per token, from the fastest path measured per shape at 128 rows (decode) and 4096 (prefill).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -59,9 +62,12 @@ template <typename T> T* dalloc(size_t n) {
 double time_ms(const std::function<void(int)>& fn, int reps) { return dsa::bench::time_ms(fn, reps, 2, 1500); }
 
 std::vector<std::string> md;
+std::map<std::pair<std::string, int64_t>, double> best_ms;  // (shape, M) -> fastest path (--cost-csv)
 FILE* md_out = nullptr;  // --md: written line by line (a killed run keeps what it measured)
 void report(const std::string& what, const std::string& path, int64_t M, int64_t N, int64_t K, double ms, double flop,
             double bytes) {
+  auto [it, fresh] = best_ms.try_emplace({what, M}, ms);
+  if (!fresh) it->second = std::min(it->second, ms);
   const double us = ms * 1e3, tf = flop / (ms * 1e-3) / 1e12, gbs = bytes / (ms * 1e-3) / 1e9;
   const double roof = std::max(bytes / (kCopyTBs * 1e12), flop / (kFp8TF * 1e12)) / (ms * 1e-3) * 100.0;
   char line[256];
@@ -81,11 +87,13 @@ void report(const std::string& what, const std::string& path, int64_t M, int64_t
 
 int main(int argc, char** argv) {
   bool quick = false;
-  std::string md_file;
+  std::string md_file, cost_csv;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--md") && i + 1 < argc) md_file = argv[++i];
+    else if (!std::strcmp(argv[i], "--cost-csv") && i + 1 < argc) cost_csv = argv[++i];
   }
+  constexpr int64_t kCostDecodeRows = 128, kCostPrefillRows = 4096;
   if (!md_file.empty()) md_out = std::fopen(md_file.c_str(), "w");
   cuda::BlasLt blas;
   int dev = 0;
@@ -108,7 +116,12 @@ int main(int argc, char** argv) {
                           {"ffn_down", 7168, 18432}};
   std::vector<int64_t> Ms = {1, 8, 64, 512, 4096, 16384};
   if (quick) Ms = {1, 8, 512, 4096};
-  const int64_t Mmax = Ms.back();
+  if (!cost_csv.empty() && std::find(Ms.begin(), Ms.end(), kCostDecodeRows) == Ms.end()) {
+    Ms.push_back(kCostDecodeRows);
+    std::sort(Ms.begin(), Ms.end());
+  }
+  // (--cost-csv: room for the grouped MoE at 4096 tokens, 8 experts each)
+  const int64_t Mmax = cost_csv.empty() ? Ms.back() : std::max<int64_t>(Ms.back(), 16384);
   const size_t l2 = size_t(prop.l2CacheSize);
 
   // activations / output buffers sized for the largest shape
@@ -215,6 +228,10 @@ int main(int argc, char** argv) {
     std::mt19937 rng(123);
     std::vector<int64_t> Ts = {1, 8, 64, 512, 4096};
     if (quick) Ts = {1, 64, 4096};
+    if (!cost_csv.empty() && std::find(Ts.begin(), Ts.end(), kCostDecodeRows) == Ts.end()) {
+      Ts.push_back(kCostDecodeRows);
+      std::sort(Ts.begin(), Ts.end());
+    }
     for (int64_t T : Ts) {
       std::vector<int> cnt(size_t(E), 0);
       for (int64_t t = 0; t < T; ++t) {
@@ -281,5 +298,36 @@ int main(int argc, char** argv) {
   }
 
   if (md_out) std::fclose(md_out);
+  if (!cost_csv.empty()) {
+    // One MoE layer of V3.2 at T tokens: the attention-side linears (wkv_b's GEMM stands in for the
+    // absorbed per-head products: the same FLOPs), the shared expert, the 8 routed experts (grouped;
+    // up runs as gate does). Left out: indexer wk / weights_proj and the router (< 1% of the FLOPs),
+    // norms, and lm_head (per token, not per layer; decode only).
+    auto layer_us_per_token = [&](int64_t T) {
+      double ms = 0;
+      bool all = true;
+      auto add = [&](const char* name, double times) {
+        auto it = best_ms.find({name, T});
+        if (it == best_ms.end()) all = false;
+        else ms += times * it->second;
+      };
+      for (const char* n : {"q_a", "q_b", "kv_a", "o_proj", "wkv_b", "idx_wq_b"}) add(n, 1);
+      add("exp_gate_up", 2);
+      add("exp_down", 1);
+      add("moe_gate T", 2);
+      add("moe_down T", 1);
+      return all ? ms * 1e3 / double(T) : -1.0;
+    };
+    const double dec = layer_us_per_token(kCostDecodeRows), pre = layer_us_per_token(kCostPrefillRows);
+    if (FILE* f = std::fopen(cost_csv.c_str(), "a")) {
+      std::fprintf(f, "# rest: dsa_gpu_gemm_bench on %s: one V3.2 MoE layer's linears per token, fastest path per shape, "
+                      "decode at %ld rows, prefill at %ld\nphase,attention,position,us_per_token\n",
+                   prop.name, long(kCostDecodeRows), long(kCostPrefillRows));
+      if (dec >= 0) std::fprintf(f, "decode,rest,0,%.4f\n", dec);
+      if (pre >= 0) std::fprintf(f, "prefill,rest,0,%.4f\n", pre);
+      std::fclose(f);
+    }
+    std::printf("cost rows (us per token per layer): decode %.3f, prefill %.3f -> %s\n", dec, pre, cost_csv.c_str());
+  }
   return 0;
 }

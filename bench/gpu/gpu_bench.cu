@@ -5,6 +5,8 @@
 // Each number: warm-up, then the median of several timed calls; inputs rotate among copies when
 // they would fit in L2. Usage: dsa_gpu_bench [--quick] [--md FILE] [--only mla|layer|topk]
 //   [--batches 1,32] [--ctxs 16384,65536]   (--only: one section; the lists override the layer sweep)
+//   [--cost-csv FILE]: append `dsa cost`'s decode rows (runtime/cost_model.h): per-layer attention per token
+//   (graph replay / batch) at each context, dense and DSA, for the largest batch of the sweep.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -166,7 +168,7 @@ std::string kfmt(int64_t L) { return L >= 1024 ? std::to_string(L / 1024) + "K" 
 
 int main(int argc, char** argv) {
   bool quick = false;
-  std::string md, only;
+  std::string md, only, cost_csv;
   std::vector<int64_t> batch_list, ctx_list;
   auto parse_list = [](const char* s) {
     std::vector<int64_t> v;
@@ -183,6 +185,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else if (!std::strcmp(argv[i], "--batches") && i + 1 < argc) batch_list = parse_list(argv[++i]);
     else if (!std::strcmp(argv[i], "--ctxs") && i + 1 < argc) ctx_list = parse_list(argv[++i]);
+    else if (!std::strcmp(argv[i], "--cost-csv") && i + 1 < argc) cost_csv = argv[++i];
   }
   cuda::CudaBackend be(0);
   cudaDeviceProp prop{};
@@ -457,6 +460,21 @@ int main(int argc, char** argv) {
     table += line;
   }
   std::printf("%s", table.c_str());
+  if (!cost_csv.empty() && !lat.empty()) {
+    int64_t bmax = 0;
+    for (const Lat& l : lat) bmax = std::max(bmax, l.b);
+    if (FILE* f = std::fopen(cost_csv.c_str(), "a")) {
+      std::fprintf(f, "# decode: dsa_gpu_bench on %s: per-layer attention (h=128, topk=2048) by graph replay at batch %ld, "
+                      "per token; projections in the rest row\nphase,attention,position,us_per_token\n",
+                   prop.name, long(bmax));
+      for (const Lat& l : lat) {
+        if (l.b != bmax) continue;
+        if (l.dense_g_us >= 0) std::fprintf(f, "decode,dense,%ld,%.4f\n", long(l.L), l.dense_g_us / double(l.b));
+        std::fprintf(f, "decode,dsa,%ld,%.4f\n", long(l.L), l.chain_g_us / double(l.b));
+      }
+      std::fclose(f);
+    }
+  }
   if (!md.empty()) {
     FILE* f = std::fopen(md.c_str(), "w");
     if (f) {

@@ -4,7 +4,9 @@
 // indexer. Dense: attention_mha over every position <= the token's own. DSA: indexer_topk (scores over
 // the 132-byte cache + exact top-k, tiled) then attention_mha over the selected rows only.
 // Random data; CUDA events; median of a few calls. Projections (wq_b, wkv_b, wo) are excluded.
-// Usage: dsa_gpu_prefill_bench [--chunk S] [--ctxs 4096,16384] [--md FILE]
+// Usage: dsa_gpu_prefill_bench [--chunk S] [--ctxs 4096,16384] [--md FILE] [--cost-csv FILE]
+//   --cost-csv: append `dsa cost`'s prefill rows (runtime/cost_model.h): per-layer attention per chunk token,
+//   at the chunk's mean position, dense and DSA.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -69,14 +71,16 @@ std::vector<int64_t> parse_list(const char* s) {
 int main(int argc, char** argv) {
   int64_t S = 1024;
   std::vector<int64_t> ctxs = {4096, 16384, 65536, 131072};
-  std::string md;
+  std::string md, cost_csv;
   double dense_max_flop = 6e12;  // skip dense shapes slower than this many FLOPs (CUDA-core MHA kernel)
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--chunk") && i + 1 < argc) S = std::atoll(argv[++i]);
     else if (!std::strcmp(argv[i], "--ctxs") && i + 1 < argc) ctxs = parse_list(argv[++i]);
     else if (!std::strcmp(argv[i], "--md") && i + 1 < argc) md = argv[++i];
     else if (!std::strcmp(argv[i], "--dense-max-flop") && i + 1 < argc) dense_max_flop = std::atof(argv[++i]);
+    else if (!std::strcmp(argv[i], "--cost-csv") && i + 1 < argc) cost_csv = argv[++i];
   }
+  std::string cost_rows;
   cuda::CudaBackend be(0);
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
@@ -133,8 +137,25 @@ int main(int argc, char** argv) {
     std::printf("%s", line);
     std::fflush(stdout);
     table += line;
+    {  // per chunk token, at the chunk's mean position
+      const double pos = double(L) - double(s) / 2.0;
+      char row[160];
+      if (dense_ms >= 0) {
+        std::snprintf(row, sizeof row, "prefill,dense,%.0f,%.4f\n", pos, dense_ms * 1e3 / double(s));
+        cost_rows += row;
+      }
+      std::snprintf(row, sizeof row, "prefill,dsa,%.0f,%.4f\n", pos, dsa * 1e3 / double(s));
+      cost_rows += row;
+    }
     be.synchronize();
   }
+  if (!cost_csv.empty())
+    if (FILE* f = std::fopen(cost_csv.c_str(), "a")) {
+      std::fprintf(f, "# prefill: dsa_gpu_prefill_bench on %s: per-layer attention (MHA form, h=128, topk=2048), chunks of "
+                      "%ld tokens, per token; projections in the rest row\nphase,attention,position,us_per_token\n%s",
+                   prop.name, long(S), cost_rows.c_str());
+      std::fclose(f);
+    }
   if (!md.empty())
     if (FILE* f = std::fopen(md.c_str(), "w")) {
       std::fprintf(f, "device: %s; per-layer attention prefill, chunk of %ld tokens at the end of the context\n\n%s",
