@@ -4,7 +4,8 @@
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build pkg-config g++ clang
       libgtest-dev libgmock-dev libbenchmark-dev
-      nlohmann-json3-dev libcli11-dev libpcre2-dev libcpp-httplib-dev)
+      nlohmann-json3-dev libcli11-dev libpcre2-dev libcpp-httplib-dev
+      gnuplot-nox)  # gnuplot: dsa cost --png
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
