@@ -387,6 +387,19 @@ TEST(OutputParserStream, StringValueEscapingAcrossChunks) {
   check_chunkings(t, {ChatFormat::kV32, false}, ref, "escaping");
 }
 
+TEST(OutputParserStream, ParameterNameHoldingQuoteGtBeforeString) {
+  // The reference's name="(.*?)" string="(true|false)"> lets the name run past a '">' up to the first
+  // '" string="': the stream must not drop the parameter when the '">' arrives before ' string="'.
+  std::string t =
+      "Sure.\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"get_weather\">\n"
+      "<｜DSML｜parameter name=\"city\" strifg=\"true\">s\" string=\"false\">3</｜DSML｜parameter>\n"
+      "</｜DSML｜invoke>\n</｜DSML｜function_calls>" + E;
+  ParsedMessage ref = parse_v32_strict(t, false);
+  ASSERT_EQ(ref.tool_calls.size(), 1u);
+  EXPECT_EQ(ref.tool_calls[0].arguments, "{\"city\\\" strifg=\\\"true\\\">s\": 3}");
+  check_chunkings(t, {ChatFormat::kV32, false}, ref, "name with '\">'");
+}
+
 // ---- §5.4 V3.1 family ---------------------------------------------------------------------------------
 
 TEST(OutputParserV31, ReasoningContentAndToolCalls) {

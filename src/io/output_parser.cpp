@@ -354,10 +354,11 @@ bool StreamParser::step(std::vector<StreamEvent>& ev) {
       } else if (!bad) {
         constexpr std::string_view kStr = "\" string=\"";
         size_t ks = buf_.find(kStr, name_at);
-        size_t gt = buf_.find("\">", name_at);
         size_t lt = buf_.find('<', name_at);
         if (ks == std::string::npos) {
-          if (gt != std::string::npos || lt != std::string::npos) bad = true;
+          // A '">' before any ' string="' is not yet an error: the name is lazy up to the first
+          // '" string="' (as in the reference's regex), which may still come. A '<' is.
+          if (lt != std::string::npos) bad = true;
           else return false;
         } else {
           end = buf_.find("\">", ks + kStr.size());
