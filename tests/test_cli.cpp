@@ -2,13 +2,17 @@
 // 1 runtime error, 2 usage error) and what stderr names. Models: the tiny random model written by
 // `dsa make-model` (variants with bad weights or configs written here) and dsa-mini for text.
 #include <gtest/gtest.h>
+#include <sys/select.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
+#include <chrono>
 #include <cmath>
 #include <csignal>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -116,6 +120,82 @@ std::vector<std::string> gen(const std::string& model, std::vector<std::string> 
   return a;
 }
 
+// `dsa ARGS` as a child process with a pipe to its stdin and one from its stdout (stderr too with
+// merge_stderr), read as it comes: for what a user sees over time (streaming, Ctrl-C).
+struct Child {
+  pid_t pid = -1;
+  int in = -1, out = -1;
+  std::string got;
+  std::vector<std::pair<size_t, double>> arrivals;  // (bytes read so far, seconds since start) per read
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+
+  explicit Child(const std::vector<std::string>& args, bool merge_stderr = false) {
+    int i[2], o[2];
+    if (::pipe(i) != 0 || ::pipe(o) != 0) return;
+    const std::string bin = std::string(DSA_BINARY_DIR) + "/dsa";
+    std::vector<std::string> a = {bin};
+    a.insert(a.end(), args.begin(), args.end());
+    pid = ::fork();
+    if (pid == 0) {
+      ::dup2(i[0], 0);
+      ::dup2(o[1], 1);
+      if (merge_stderr) ::dup2(o[1], 2);
+      ::close(i[1]);
+      ::close(o[0]);
+      std::vector<char*> argv;
+      for (auto& x : a) argv.push_back(x.data());
+      argv.push_back(nullptr);
+      ::execv(bin.c_str(), argv.data());
+      ::_exit(127);
+    }
+    ::close(i[0]);
+    ::close(o[1]);
+    in = i[1];
+    out = o[0];
+  }
+  ~Child() {
+    if (in >= 0) ::close(in);
+    if (out >= 0) ::close(out);
+    if (pid > 0 && ::waitpid(pid, nullptr, WNOHANG) == 0) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  }
+  double now() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); }
+  // Reads until `what` appears at or after `from`, end of output, or `seconds` pass; whether it appeared.
+  bool read_until(const std::string& what, double seconds, size_t from = 0) {
+    const double until = now() + seconds;
+    char buf[4096];
+    while (got.find(what, from) == std::string::npos && now() < until) {
+      fd_set fds;
+      FD_ZERO(&fds);
+      FD_SET(out, &fds);
+      timeval tv{0, 20000};
+      if (::select(out + 1, &fds, nullptr, nullptr, &tv) > 0) {
+        const ssize_t n = ::read(out, buf, sizeof buf);
+        if (n <= 0) break;
+        got.append(buf, size_t(n));
+        arrivals.push_back({got.size(), now()});
+      }
+    }
+    return got.find(what, from) != std::string::npos;
+  }
+  void read_all(double seconds) { read_until(std::string(1, '\0'), seconds); }
+  // When the byte at offset `at` of the output arrived (seconds since start).
+  double arrival_of(size_t at) const {
+    for (const auto& [n, t] : arrivals)
+      if (at < n) return t;
+    return -1;
+  }
+  bool say(const std::string& s) { return ::write(in, s.data(), s.size()) == ssize_t(s.size()); }
+  int wait_exit() {  // the exit code, or 128 + the signal
+    int st = 0;
+    ::waitpid(pid, &st, 0);
+    pid = -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  }
+};
+
 }  // namespace
 
 // ---- exit codes, --version, -m ------------------------------------------------------------
@@ -177,7 +257,7 @@ TEST(Cli, OptionValuesOutOfRangeAreUsageErrors) {
   const std::vector<Case> cases = {
       {{"--kv-tokens", "0"}, "--kv-tokens 0"},         {{"--kv-tokens", "-5"}, "--kv-tokens -5"},
       {{"-n", "-5"}, "-n -5: expected a value in [1, 1024]"},
-      {{"-n", "2000000000"}, "-n 2000000000"},          {{"--top-p", "2"}, "--top-p 2: expected a value in (0, 1]"},
+      {{"-n", "2000000000"}, "-n 2000000000"},          {{"-n", "2e9"}, "--max-new = 2e9"},          {{"--top-p", "2"}, "--top-p 2: expected a value in (0, 1]"},
       {{"--top-k", "-1"}, "--top-k -1"},                {{"--temperature", "-1"}, "--temperature -1"},
       {{"--temperature", "inf"}, "--temperature inf"},  {{"--temperature", "nan"}, "--temperature nan"},
       {{"--max-seqs", "0"}, "--max-seqs 0"},            {{"--max-batch-tokens", "0"}, "--max-batch-tokens 0"},
@@ -375,6 +455,31 @@ TEST(Cli, QuietPrintsTheFinalText) {
   EXPECT_GT(r.out.size(), std::string("The President\n").size());
 }
 
+TEST(Cli, QuietDoesNotStream) {
+  if (!have_mini_model()) GTEST_SKIP() << "dsa-mini not present";
+  // stdout and stderr in one pipe, in order: "... prompt 3 tokens" (stderr) before the first token,
+  // then the text, then the stats line "prompt 3 tok | ..." (stderr) after the last one. Streaming,
+  // the text starts right after the first line; with -q, it comes in one piece just before the stats.
+  // Returns (first text byte - start of generation) / (stats line - start of generation).
+  auto text_at = [](bool quiet) {
+    std::vector<std::string> a = gen(mini_model_dir(), {"-p", "The President", "-n", "32", "--ignore-eos", "--threads", "2"});
+    if (quiet) a.push_back("-q");
+    Child c(a, true);
+    const std::string start = "prompt 3 tokens\n", stats = "prompt 3 tok |";
+    EXPECT_TRUE(c.read_until(stats, 600)) << c.got;
+    c.read_all(60);
+    EXPECT_EQ(c.wait_exit(), 0) << c.got;
+    const size_t s = c.got.find(start), e = c.got.find(stats);
+    if (s == std::string::npos || e == std::string::npos) return -1.0;
+    EXPECT_HAS(c.got.substr(s + start.size(), e - s - start.size()), "The President");
+    const double t0 = c.arrival_of(s + start.size() - 1), t_text = c.arrival_of(s + start.size()), t_end = c.arrival_of(e);
+    return (t_text - t0) / std::max(1e-9, t_end - t0);
+  };
+  const double quiet = text_at(true), streaming = text_at(false);
+  EXPECT_GT(quiet, 0.8) << "with -q the text came before the end of generation";
+  EXPECT_LT(streaming, 0.5) << "without -q the text did not stream";
+}
+
 TEST(Cli, PerplexityOfAnEmptyFileAndProgress) {
   if (!have_mini_model()) GTEST_SKIP() << "dsa-mini not present";
   const fs::path empty = scratch() / "empty.txt";
@@ -406,76 +511,49 @@ TEST(Cli, ChatReportsUnknownCommandsAndSuggestsClear) {
 
 TEST(Cli, ChatCtrlCStopsTheAnswerAndKeepsTheHistory) {
   if (!have_mini_model()) GTEST_SKIP() << "dsa-mini not present";
-  int in[2], out[2];
-  ASSERT_EQ(::pipe(in), 0);
-  ASSERT_EQ(::pipe(out), 0);
-  const std::string bin = std::string(DSA_BINARY_DIR) + "/dsa", m = mini_model_dir();
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    ::dup2(in[0], 0);
-    ::dup2(out[1], 1);
-    ::close(in[1]);
-    ::close(out[0]);
-    ::execl(bin.c_str(), bin.c_str(), "chat", "-m", m.c_str(), "--no-color", "-n", "8000", "--temperature", "0",
-            "--threads", "2", "--kv-tokens", "8192", static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  ::close(in[0]);
-  ::close(out[1]);
-  std::string got;
-  auto read_until = [&](const std::string& what, double seconds, size_t from = 0) {
-    const auto t0 = std::chrono::steady_clock::now();
-    char buf[4096];
-    while (got.find(what, from) == std::string::npos &&
-           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < seconds) {
-      fd_set fds;
-      FD_ZERO(&fds);
-      FD_SET(out[0], &fds);
-      timeval tv{0, 100000};
-      if (::select(out[0] + 1, &fds, nullptr, nullptr, &tv) > 0) {
-        const ssize_t n = ::read(out[0], buf, sizeof buf);
-        if (n <= 0) break;
-        got.append(buf, size_t(n));
-      }
-    }
-    return got.find(what, from) != std::string::npos;
-  };
-  auto say = [&](const std::string& s) { ASSERT_EQ(::write(in[1], s.data(), s.size()), ssize_t(s.size())); };
-  ASSERT_TRUE(read_until("> ", 60)) << got;
-  say("Tell me a very long story about the sea\n");
+  Child c({"chat", "-m", mini_model_dir(), "--no-color", "-n", "8000", "--temperature", "0", "--threads", "2",
+           "--kv-tokens", "8192"});
+  ASSERT_TRUE(c.read_until("> ", 120)) << c.got;
+  ASSERT_TRUE(c.say("Tell me a very long story about the sea\n"));
   // Wait for the answer to start, then interrupt it.
-  const size_t answer_from = got.size();
-  const auto t0 = std::chrono::steady_clock::now();
-  while (got.size() < answer_from + 20 && std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < 60)
-    read_until("\x01", 0.2);
-  const bool finished_early = got.find("tokens at", answer_from) != std::string::npos;  // EOS before the signal
-  ::kill(pid, SIGINT);
-  ASSERT_TRUE(read_until("tok/s]", 60)) << got;
-  if (!finished_early) EXPECT_HAS(got, "stopped;");
+  const size_t answer_from = c.got.size();
+  const double t0 = c.now();
+  while (c.got.size() < answer_from + 20 && c.now() - t0 < 120) c.read_until("\x01", 0.2);
+  const bool finished_early = c.got.find("tokens at", answer_from) != std::string::npos;  // EOS before the signal
+  ::kill(c.pid, SIGINT);
+  ASSERT_TRUE(c.read_until("tok/s]", 120, answer_from)) << c.got;
+  if (!finished_early) EXPECT_HAS(c.got, "stopped;");
   // The chat goes on with the history: the next turn's prompt holds the first turn and its answer.
   auto prompt_tokens = [&](size_t from) {
-    const size_t at = got.find(" prompt tokens (", from);
+    const size_t at = c.got.find(" prompt tokens (", from);
     if (at == std::string::npos) return int64_t(-1);
     size_t b = at;
-    while (b > 0 && std::isdigit(static_cast<unsigned char>(got[b - 1]))) --b;
-    return int64_t(std::stoll(got.substr(b, at - b)));
+    while (b > 0 && std::isdigit(static_cast<unsigned char>(c.got[b - 1]))) --b;
+    return int64_t(std::stoll(c.got.substr(b, at - b)));
   };
   const int64_t p1 = prompt_tokens(answer_from);
-  const size_t second = got.size();
-  say("And then?\n");
-  read_until("\x01", 3);
-  ::kill(pid, SIGINT);  // stop the second answer too
-  ASSERT_TRUE(read_until("tok/s]", 60, second)) << got;
+  ASSERT_TRUE(c.read_until("> ", 60, answer_from)) << c.got;
+  const size_t second = c.got.size();
+  ASSERT_TRUE(c.say("And then?\n"));
+  const double t1 = c.now();
+  while (c.got.size() < second + 20 && c.now() - t1 < 120) c.read_until("\x01", 0.2);
+  ::kill(c.pid, SIGINT);  // stop the second answer too
+  ASSERT_TRUE(c.read_until("tok/s]", 120, second)) << c.got;
   const int64_t p2 = prompt_tokens(second);
-  ASSERT_GT(p1, 0) << got;
-  EXPECT_GT(p2, p1 + 10) << got;
-  say("/exit\n");
-  int st = 0;
-  ::waitpid(pid, &st, 0);
-  ::close(in[1]);
-  ::close(out[0]);
-  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  ASSERT_GT(p1, 0) << c.got;
+  EXPECT_GT(p2, p1 + 10) << c.got;
+  // Back at the prompt, Ctrl-C leaves (130, as a shell reports SIGINT).
+  ASSERT_TRUE(c.read_until("> ", 60, second)) << c.got;
+  ::kill(c.pid, SIGINT);
+  EXPECT_EQ(c.wait_exit(), 130) << c.got;
+}
+
+TEST(Cli, ChatEndOfInputLeaves) {
+  if (!have_mini_model()) GTEST_SKIP() << "dsa-mini not present";
+  // Ctrl-D at the prompt (end of input, no /exit): exit 0.
+  Result r = dsa_run({"chat", "-m", mini_model_dir(), "--no-color", "--threads", "2"}, "/clear\n");
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_HAS(r.out, "[history cleared]");
 }
 
 // ---- make-model ---------------------------------------------------------------------------------

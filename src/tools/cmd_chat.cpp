@@ -3,7 +3,8 @@
 // overrides) and sent as one request; the engine's prefix cache reuses the blocks earlier turns
 // computed, so a turn prefills little more than what is new. Output streams through the output
 // parser: reasoning is shown apart from the answer and partial tags never leak. Commands: /clear,
-// /think on|off, /system TEXT, /exit; Ctrl-C stops the current answer and keeps the history.
+// /think on|off, /system TEXT, /exit; Ctrl-C stops the current answer and keeps the history (the
+// stopped answer included); at the prompt Ctrl-C (exit 130) or Ctrl-D (exit 0) leaves.
 #include <unistd.h>
 
 #include <atomic>
@@ -25,9 +26,22 @@ using clk = std::chrono::steady_clock;
 std::atomic<bool> g_interrupt{false};
 std::atomic<bool> g_generating{false};
 extern "C" void on_sigint(int) {
-  if (!g_generating.load()) _exit(130);  // at the prompt: Ctrl-C leaves, as a shell does
-  g_interrupt = true;                    // during an answer: stop the answer, keep the history
+  if (!g_generating.load()) {  // at the prompt: Ctrl-C leaves (exit 130, as a shell's 128 + SIGINT)
+    (void)!::write(1, "\n", 1);
+    _exit(130);
+  }
+  g_interrupt = true;  // during an answer: stop the answer, keep the history
 }
+
+// A turn counts as "answering" from the moment it starts encoding until it returns, so a Ctrl-C in
+// that time stops the answer rather than the chat, however the turn ends.
+struct Answering {
+  Answering() {
+    g_interrupt = false;
+    g_generating = true;
+  }
+  ~Answering() { g_generating = false; }
+};
 
 struct ChatSession {
   Engine& eng;
@@ -43,6 +57,7 @@ struct ChatSession {
   void clear() { history.clear(); }
 
   void turn(const std::string& user) {
+    Answering answering;
     std::vector<chat::Message> msgs;
     if (!system.empty()) msgs.push_back({chat::Role::kSystem, system});
     msgs.insert(msgs.end(), history.begin(), history.end());
@@ -94,8 +109,6 @@ struct ChatSession {
       }
       std::fflush(stdout);
     };
-    g_interrupt = false;
-    g_generating = true;
     RequestOutput fin;
     bool cancelled = false;
     while (!fin.finished) {
@@ -109,7 +122,6 @@ struct ChatSession {
         if (o.finished) fin = std::move(o);
       }
     }
-    g_generating = false;
     show(parser.finish());
     if (color && in_reasoning) std::fputs("\x1b[0m", stdout);
     if (fin.finish == FinishReason::Error) {
@@ -164,7 +176,10 @@ int run(int argc, char** argv) {
   while (true) {
     std::fputs("> ", stdout);
     std::fflush(stdout);
-    if (!std::getline(std::cin, line)) break;
+    if (!std::getline(std::cin, line)) {  // Ctrl-D (end of input) leaves
+      std::puts("");
+      break;
+    }
     if (line.empty()) continue;
     if (line == "/exit" || line == "/quit") break;
     if (line == "/clear") { s.clear(); std::puts("[history cleared]"); continue; }
@@ -172,7 +187,7 @@ int run(int argc, char** argv) {
     if (line.rfind("/system ", 0) == 0) { s.system = line.substr(8); std::puts("[system prompt set]"); continue; }
     if (line.rfind("/think", 0) == 0) { std::printf("[%s: /think takes on or off]\n", line.c_str()); continue; }
     if (line == "/system") { std::puts("[/system takes the prompt text: /system You are ...]"); continue; }
-    if (line == "/help") { std::puts("/clear  /think on|off  /system TEXT  /exit   (Ctrl-C stops an answer)"); continue; }
+    if (line == "/help") { std::puts("/clear  /think on|off  /system TEXT  /exit   (Ctrl-C stops an answer; at the prompt Ctrl-C or Ctrl-D leaves)"); continue; }
     if (line[0] == '/') { std::printf("[unknown command %s; /help lists them]\n", line.c_str()); continue; }
     try {
       s.turn(line);
