@@ -15,6 +15,7 @@ if(NOT DSA_CUDA STREQUAL "OFF")
 endif()
 
 file(GLOB_RECURSE DSA_CUDA_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/src/backends/cuda/*.cu ${CMAKE_SOURCE_DIR}/src/backends/cuda/*.cpp)
+list(FILTER DSA_CUDA_SOURCES EXCLUDE REGEX "/kernel_config\\.cpp$")  # in dsa_lib in every build (CMakeLists.txt)
 if(DSA_HAVE_CUDA AND DSA_CUDA_SOURCES)
   # 80-virtual: PTX that the driver JITs on any sm_80+ GPU; 90a-real: Hopper SASS (wgmma, TMA).
   # A value given on the command line wins; enable_language() would otherwise pick nvcc's default.
