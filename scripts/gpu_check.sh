@@ -3,9 +3,9 @@
 #
 #   scripts/gpu_check.sh --stage     here (no GPU): copy what the device machine lacks into .device/
 #                                    (git-ignored): the dsa-mini model, the dev and warm-up data, and a small
-#                                    sysroot with GoogleTest, nlohmann_json, PCRE2 and Google
-#                                    Benchmark headers/libraries. Then call the device tool with
-#                                    carry [".device"].
+#                                    sysroot with GoogleTest, nlohmann_json, PCRE2, Google Benchmark and
+#                                    cpp-httplib (its single header, for dsa serve) headers/libraries. Then
+#                                    call the device tool with carry [".device"].
 #   scripts/gpu_check.sh [--stages LIST|all] [--quick]
 #                                    on the device, stages in this order (default: build,tests,ptx,bench,e2e,
 #                                    which fits one device call; sanitizer, ppl and real take a second one):
@@ -64,6 +64,18 @@ Name: libpcre2-8
 Description: PCRE2 (staged for the device build)
 Version: 10.42
 Libs: -L\${libdir} -lpcre2-8
+Cflags: -I\${includedir}
+PC
+  # cpp-httplib for dsa serve: Debian's is a shared library that needs OpenSSL, zlib and brotli (not to be had
+  # on the device, too big to carry); the same version's single header (third_party/cpp-httplib/README.md) links nothing.
+  cp "$ROOT/third_party/cpp-httplib/httplib.h" "$S/include/"
+  cat > "$S/$A/pkgconfig/cpp-httplib.pc" <<PC
+prefix=\${pcfiledir}/../../..
+includedir=\${prefix}/include
+Name: cpp-httplib
+Description: cpp-httplib single header, no SSL/zlib/brotli (staged for the device build)
+Version: 0.11.4
+Libs: -pthread
 Cflags: -I\${includedir}
 PC
   du -sh "$DEV"
