@@ -27,6 +27,12 @@
 #     runtime    (not in the default list) the batched engine's throughput: dsa bench --requests on dsa-mini and
 #                the real-scale preset (RUNTIME_CASES="model:in:out:concurrency[:requests[:tags]] ...", model mini|real, tags fast,replay;
 #                RUNTIME_EXTRA: more dsa bench options, e.g. --numerics fast)
+#     serve      (not in the default list) dsa serve on the device with scripts/serve_load.py on loopback (streaming
+#                /v1/completions, token-id prompts, ignore_eos) against dsa bench --requests with the same engine options:
+#                output tok/s of both and the server's overhead, TTFT/TPOT p50/p99 (SERVE_CASES="model:in:out:c[:n] ...",
+#                model mini|real, n default 4c; default C = 1/8/32/128 on both models at 1K in / 256 out, ~2 min;
+#                SERVE_EXTRA: more engine options for both, e.g. --numerics fast; a dry run here on the CPU:
+#                GPU_CHECK_BUILD_DIR=build-x SERVE_DEVICE=cpu SERVE_CASES=mini:64:16:2:4 scripts/gpu_check.sh --stages serve)
 #     cost       (not in the default list) `dsa cost` inputs: GEMM, decode (batch 128) and prefill per-layer times per
 #                token into cost.csv, and the table (cost.md); the PNG is drawn where gnuplot is (dsa cost --png)
 #     real       real-scale model (v32-real-attn: 7168 hidden, 128 heads, 64x128 indexer, k 2048), made
@@ -112,7 +118,7 @@ echo "$GPU"
 note "stages $STAGES (the device copy's .git is not the tree's: record the commit on the calling side)"
 S=$DEV/sysroot/usr
 export PKG_CONFIG_PATH=$S/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
-B=$ROOT/build-gpu
+B=${GPU_CHECK_BUILD_DIR:-$ROOT/build-gpu}  # another build dir: dry runs of a stage off the device
 T=$B/tests/gpu/dsa_gpu_tests
 MINI=$DEV/shared/models/dsa-mini
 
@@ -271,6 +277,66 @@ if has runtime && (( $(left) > 60 )); then  # the batched engine: serving throug
       --input-len "$in_len" --output-len "$out_len" --numerics $num $replay $extra ${RUNTIME_EXTRA:-} > "$OUT/rt.tmp" 2>&1
     note "throughput $mdl in $in_len out $out_len c=$conc n=$nreq $num numerics${replay:+, graph replay}: rc=$? in $((SECONDS - t0)) s: $(grep -E 'requests/s|TTFT|KV blocks|decode-only|graph replay|rror' "$OUT/rt.tmp" | sed 's/  */ /g' | tr '\n' ';')"
     cat "$OUT/rt.tmp" >> "$OUT/runtime.log"; rm -f "$OUT/rt.tmp"
+  done
+fi
+
+if has serve && (( $(left) > 60 )); then  # dsa serve on the device, the client on loopback, vs dsa bench (issue 12)
+  # Per case: dsa serve (any free port) with the engine options the runtime stage gives dsa bench, KV pool and max
+  # seqs set as dsa bench sets them; scripts/serve_load.py (Python stdlib: streaming /v1/completions of token-id
+  # prompts, ignore_eos, greedy); SIGTERM; then dsa bench --requests N with the same options. Overhead = 1 - serve/bench
+  # output tok/s. SERVE_CASES="model:in:out:c[:n] ..." (n default 4c), SERVE_EXTRA: more engine options for both.
+  RM=${REAL_MODEL_DIR:-/tmp/dsa-v32-real-attn}
+  CASES=${SERVE_CASES:-"mini:1024:256:1:8 mini:1024:256:8:32 mini:1024:256:32:64 mini:1024:256:128:256 real:1024:256:1:4 real:1024:256:8:16 real:1024:256:32:64 real:1024:256:128:256"}
+  k=0
+  for cs in $CASES; do
+    IFS=: read -r mdl in_len out_len conc nreq <<< "$cs"
+    nreq=${nreq:-$((4 * conc))}
+    k=$((k + 1))
+    (( $(left) > 50 )) || { note "serve: no time left for $cs"; break; }
+    M=$MINI; extra=""
+    if [[ $mdl == real ]]; then
+      M=$RM; extra="--prefill-form mqa --prefill-chunk 16384"
+      [[ -f $RM/config.json ]] || timeout 120 "$B/dsa" make-model --preset v32-real-attn --out "$RM" > "$OUT/real_make.log" 2>&1
+    fi
+    kv=$(( (nreq < conc ? nreq : conc) * (in_len + out_len + 64) ))  # dsa bench's own default (kKvBlock = 64)
+    eng="--device ${SERVE_DEVICE:-cuda} --kv-tokens $kv --max-seqs $(( conc > 128 ? conc : 128 )) $extra ${SERVE_EXTRA:-}"
+    t0=$SECONDS
+    SL=$OUT/serve_server_$k.log
+    "$B/dsa" serve -m "$M" $eng --port 0 --max-queue $(( nreq + 64 )) --max-connections $(( conc + 64 > 1024 ? conc + 64 : 1024 )) \
+      --shutdown-grace 5 > "$SL" 2>&1 &
+    spid=$!
+    url=""
+    for _ in $(seq 600); do  # up to 120 s for the model to load and the port to be printed
+      url=$(grep -oE 'listening on http://[0-9.]+:[0-9]+' "$SL" | head -1 | sed 's/listening on //')
+      [[ -n $url ]] && break
+      kill -0 $spid 2> /dev/null || break
+      sleep 0.2
+    done
+    lrc=99
+    if [[ -n $url ]]; then
+      timeout $(( $(left) > 200 ? 180 : $(left) - 20 )) python3 "$ROOT/scripts/serve_load.py" --url "$url" --wait 60 \
+        --concurrency "$conc" --requests "$nreq" --input-len "$in_len" --output-len "$out_len" --model-dir "$M" \
+        --json "$OUT/serve_load_$k.json" > "$OUT/serve_client_$k.log" 2>&1
+      lrc=$?
+    fi
+    kill -TERM $spid 2> /dev/null  # graceful stop; a second SIGTERM exits at once; then KILL
+    for i in $(seq 150); do kill -0 $spid 2> /dev/null || break; (( i == 100 )) && kill -TERM $spid 2> /dev/null; sleep 0.2; done
+    kill -0 $spid 2> /dev/null && { kill -KILL $spid; note "serve: the server did not stop on SIGTERM; killed"; }
+    wait $spid 2> /dev/null
+    src=$?
+    s_tok=$(grep -m1 -oE '[0-9.]+ output tok/s' "$OUT/serve_client_$k.log" 2> /dev/null | cut -d' ' -f1)
+    s_lat=$(grep -m1 'TTFT' "$OUT/serve_client_$k.log" 2> /dev/null | sed 's/ *| latency.*//; s/  */ /g')
+    s_err=$(grep -m1 -oE 'errors [0-9]+, wrong output length [0-9]+' "$OUT/serve_client_$k.log" 2> /dev/null)
+    t1=$SECONDS
+    timeout $(( $(left) > 200 ? 180 : $(left) - 10 )) "$B/dsa" bench -m "$M" $eng --requests "$nreq" --concurrency "$conc" \
+      --input-len "$in_len" --output-len "$out_len" > "$OUT/serve_bench_$k.log" 2>&1
+    brc=$?
+    b_tok=$(grep -m1 -oE '[0-9.]+ output tok/s' "$OUT/serve_bench_$k.log" | cut -d' ' -f1)
+    b_lat=$(grep -m1 'TTFT' "$OUT/serve_bench_$k.log" | sed 's/ *| latency.*//; s/  */ /g')
+    ovh=$(python3 -c "import sys; s, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{100 * (1 - s / b):.1f}%')" "$s_tok" "$b_tok" 2> /dev/null || echo "n/a")
+    note "serve $mdl in $in_len out $out_len c=$conc n=$nreq: server $s_tok vs dsa bench $b_tok output tok/s, overhead $ovh (client rc=$lrc, server exit $src, bench rc=$brc; $((t1 - t0)) + $((SECONDS - t1)) s) | server:$s_lat; $s_err | bench:$b_lat"
+    [[ -z $url ]] && tail -5 "$SL"
+    cat "$OUT/serve_client_$k.log" "$OUT/serve_bench_$k.log" >> "$OUT/serve.log" 2> /dev/null
   done
 fi
 
