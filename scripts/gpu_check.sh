@@ -150,24 +150,25 @@ if has tests; then
   grep -E "^\[  FAILED|Failure|\[ (prefill|decode|ppl|greedy|graphs)" "$OUT/tests.log" | head -40
   # Programmatic dependent launch is on by default on sm_90: the decode chain's tests once more with plain launches.
   t0=$SECONDS
-  DSA_CUDA_PDL=0 timeout 120 "$T" --gtest_filter='GpuMla.SparseShapes:GpuMla.DenseShapes:GpuOps.AttentionMqa*:GpuIndexer.ScoresAndTopkRaggedBatch:GpuIndexer.LongContextDecodeExact:GpuModel.LogitsMatch*' > "$OUT/tests_pdl.log" 2>&1
-  note "decode chain with plain launches (DSA_CUDA_PDL=0): rc=$? in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests_pdl.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests_pdl.log") failed lines"
+  DSA_CUDA_PDL=0 timeout 120 "$T" --gtest_filter='GpuMla.SparseShapes:GpuMla.DenseShapes:GpuOps.AttentionMqa*:GpuIndexer.ScoresAndTopkRaggedBatch:GpuIndexer.LongContextDecodeExact:GpuModel.LogitsMatch*:GpuContext.DescribeNamesTheDeviceAndEveryGroup' > "$OUT/tests_pdl.log" 2>&1
+  note "decode chain with plain launches (DSA_CUDA_PDL=0): rc=$? in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests_pdl.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests_pdl.log") failed lines; $(grep -m1 '^launch: ' "$OUT/tests_pdl.log")"
 fi
 
 if has ptx && (( $(left) > 150 )); then
   t0=$SECONDS
-  CUDA_FORCE_PTX_JIT=1 DSA_CUDA_INDEXER_EXACT=1 timeout 200 "$T" --gtest_filter='GpuOps.*:GpuMla.*:GpuIndexer.*:GpuGemm.*' > "$OUT/tests_ptx.log" 2>&1
+  CUDA_FORCE_PTX_JIT=1 DSA_CUDA_INDEXER_EXACT=1 timeout 200 "$T" --gtest_filter='GpuOps.*:GpuMla.*:GpuIndexer.*:GpuGemm.*:GpuContext.*' > "$OUT/tests_ptx.log" 2>&1
   rc=$?
-  note "op tests on the compute_80 PTX (CUDA_FORCE_PTX_JIT=1) + exact CUDA-core indexer: rc=$rc in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests_ptx.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests_ptx.log") failed lines"
+  note "op tests on the compute_80 PTX (CUDA_FORCE_PTX_JIT=1) + exact CUDA-core indexer: rc=$rc in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests_ptx.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests_ptx.log") failed lines; $(grep -m1 '^probes: ' "$OUT/tests_ptx.log"); $(grep -m1 '^indexer: ' "$OUT/tests_ptx.log")"
   t0=$SECONDS
-  DSA_CUDA_INDEXER_WGMMA=0 timeout 100 "$T" --gtest_filter='GpuIndexer.*:GpuOps.Indexer*:GpuModel.LogitsMatch*' > "$OUT/tests_portable.log" 2>&1
-  note "indexer on the portable mma.sync kernel (DSA_CUDA_INDEXER_WGMMA=0), sm_90a SASS: rc=$? in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests_portable.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests_portable.log") failed lines"
+  DSA_CUDA_INDEXER_WGMMA=0 timeout 100 "$T" --gtest_filter='GpuIndexer.*:GpuOps.Indexer*:GpuModel.LogitsMatch*:GpuContext.DescribeNamesTheDeviceAndEveryGroup' > "$OUT/tests_portable.log" 2>&1
+  note "indexer on the portable mma.sync kernel (DSA_CUDA_INDEXER_WGMMA=0), sm_90a SASS: rc=$? in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests_portable.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests_portable.log") failed lines; $(grep -m1 '^indexer: ' "$OUT/tests_portable.log")"
   t0=$SECONDS  # the portable indexer kernel (the default on sm_80/86/89) from the compute_80 PTX as well
   CUDA_FORCE_PTX_JIT=1 timeout 100 "$T" --gtest_filter='GpuIndexer.ScoresAndTopk*:GpuIndexer.TopkExactTies*:GpuOps.Indexer*' >> "$OUT/tests_portable.log" 2>&1
   note "portable indexer from the compute_80 PTX (CUDA_FORCE_PTX_JIT=1): rc=$? in $((SECONDS - t0)) s"
   t0=$SECONDS
-  DSA_CUDA_MQA_SIMPLE=1 timeout 60 "$T" --gtest_filter='GpuOps.AttentionMqa*:GpuModel.Greedy*' >> "$OUT/tests_portable.log" 2>&1
-  note "decode on the CUDA-core attention kernel: rc=$? in $((SECONDS - t0)) s"
+  DSA_CUDA_MQA_SIMPLE=1 timeout 60 "$T" --gtest_filter='GpuOps.AttentionMqa*:GpuModel.Greedy*:GpuContext.DescribeNamesTheDeviceAndEveryGroup' > "$OUT/tests_simple.tmp" 2>&1
+  note "decode on the CUDA-core attention kernel: rc=$? in $((SECONDS - t0)) s; $(grep -m1 '^mla decode: ' "$OUT/tests_simple.tmp")"
+  cat "$OUT/tests_simple.tmp" >> "$OUT/tests_portable.log"; rm -f "$OUT/tests_simple.tmp"
 fi
 
 if has sanitizer && (( $(left) > 300 )); then
@@ -297,6 +298,8 @@ if has serve && (( $(left) > 60 )); then  # dsa serve on the device, the client 
     if [[ $mdl == real ]]; then
       M=$RM; extra="--prefill-form mqa --prefill-chunk 16384"
       [[ -f $RM/config.json ]] || timeout 120 "$B/dsa" make-model --preset v32-real-attn --out "$RM" > "$OUT/real_make.log" 2>&1
+      # The server needs a tokenizer, and one that decodes every id of the 129280-wide head (dsa-mini's has 8192).
+      [[ -f $RM/tokenizer.json ]] || python3 "$ROOT/scripts/widen_tokenizer.py" "$MINI" "$RM" >> "$OUT/real_make.log" 2>&1
     fi
     kv=$(( (nreq < conc ? nreq : conc) * (in_len + out_len + 64) ))  # dsa bench's own default (kKvBlock = 64)
     eng="--device ${SERVE_DEVICE:-cuda} --kv-tokens $kv --max-seqs $(( conc > 128 ? conc : 128 )) $extra ${SERVE_EXTRA:-}"
