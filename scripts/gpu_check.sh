@@ -347,6 +347,11 @@ if has gemm && [[ -x $B/bench/gpu/dsa_gpu_gemm_bench ]] && (( $(left) > 60 )); t
   t0=$SECONDS
   timeout 120 "$B/bench/gpu/dsa_gpu_gemm_bench" --quick --md "$OUT/gemm.md" > "$OUT/gemm_bench.log" 2>&1
   note "dsa_gpu_gemm_bench --quick: rc=$? in $((SECONDS - t0)) s"
+  # Lab probe: which cuBLASLt block-scaled FP8 configurations have an algorithm here
+  if ninja -C "$B" dsa_lt_blockscale_probe >> "$OUT/build.log" 2>&1; then
+    "$B/bench/gpu/dsa_lt_blockscale_probe" > "$OUT/lt_probe.log" 2>&1
+    note "cuBLASLt block-scaled probe: $(head -1 "$OUT/lt_probe.log"); with an algorithm: $(grep -v ' 0 algorithms' "$OUT/lt_probe.log" | tail -n +2 | tr '\n' ';')"
+  fi
 fi
 
 if has cost && (( $(left) > 120 )); then  # `dsa cost` inputs: per-layer times per token (runtime/cost_model.h, docs/cost.md)
@@ -396,15 +401,16 @@ if has train && (( $(left) > 60 )); then  # indexer training on CUDA (docs/train
   note "train GPU tests: rc=$? in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/train_tests.log") ok, $(grep -c '^\[  FAILED' "$OUT/train_tests.log") failed lines"
   grep -E "^\[  FAILED|Failure|^\[ (train|dsa-mini)" "$OUT/train_tests.log" | head -60
   WU=$DEV/shared/data/warmup/MANIFEST.bench.txt
-  for prec in tf32 fp32; do
+  for pf in ${TRAIN_BENCH:-tf32:mha tf32:mqa fp32:mqa}; do  # precision:backbone form
+    IFS=: read -r prec form <<< "$pf"
     (( $(left) > 40 )) || break
     t0=$SECONDS
     rm -rf "/tmp/dsa-train-bench-$prec"
     timeout $(( $(left) > 100 ? 90 : $(left) - 10 )) "$B/dsa" train-indexer -m "$MINI" --data "$WU" \
       --out "/tmp/dsa-train-bench-$prec" --init-indexer random --ctx 8192 --steps 3 --device cuda --precision $prec \
-      --profile > "$OUT/train_bench_$prec.log" 2>&1
-    note "train-indexer dsa-mini, 8192-token dense-stage step on cuda, $prec: rc=$? in $((SECONDS - t0)) s: $(grep -oE '[0-9.]+ s/step' "$OUT/train_bench_$prec.log" | tr '\n' ' ')"
-    note "   last step: $(grep -A1 '^step 3/' "$OUT/train_bench_$prec.log" | tail -1 | sed 's/^ *//')"
+      --backbone-form "$form" --profile > "$OUT/train_bench_$prec-$form.log" 2>&1
+    note "train-indexer dsa-mini, 8192-token dense-stage step on cuda, $prec, backbone $form: rc=$? in $((SECONDS - t0)) s: $(grep -oE '[0-9.]+ s/step' "$OUT/train_bench_$prec-$form.log" | tr '\n' ' ')"
+    note "   last step: $(grep -A1 '^step 3/' "$OUT/train_bench_$prec-$form.log" | tail -1 | sed 's/^ *//')"
   done
 fi
 

@@ -102,6 +102,15 @@ void DeepseekV32::attention(int64_t l, const Tensor& x, Batch& b, const std::vec
       { Tensor src = qr_.view({Tr * H, QK}), dst = qpe.view({Tr * H, RO}); be_.copy_cols(src, NOPE, dst); }
       be_.attention_mqa(qlat, qpe, kv, rb, sel, scale, olat);
       be_.mla_absorb_out(olat, w.wkv_b_bf16, orun);
+      if (tap_) {  // observers (indexer training) get the MHA-form keys whatever form computed the attention
+        const int64_t NC = rb.n_ctx();
+        Tensor ckv = be_.alloc(DType::BF16, {NC, R}), cpe = be_.alloc(DType::BF16, {NC, RO});
+        be_.mla_cache_read(kv, rb, ckv, cpe);
+        Tensor kvup = be_.alloc(DType::BF16, {NC, H, NOPE + DV});
+        { Tensor k2 = kvup.view({NC, H * (NOPE + DV)}); be_.linear_fp8(ckv, w.wkv_b, k2); }
+        const Tensor xr = x.rows(run.t0, run.t1), qrr = qr.rows(run.t0, run.t1);
+        tap_(AttentionTap{l, &xr, &qrr, &qr_, &kvup, &cpe, sel, &rb});
+      }
     } else {
       // Prefill, MHA form: keys/values expanded from the cached latents of each sequence's context.
       const int64_t NC = rb.n_ctx();

@@ -44,9 +44,14 @@ int run(int argc, char** argv) {
   app.add_option("--precision", precision, "cuda: the products over the (query, key) pairs on TF32 tensor cores "
                  "(fp32 accumulation) or in exact fp32 (docs/training.md)")
       ->check(CLI::IsMember({"tf32", "fp32"}))->capture_default_str();
+  std::string backbone_form = "mha";
+  app.add_option("--backbone-form", backbone_form, "the frozen model's attention: mha (the reference form) or mqa "
+                 "(absorbed, as decode runs it; much faster on CUDA for long windows; docs/training.md)")
+      ->check(CLI::IsMember({"mha", "mqa"}))->capture_default_str();
   app.add_flag("--profile", o.profile, "print each step's time per phase (backbone, indexer pieces, optimizer)");
   if (int rc = tools::parse(app, argc, argv); rc >= 0) return rc;
   o.exact_fp32 = precision == "fp32";
+  o.absorbed_backbone = backbone_form == "mqa";
   o.sparse = stage == "sparse";
   o.init_random = init == "random";
   const train::TrainResult r = train::train_indexer(o, [](const train::StepLog& s) {

@@ -177,6 +177,7 @@ TrainResult train_indexer(const TrainOptions& o, const std::function<void(const 
   eo.kv_tokens = o.ctx;
   eo.max_batch_tokens = std::max<int64_t>(o.ctx, 8192);
   eo.prefix_cache = false;
+  eo.prefill_form = o.absorbed_backbone ? PrefillForm::Mqa : PrefillForm::Mha;
   eo.attention = AttentionMode::Dense;  // the frozen backbone: dense attention (§9.2); see docs/training.md
   auto eng = Engine::load(load_dir, eo);
   const ModelConfig& cfg = eng->config();

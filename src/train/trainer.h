@@ -31,6 +31,8 @@ struct TrainOptions {
   std::string device = "cpu";    // cpu | cuda: the backbone and the indexer loss + gradient (AdamW on the host)
   bool exact_fp32 = false;       // cuda: the T^2 products in exact fp32 instead of TF32 (docs/training.md, "CUDA")
   bool profile = false;          // per-step time per phase in StepLog::phases
+  bool absorbed_backbone = false;  // --backbone-form mqa: the frozen model's attention in the absorbed form
+                                   // (tensor-core decode kernels; the tap still gets the MHA-form keys)
   std::vector<int32_t> tokens;   // if not empty: the token stream itself instead of --data (tests)
 };
 
