@@ -23,7 +23,8 @@ int main(int argc, char** argv) {
     for (int ma = 0; ma < 2; ++ma)
       for (int mb = 0; mb < 2; ++mb)
         for (int fa = 0; fa < 2; ++fa)
-          for (int red = 0; red < 2; ++red) {
+          for (int red = 0; red < 2; ++red)
+            for (int drow = 0; drow < 2; ++drow) {  // D in row order: [rowsA, rowsB] row-major (cuBLASLt ORDER_ROW)
             cublasLtMatmulDesc_t op;
             cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
             const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
@@ -37,7 +38,11 @@ int main(int argc, char** argv) {
             cublasLtMatrixLayout_t la, lb, ld;
             cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, K, rowsA, K);
             cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, K, rowsB, K);
-            cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, rowsA, rowsB, rowsA);
+            cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, rowsA, rowsB, drow ? rowsB : rowsA);
+            if (drow) {
+              const int32_t order = CUBLASLT_ORDER_ROW;
+              cublasLtMatrixLayoutSetAttribute(ld, CUBLASLT_MATRIX_LAYOUT_ORDER, &order, sizeof order);
+            }
             cublasLtMatmulPreference_t pref;
             cublasLtMatmulPreferenceCreate(&pref);
             cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
@@ -48,8 +53,8 @@ int main(int argc, char** argv) {
             cublasLtMatmulHeuristicResult_t res[4] = {};
             int found = 0;
             const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(h, op, la, lb, ld, ld, pref, 4, res, &found);
-            std::printf("A=%s scaleA=%s scaleB=%s fast_accum=%d reduction_mask=%d: status %d, %d algorithms\n",
-                        wa ? "weight" : "activ", mname[ma], mname[mb], fa, red, int(st), found);
+            std::printf("A=%s scaleA=%s scaleB=%s fast_accum=%d reduction_mask=%d D=%s: status %d, %d algorithms\n",
+                        wa ? "weight" : "activ", mname[ma], mname[mb], fa, red, drow ? "row" : "col", int(st), found);
             cublasLtMatmulPreferenceDestroy(pref);
             cublasLtMatrixLayoutDestroy(la);
             cublasLtMatrixLayoutDestroy(lb);
