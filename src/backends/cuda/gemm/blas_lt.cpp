@@ -3,6 +3,8 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <vector>
+
 #include "core/error.h"
 
 namespace dsa::cuda {
@@ -30,15 +32,20 @@ int alignment_of(const LtGemm& g) {
 
 struct BlasLt::Plan {
   cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t lw = nullptr, lx = nullptr, ld = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;  // operands A, B (W or X, see x_is_a) and D
   cublasLtMatmulAlgo_t algo{};
   bool ok = false;
-  ~Plan() {
+  bool x_is_a = false;  // block-scaled FP8 with the activations as operand A (D in row order), see plan()
+  void reset() {
     if (ld) cublasLtMatrixLayoutDestroy(ld);
-    if (lx) cublasLtMatrixLayoutDestroy(lx);
-    if (lw) cublasLtMatrixLayoutDestroy(lw);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
     if (op) cublasLtMatmulDescDestroy(op);
+    ld = lb = la = nullptr;
+    op = nullptr;
+    ok = false;
   }
+  ~Plan() { reset(); }
 };
 
 BlasLt::BlasLt() {
@@ -61,44 +68,57 @@ BlasLt::~BlasLt() {
   if (handle_) cublasLtDestroy(handle_);
 }
 
-BlasLt::Plan* BlasLt::plan(const LtGemm& g, int align) {
-  const Key key{int(g.kind), int(g.out_f32), g.M, g.N, g.K, g.batch, g.ldx, g.ldw, g.ldd, g.stride_x, g.stride_w,
-                g.stride_d, int(g.w_kn), align, int(g.fp8_unscaled)};
-  if (auto it = plans_.find(key); it != plans_.end()) return it->second;
-  auto* p = new Plan;
-  plans_[key] = p;
+namespace {
+
+// Descriptors of one configuration of g, and the heuristic's first algorithm for it.
+// x_is_a false: the column-major view D^T [N, M] = op(W') [N, K] . X' [K, M] (X' is X read column-major,
+//   [K, M] with ld ldx; W' is W read column-major: [K, N], transposed by the op, or with w_kn [N, K]).
+// x_is_a true (block-scaled FP8 only): D [M, N] in row order = op(X') [M, K] . W' [K, N]: cuBLASLt's
+//   Hopper block-scaled kernels take the 1x128 (VEC128) scales on A and the 128x128 (BLK) ones on B.
+bool build_plan(cublasLtHandle_t handle, const LtGemm& g, int align, bool x_is_a, size_t workspace_bytes,
+                cublasLtMatmulDesc_t& op, cublasLtMatrixLayout_t& la, cublasLtMatrixLayout_t& lb,
+                cublasLtMatrixLayout_t& ld, cublasLtMatmulAlgo_t& algo) {
   const bool fp8 = g.kind == LtGemm::Kind::Fp8;
   const cudaDataType_t tin = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF, tout = g.out_f32 ? CUDA_R_32F : CUDA_R_16BF;
-  // Column-major cuBLAS view of the row-major product: D^T [N, M] = op(W') [N, K] . X' [K, M], where
-  // X' is X read column-major ([K, M], ld ldx) and W' is W read column-major: [K, N] (transposed by
-  // the op) or, with w_kn, [N, K] as it is.
-  lt_check(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "descriptor");
-  const cublasOperation_t ta = g.w_kn ? CUBLAS_OP_N : CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
-  lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "TRANSB");
+  lt_check(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "descriptor");
+  const cublasOperation_t ta = (g.w_kn && !x_is_a) ? CUBLAS_OP_N : CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  lt_check(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
+  lt_check(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "TRANSB");
   if (fp8 && !g.fp8_unscaled) {
-    const int32_t ma = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, mb = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
-    lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &ma, sizeof ma), "A scale mode");
-    lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mb, sizeof mb), "B scale mode");
+    const int32_t vec = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F, blk = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+    const int32_t ma = x_is_a ? vec : blk, mb = x_is_a ? blk : vec;
+    lt_check(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &ma, sizeof ma), "A scale mode");
+    lt_check(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mb, sizeof mb), "B scale mode");
     const int8_t fast_accum = 0;  // promote every block: fp32 outside the 128-K partial sums
-    lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast_accum, sizeof fast_accum),
+    lt_check(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast_accum, sizeof fast_accum),
              "fast accum");
   }
-  if (g.w_kn) lt_check(cublasLtMatrixLayoutCreate(&p->lw, tin, g.N, g.K, g.ldw), "W layout");
-  else lt_check(cublasLtMatrixLayoutCreate(&p->lw, tin, g.K, g.N, g.ldw), "W layout");
-  lt_check(cublasLtMatrixLayoutCreate(&p->lx, tin, g.K, g.M, g.ldx), "X layout");
-  lt_check(cublasLtMatrixLayoutCreate(&p->ld, tout, g.N, g.M, g.ldd), "D layout");
+  cublasLtMatrixLayout_t lw = nullptr, lx = nullptr;
+  if (g.w_kn) lt_check(cublasLtMatrixLayoutCreate(&lw, tin, g.N, g.K, g.ldw), "W layout");
+  else lt_check(cublasLtMatrixLayoutCreate(&lw, tin, g.K, g.N, g.ldw), "W layout");
+  lt_check(cublasLtMatrixLayoutCreate(&lx, tin, g.K, g.M, g.ldx), "X layout");
+  if (x_is_a) {
+    lt_check(cublasLtMatrixLayoutCreate(&ld, tout, g.M, g.N, g.ldd), "D layout");
+    const int32_t order = CUBLASLT_ORDER_ROW;
+    lt_check(cublasLtMatrixLayoutSetAttribute(ld, CUBLASLT_MATRIX_LAYOUT_ORDER, &order, sizeof order), "D order");
+    la = lx;
+    lb = lw;
+  } else {
+    lt_check(cublasLtMatrixLayoutCreate(&ld, tout, g.N, g.M, g.ldd), "D layout");
+    la = lw;
+    lb = lx;
+  }
   if (g.batch > 1) {
     const int32_t n = int32_t(g.batch);
-    for (auto [l, s] : {std::pair{p->lw, g.stride_w}, {p->lx, g.stride_x}, {p->ld, g.stride_d}}) {
+    for (auto [l, st] : {std::pair{lw, g.stride_w}, {lx, g.stride_x}, {ld, g.stride_d}}) {
       lt_check(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &n, sizeof n), "batch count");
-      lt_check(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &s, sizeof s),
+      lt_check(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &st, sizeof st),
                "batch stride");
     }
   }
   cublasLtMatmulPreference_t pref = nullptr;
   lt_check(cublasLtMatmulPreferenceCreate(&pref), "preference");
-  const uint64_t ws = workspace_bytes_;
+  const uint64_t ws = workspace_bytes;
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
   const uint32_t al = uint32_t(align);
   for (auto a : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
@@ -109,11 +129,33 @@ BlasLt::Plan* BlasLt::plan(const LtGemm& g, int align) {
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes, sizeof schemes);
   cublasLtMatmulHeuristicResult_t res{};
   int found = 0;
-  const cublasStatus_t hs =
-      cublasLtMatmulAlgoGetHeuristic(handle_, p->op, p->lw, p->lx, p->ld, p->ld, pref, 1, &res, &found);
+  const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(handle, op, la, lb, ld, ld, pref, 1, &res, &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  p->ok = hs == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
-  if (p->ok) p->algo = res.algo;
+  const bool ok = hs == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
+  if (ok) algo = res.algo;
+  return ok;
+}
+
+}  // namespace
+
+BlasLt::Plan* BlasLt::plan(const LtGemm& g, int align) {
+  const Key key{int(g.kind), int(g.out_f32), g.M, g.N, g.K, g.batch, g.ldx, g.ldw, g.ldd, g.stride_x, g.stride_w,
+                g.stride_d, int(g.w_kn), align, int(g.fp8_unscaled)};
+  if (auto it = plans_.find(key); it != plans_.end()) return it->second;
+  auto* p = new Plan;
+  plans_[key] = p;
+  const bool blockscaled = g.kind == LtGemm::Kind::Fp8 && !g.fp8_unscaled;
+  // Block-scaled FP8: weights as A first (no transposed output needed), then activations as A with the
+  // output in row order, which is the assignment the library's Hopper kernels document.
+  for (bool x_is_a : blockscaled ? std::vector<bool>{false, true} : std::vector<bool>{false}) {
+    p->reset();
+    cublasLtMatrixLayout_t la = nullptr, lb = nullptr;
+    p->ok = build_plan(handle_, g, align, x_is_a, workspace_bytes_, p->op, la, lb, p->ld, p->algo);
+    p->la = la;
+    p->lb = lb;
+    p->x_is_a = x_is_a;
+    if (p->ok) break;
+  }
   return p;
 }
 
@@ -124,14 +166,16 @@ bool BlasLt::run(const LtGemm& g) {
   if (fp8 && !g.fp8_unscaled && (!fp8_possible_ || g.K % 512 != 0 || !g.x_scale || !g.w_scale)) return false;
   Plan* p = plan(g, alignment_of(g));
   if (!p->ok) return false;
+  const void* a = p->x_is_a ? g.x : g.w;
+  const void* b = p->x_is_a ? g.w : g.x;
   if (fp8 && !g.fp8_unscaled) {  // the scale pointers change from call to call; the plan's descriptor is ours alone
-    lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &g.w_scale, sizeof g.w_scale),
-             "A scale");
-    lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &g.x_scale, sizeof g.x_scale),
-             "B scale");
+    const float* as = p->x_is_a ? g.x_scale : g.w_scale;
+    const float* bs = p->x_is_a ? g.w_scale : g.x_scale;
+    lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &as, sizeof as), "A scale");
+    lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &bs, sizeof bs), "B scale");
   }
   const float alpha = 1.f, beta = 0.f;
-  const cublasStatus_t s = cublasLtMatmul(handle_, p->op, &alpha, g.w, p->lw, g.x, p->lx, &beta, g.d, p->ld, g.d,
+  const cublasStatus_t s = cublasLtMatmul(handle_, p->op, &alpha, a, p->la, b, p->lb, &beta, g.d, p->ld, g.d,
                                           p->ld, &p->algo, workspace_, workspace_bytes_, cudaStreamPerThread);
   lt_check(s, "matmul");
   ++runs_[int(g.kind)];
