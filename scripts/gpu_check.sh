@@ -144,7 +144,7 @@ fi
 
 if has tests; then
   t0=$SECONDS
-  timeout 300 "$T" > "$OUT/tests.log" 2>&1
+  timeout 300 "$T" --gtest_filter="${TESTS_FILTER:-*}" > "$OUT/tests.log" 2>&1  # TESTS_FILTER: a subset
   rc=$?
   note "gpu tests (sm_90a SASS): rc=$rc in $((SECONDS - t0)) s; $(grep -c '^\[       OK' "$OUT/tests.log") ok, $(grep -c '^\[  FAILED' "$OUT/tests.log") failed lines"
   grep -E "^\[  FAILED|Failure|\[ (prefill|decode|ppl|greedy|graphs)" "$OUT/tests.log" | head -40
