@@ -95,6 +95,8 @@ int main(int argc, char** argv) {
   }
   constexpr int64_t kCostDecodeRows = 128, kCostPrefillRows = 4096;
   if (!md_file.empty()) md_out = std::fopen(md_file.c_str(), "w");
+  cuda::CudaContext ctx(0);  // device 0: its facts and the kernel configuration (the FP8 path is set per row below)
+  std::fprintf(stderr, "%s", ctx.describe().c_str());
   cuda::BlasLt blas;
   int dev = 0;
   cudaDeviceProp prop{};
@@ -152,11 +154,11 @@ int main(int argc, char** argv) {
       if (M > 16) paths = {cuda::Fp8Path::Mma, cuda::Fp8Path::Mma64, cuda::Fp8Path::Mma32};
       if (M > 16 && quick) paths = {cuda::Fp8Path::Auto};
       for (cuda::Fp8Path path : paths) {
-        cuda::set_fp8_gemm_path(path);
+        ctx.config().fp8_gemm = path;
         const double ms = time_ms(
             [&](int r) {
               const int c = r % copies;
-              cuda::launch_linear_fp8({a, as, M, s.K, ws_codes[size_t(c)], ws_scale[size_t(c)], s.N, out, s.N});
+              cuda::launch_linear_fp8(ctx, {a, as, M, s.K, ws_codes[size_t(c)], ws_scale[size_t(c)], s.N, out, s.N});
             },
             reps);
         chk(cudaGetLastError(), "launch");
@@ -166,7 +168,7 @@ int main(int argc, char** argv) {
         report(s.name, cuda::fp8_path_name(path), M, s.N, s.K, ms, flop, bytes);
       }
     }
-    cuda::set_fp8_gemm_path(cuda::Fp8Path::Auto);
+    ctx.config().fp8_gemm = cuda::Fp8Path::Auto;
     // cuBLASLt: the block-scaled FP8 GEMM of `--numerics fast` (lt-blk) and, as the peer, its plain
     // FP8 GEMM without block scales (lt-fp8, what "cuBLAS FP8" figures measure).
     for (int64_t M : Ms) {
@@ -255,7 +257,7 @@ int main(int argc, char** argv) {
         if (rows * K > Mmax * maxK || rows * N > Mmax * maxN) continue;
         const double ms = time_ms(
             [&](int) {
-              cuda::launch_linear_fp8_grouped(a, as, T, K, dtab, which, doffs, E, N, out);
+              cuda::launch_linear_fp8_grouped(ctx, a, as, T, K, dtab, which, doffs, E, N, out);
             },
             reps);
         chk(cudaGetLastError(), "grouped launch");

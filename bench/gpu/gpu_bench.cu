@@ -191,6 +191,9 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   std::printf("device: %s, %d SMs, %.0f MB L2\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1e6);
+  std::fprintf(stderr, "%s", be.describe().c_str());  // the device's probes and the kernel configuration
+  cuda::CudaContext& ctx = be.context();
+  cuda::KernelConfig& cfg = be.config();
 
   {  // copy roofline: 2 GiB device-to-device, bytes read + written
     const size_t n = size_t(2) << 30;
@@ -217,8 +220,8 @@ int main(int argc, char** argv) {
         Tensor nn_h = host_tensor(DType::I32, {b});
         for (int64_t i = 0; i < b; ++i) nn_h.ptr<int32_t>()[i] = int32_t(L);
         Tensor nn = be.upload(nn_h);
-        cuda::TopkTuning& tun = cuda::topk_tuning();
-        const cuda::TopkTuning saved = tun;
+        cuda::TopkConfig& tun = cfg.topk;
+        const cuda::TopkConfig saved = tun;
         struct V { int onchip, kpt; bool lane; const char* name; };
         for (const V& v : {V{1, 0, false, "auto"}, V{1, 4, false, "on-chip kpt=4"}, V{1, 8, false, "on-chip kpt=8"},
                            V{1, 16, false, "on-chip kpt=16"}, V{1, 0, true, "auto, lane-hist"},
@@ -296,9 +299,9 @@ int main(int argc, char** argv) {
              idx_bytes, 100.0 * idx_bytes / (idx_ms * 1e-3) / 1e12 / kCopyTBs);
       {  // the other choice of where the top-k's first histogram comes from (automatic by batch, topk.h): the
          // score kernel's epilogue vs the top-k's own first pass
-        cuda::TopkTuning& tt = cuda::topk_tuning();
+        cuda::TopkConfig& tt = cfg.topk;
         const int was = tt.hist0;
-        const bool dflt = cuda::topk_hist0_enabled(b, L);
+        const bool dflt = tt.hist0_for(b, L);
         tt.hist0 = dflt ? 0 : 1;
         const double m0 = time_ms([&](int r) { be.indexer_topk(iq, iw, c.kv[size_t(r) % c.kv.size()], B, TOPK, tk); }, 10);
         tt.hist0 = was;
@@ -311,16 +314,16 @@ int main(int argc, char** argv) {
         const double s_ms = time_ms([&](int r) { be.indexer_scores(iq, iw, c.kv[size_t(r) % c.kv.size()], B, sc); }, 10);
         report("indexer scores only", "b=" + std::to_string(b) + " Hi=64 L=" + kfmt(L), s_ms, 2.0 * 64 * 128 * double(b) * L,
                idx_bytes + double(b) * L * 4, 100.0 * (idx_bytes + double(b) * L * 4) / (s_ms * 1e-3) / 1e12 / kCopyTBs);
-        if (cuda::sm90_scores_available()) {  // the portable kernel on the same data, and how far apart they are
+        if (ctx.indexer_sm90()) {  // the portable kernel on the same data, and how far apart they are
           std::vector<float> r_h(static_cast<size_t>(L)), r_p(static_cast<size_t>(L));
           be.download(sc.rows(0, 1), r_h.data());
-          cuda::set_sm90_scores_enabled(false);
+          cfg.indexer.wgmma = false;
           Tensor scp = be.alloc(DType::F32, {T, L});
           const double p_ms = time_ms([&](int r) { be.indexer_scores(iq, iw, c.kv[size_t(r) % c.kv.size()], B, scp); }, 10);
           be.indexer_scores(iq, iw, c.kv[0], B, scp);
           be.indexer_scores(iq, iw, c.kv[0], B, sc);  // (portable too; the Hopper one is restored below)
           be.download(scp.rows(0, 1), r_p.data());
-          cuda::set_sm90_scores_enabled(true);
+          cfg.indexer.wgmma = true;
           be.indexer_scores(iq, iw, c.kv[0], B, sc);
           be.download(sc.rows(0, 1), r_h.data());
           const auto [dmax, amax] = max_abs_diff(r_h, r_p);
@@ -342,16 +345,16 @@ int main(int argc, char** argv) {
           report("indexer scores s_q=2", "b=" + std::to_string(b) + " Hi=64 L=" + kfmt(L), s2_ms, 2.0 * 64 * 128 * double(2 * b) * L,
                  b2, 100.0 * b2 / (s2_ms * 1e-3) / 1e12 / kCopyTBs);
           const char* sweep = std::getenv("DSA_BENCH_INDEXER_SWEEP");
-          if (sweep && *sweep == '1' && cuda::sm90_scores_available()) {
+          if (sweep && *sweep == '1' && ctx.indexer_sm90()) {
             // every sm_90a score kernel on the same data: f16 wgmma (0) and FP8 wgmma at ring depths 3..6;
             // row 0 of each against the portable kernel's (exact up to fp32 summation order)
             std::vector<float> r_p(static_cast<size_t>(L)), r_x(static_cast<size_t>(L));
-            cuda::set_sm90_scores_enabled(false);
+            cfg.indexer.wgmma = false;
             be.indexer_scores(iq, iw, c.kv[0], B, sc);
             be.download(sc.rows(0, 1), r_p.data());
-            cuda::set_sm90_scores_enabled(true);
+            cfg.indexer.wgmma = true;
             for (int mode : {0, 3, 4, 5, 6}) {
-              cuda::set_sm90_scores_mode(mode);
+              cfg.indexer.sm90_fp8_stages = mode;
               const std::string nm = mode ? "FP8 S=" + std::to_string(mode) : std::string("f16");
               const double m1 = time_ms([&](int r) { be.indexer_scores(iq, iw, c.kv[size_t(r) % c.kv.size()], B, sc); }, 10);
               report("idx sweep " + nm + " s_q=1", "b=" + std::to_string(b) + " L=" + kfmt(L), m1, 2.0 * 64 * 128 * double(b) * L,
@@ -366,7 +369,7 @@ int main(int argc, char** argv) {
                        2.0 * 64 * 128 * double(2 * b) * L, b2, 100.0 * b2 / (m2 * 1e-3) / 1e12 / kCopyTBs);
               }
             }
-            cuda::reset_sm90_scores_selection();  // back to the defaults and the environment's choice
+            cfg.indexer = ctx.initial_config().indexer;  // back to the defaults and the environment's choice
           }
         }
         Tensor nn_h = host_tensor(DType::I32, {T});
@@ -376,16 +379,16 @@ int main(int argc, char** argv) {
         report("top-k only (k=2048)", "b=" + std::to_string(b) + " L=" + kfmt(L), k_ms, 0, double(b) * L * 4,
                100.0 * double(b) * L * 4 / (k_ms * 1e-3) / 1e12 / kCopyTBs);
         if (b == 1 && L >= 32768) {
-          cuda::TopkTuning& tt = cuda::topk_tuning();
-          const int was = tt.cand_final;
-          tt.cand_final = 0;  // the third histogram pass instead of the candidate exchange (topk.h)
+          cuda::TopkConfig& tt = cfg.topk;
+          const bool was = tt.cand_final;
+          tt.cand_final = false;  // the third histogram pass instead of the candidate exchange (topk.h)
           const double k3_ms = time_ms([&](int) { be.topk_rows(sc, nn.ptr<int32_t>(), TOPK, tk); }, 10);
           tt.cand_final = was;
           report("top-k only, 3rd radix pass", "b=" + std::to_string(b) + " L=" + kfmt(L), k3_ms, 0, double(b) * L * 4,
                  100.0 * double(b) * L * 4 / (k3_ms * 1e-3) / 1e12 / kCopyTBs);
           // Phase stamps of one launch of the on-chip kernel (first CTA), alone and after the score kernel.
           auto phases = [&](const char* what) {
-            const std::vector<long long> st = cuda::topk_trace_read();
+            const std::vector<long long> st = cuda::topk_trace_read(ctx);
             std::printf("  top-k phases, %s (us after entry: wait, keys, pass0, pass1, threshold, scan, written, exit):", what);
             for (int i = 1; i < 9; ++i) std::printf(" %.2f", st[size_t(i)] ? double(st[size_t(i)] - st[0]) * 1e-3 : -1.0);
             std::printf("; last digit by %s\n", st[9] == 1 ? "candidate exchange" : st[9] == 2 ? "3rd pass" : "none");
@@ -412,7 +415,7 @@ int main(int argc, char** argv) {
         be.attention_mqa(ql, qp, kv, B, &tk, scale, o);
       };
       if (b == 1) {  // small batch: how the split count of the candidates trades parallelism for overhead
-        cuda::MqaTuning& tun = cuda::mqa_tuning();
+        cuda::MqaConfig& tun = cfg.mqa;
         const int saved = tun.force_splits;
         for (int ns : {2, 4, 8, 16}) {
           tun.force_splits = ns;
@@ -423,20 +426,20 @@ int main(int argc, char** argv) {
         tun.force_splits = saved;
         // The chain below with plain launches (programmatic dependent launch off), for comparison with the
         // default (PDL on sm_90+, launch.cuh) timed for every batch.
-        const bool pdl_was = cuda::pdl_enabled();
-        cuda::set_pdl_enabled(false);
+        const bool pdl_was = cfg.pdl;
+        cfg.pdl = false;
         report("DSA chain, plain launches", "b=1 h=128 s_q=1 L=" + kfmt(L), time_ms(chain, 10), 0, 0, 0);
-        cuda::set_pdl_enabled(pdl_was);
+        cfg.pdl = pdl_was;
       }
       // The DSA chain as a layer runs it: indexer + top-k, then sparse MLA on that selection, one timed call
       // in the default launch mode (the kernels of one part may overlap the next part's launch). This is the
       // layer's DSA time in the table below; the parts above are timed one at a time.
       const double ch_ms = time_ms(chain, 10);
-      report(std::string("DSA chain (indexer+top-k+MLA)") + (cuda::pdl_enabled() ? ", PDL" : ""),
+      report(std::string("DSA chain (indexer+top-k+MLA)") + (ctx.pdl() ? ", PDL" : ""),
              "b=" + std::to_string(b) + " h=128 s_q=1 L=" + kfmt(L), ch_ms, 0, 0, 0);
       // The same chain as a decode graph replays it (no per-call host submission latency; time_graph_ms).
       const double chg_ms = graph_ms(chain, int(c.kv.size()), ch_ms);
-      report(std::string("DSA chain, graph replay") + (cuda::pdl_enabled() ? ", PDL" : ""),
+      report(std::string("DSA chain, graph replay") + (ctx.pdl() ? ", PDL" : ""),
              "b=" + std::to_string(b) + " h=128 s_q=1 L=" + kfmt(L), chg_ms, 0, 0, 0);
       lat.push_back({b, L, dense_ms * 1e3, idx_ms * 1e3, sp_ms * 1e3, ch_ms * 1e3, dense_g_ms * 1e3, chg_ms * 1e3});
       be.synchronize();

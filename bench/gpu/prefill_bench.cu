@@ -82,6 +82,7 @@ int main(int argc, char** argv) {
   }
   std::string cost_rows;
   cuda::CudaBackend be(0);
+  std::fprintf(stderr, "%s", be.describe().c_str());  // the device's probes and the kernel configuration
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   std::printf("device: %s; prefill chunk S = %ld tokens at the end of a context of L, h = 128, topk = 2048\n", prop.name,

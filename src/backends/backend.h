@@ -131,6 +131,9 @@ class Backend {
   virtual void synchronize() {}
   // One line on device memory (allocator in use / peak / cached, device used / total); "" if n/a.
   virtual std::string memory_report() const { return ""; }
+  // The device and the kernel configuration, one line per group each ending in '\n', printed by the tools at
+  // start-up (CUDA: CudaContext::describe); "" where there is nothing to say (CPU).
+  virtual std::string describe() const { return ""; }
   // Bytes this device could still hand out (CPU: the host's available memory; CUDA: free device memory).
   virtual size_t free_memory() const = 0;
   // Make the batch's device mirror (no-op on CPU).
@@ -261,7 +264,10 @@ class Backend {
 // SwiGLU MLP through the backend ops: out = down(silu(gate x) * up x).
 void mlp_forward(Backend& be, const Tensor& x, const MlpWeights& w, Tensor& out);
 
-// Factory: "cpu" or "cuda" (throws with a clear message if CUDA was not built or no GPU).
+// Factory: "cpu", "cuda" (device 0) or "cuda:N" (throws with a clear message if CUDA was not built, there is
+// no such GPU, or a DSA_CUDA_* environment variable has a bad value).
 std::unique_ptr<Backend> make_backend(const std::string& name, int threads = 0);
+// "cuda" -> 0, "cuda:N" -> N; -1 for names of other devices; throws on "cuda:" without a valid index.
+int cuda_device_index(const std::string& name);
 
 }  // namespace dsa

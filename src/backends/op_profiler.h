@@ -28,6 +28,7 @@ class OpProfiler : public Backend {
   std::string name() const override { return be_->name(); }
   Device device() const override { return be_->device(); }
   std::string memory_report() const override { return be_->memory_report(); }
+  std::string describe() const override { return be_->describe(); }
   size_t free_memory() const override { return be_->free_memory(); }
 
   Tensor alloc(DType t, Shape s) override { return be_->alloc(t, s); }

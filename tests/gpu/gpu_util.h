@@ -40,15 +40,18 @@ struct Both {
   KvLayer up(const KvLayer& h) { return KvLayer{up(h.mla), up(h.indexer)}; }
 };
 
-// Programmatic dependent launch (launch.cuh) for one test: available() turns it on where the GPU has it;
-// the previous setting comes back at scope exit.
+// Programmatic dependent launch (launch.cuh) for one test on one backend: available() turns it on where the
+// GPU has it; the previous setting (KernelConfig::pdl) comes back at scope exit.
 struct PdlScope {
-  bool was = cuda::pdl_enabled();
-  ~PdlScope() { cuda::set_pdl_enabled(was); }
+  cuda::CudaContext& ctx;
+  bool was;
+  explicit PdlScope(cuda::CudaBackend& be) : ctx(be.context()), was(be.config().pdl) {}
+  ~PdlScope() { ctx.config().pdl = was; }
   bool available() {
-    cuda::set_pdl_enabled(true);
-    return cuda::pdl_enabled();
+    ctx.config().pdl = true;
+    return ctx.pdl();
   }
+  void set(bool on) { ctx.config().pdl = on; }
 };
 inline KvLayer host_kv(int64_t nb) {
   KvLayer kv{host_tensor(DType::U8, {nb, kKvBlock * kMlaTokenBytes}), host_tensor(DType::U8, {nb, kKvBlock * kIndexTokenBytes})};

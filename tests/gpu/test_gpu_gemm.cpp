@@ -120,7 +120,9 @@ const cuda::Fp8Path kPaths[] = {cuda::Fp8Path::Auto, cuda::Fp8Path::Mma, cuda::F
                                 cuda::Fp8Path::Gemv};
 
 struct PathGuard {
-  ~PathGuard() { cuda::set_fp8_gemm_path(cuda::Fp8Path::Auto); }
+  cuda::KernelConfig& cfg;
+  explicit PathGuard(Both& be) : cfg(be.gpu.config()) {}
+  ~PathGuard() { cfg.fp8_gemm = cuda::Fp8Path::Auto; }
 };
 
 }  // namespace
@@ -128,7 +130,7 @@ struct PathGuard {
 TEST(GpuGemm, Fp8PlainAllPathsMatchReference) {
   REQUIRE_GPU();
   Both be;
-  PathGuard guard;
+  PathGuard guard(be);
   Stats all[5];
   for (int64_t K : {int64_t(128), int64_t(512), int64_t(7168)})
     for (int64_t N : {int64_t(8), int64_t(64), int64_t(576), int64_t(1536), int64_t(2112)})
@@ -143,9 +145,9 @@ TEST(GpuGemm, Fp8PlainAllPathsMatchReference) {
         for (int pi = 0; pi < 5; ++pi) {
           const cuda::Fp8Path path = kPaths[pi];
           if (path == cuda::Fp8Path::Gemv && M > 16) continue;
-          cuda::set_fp8_gemm_path(path);
+          be.gpu.config().fp8_gemm = path;
           Tensor out = be.poisoned(DType::BF16, {M, N});
-          cuda::launch_linear_fp8({ad.ptr<uint8_t>(), asd.ptr<float>(), M, K, wd.ptr<uint8_t>(), wsd.ptr<float>(), N,
+          cuda::launch_linear_fp8(be.gpu.context(), {ad.ptr<uint8_t>(), asd.ptr<float>(), M, K, wd.ptr<uint8_t>(), wsd.ptr<float>(), N,
                                    out.ptr<uint16_t>(), N});
           std::string what = std::string("fp8 ") + cuda::fp8_path_name(path) + " M=" + std::to_string(M) +
                              " N=" + std::to_string(N) + " K=" + std::to_string(K);
@@ -166,7 +168,7 @@ TEST(GpuGemm, Fp8PlainAllPathsMatchReference) {
 TEST(GpuGemm, Fp8StridedOutput) {
   REQUIRE_GPU();
   Both be;
-  PathGuard guard;
+  PathGuard guard(be);
   const int64_t K = 256, N = 200;
   for (int64_t ldo : {int64_t(264), int64_t(201)})
     for (int64_t M : {int64_t(3), int64_t(100)})
@@ -175,10 +177,10 @@ TEST(GpuGemm, Fp8StridedOutput) {
         Tensor as = rand_scales(M, 2, -8, 9), ws = rand_scales(2, 2, -12, 7);
         std::vector<float> ref, bound;
         reference(a.ptr<uint8_t>(), as.ptr<float>(), M, K, w.ptr<uint8_t>(), ws.ptr<float>(), N, ref, bound);
-        cuda::set_fp8_gemm_path(path);
+        be.gpu.config().fp8_gemm = path;
         Tensor out = be.poisoned(DType::BF16, {M, ldo});
         Tensor ad = be.up(a), asd = be.up(as), wd = be.up(w), wsd = be.up(ws);
-        cuda::launch_linear_fp8({ad.ptr<uint8_t>(), asd.ptr<float>(), M, K, wd.ptr<uint8_t>(), wsd.ptr<float>(), N,
+        cuda::launch_linear_fp8(be.gpu.context(), {ad.ptr<uint8_t>(), asd.ptr<float>(), M, K, wd.ptr<uint8_t>(), wsd.ptr<float>(), N,
                                  out.ptr<uint16_t>(), ldo});
         Tensor h = be.down(out);
         Tensor packed = host_tensor(DType::BF16, {M, N});
@@ -198,7 +200,7 @@ TEST(GpuGemm, Fp8StridedOutput) {
 TEST(GpuGemm, Fp8GroupedMatchesReference) {
   REQUIRE_GPU();
   Both be;
-  PathGuard guard;
+  PathGuard guard(be);
   struct Case { int64_t N, K; std::vector<int> rows; };
   std::vector<Case> cases = {
       {576, 512, {0, 3, 0, 17, 130, 64, 0, 1}},
@@ -247,9 +249,9 @@ TEST(GpuGemm, Fp8GroupedMatchesReference) {
     for (cuda::Fp8Path path : {cuda::Fp8Path::Auto, cuda::Fp8Path::Mma, cuda::Fp8Path::Mma64, cuda::Fp8Path::Mma32,
                                cuda::Fp8Path::Gemv}) {
       if (path == cuda::Fp8Path::Gemv && maxr > 16) continue;
-      cuda::set_fp8_gemm_path(path);
+      be.gpu.config().fp8_gemm = path;
       Tensor out = be.poisoned(DType::BF16, {std::max<int64_t>(R, 1), N});
-      cuda::launch_linear_fp8_grouped(ad.ptr<uint8_t>(), asd.ptr<float>(), maxr, K,
+      cuda::launch_linear_fp8_grouped(be.gpu.context(), ad.ptr<uint8_t>(), asd.ptr<float>(), maxr, K,
                                       static_cast<const void* const*>(tab.data), 1, offs_d.ptr<int32_t>(), E, N,
                                       out.ptr<uint16_t>());
       std::string what = std::string("grouped ") + cuda::fp8_path_name(path) + " E=" + std::to_string(E) +
@@ -268,14 +270,14 @@ TEST(GpuGemm, Fp8GroupedMatchesReference) {
 TEST(GpuGemm, Fp8Deterministic) {
   REQUIRE_GPU();
   Both be;
-  PathGuard guard;
+  PathGuard guard(be);
   const int64_t N = 576, K = 7168;
   for (int64_t M : {int64_t(4), int64_t(300)}) {
     Tensor a = be.up(rand_e4m3({M, K})), as = be.up(rand_scales(M, K / 128, -8, 9));
     Tensor w = be.up(rand_e4m3({N, K})), ws = be.up(rand_scales(5, K / 128, -12, 7));
     Tensor o1 = be.poisoned(DType::BF16, {M, N}), o2 = be.poisoned(DType::BF16, {M, N});
     for (Tensor* o : {&o1, &o2})
-      cuda::launch_linear_fp8({a.ptr<uint8_t>(), as.ptr<float>(), M, K, w.ptr<uint8_t>(), ws.ptr<float>(), N,
+      cuda::launch_linear_fp8(be.gpu.context(), {a.ptr<uint8_t>(), as.ptr<float>(), M, K, w.ptr<uint8_t>(), ws.ptr<float>(), N,
                                o->ptr<uint16_t>(), N});
     expect_same_bytes(be.down(o1), be.down(o2), "fp8 gemm rerun");
   }

@@ -96,19 +96,25 @@ MCase multi_case(Both& be, const std::vector<int64_t>& ends, const std::vector<i
 
 // The score kernels to cover on this GPU: FP8 wgmma at every ring depth (3..6), f16 wgmma (0), then the
 // portable kernel (-1); only the portable one where the sm_90a code does not run.
-std::vector<int> score_kernels() {
-  if (!cuda::sm90_scores_available()) return {-1};
+std::vector<int> score_kernels(Both& be) {
+  if (!be.gpu.context().indexer_sm90()) return {-1};
   return {4, 3, 5, 6, 0, -1};
 }
-// Select one of them (-2: back to the defaults).
-void select_score_kernel(int k) {
-  if (k == -2) return cuda::reset_sm90_scores_selection();
-  cuda::set_sm90_scores_enabled(k != -1);
-  cuda::set_sm90_scores_mode(k >= 0 ? k : -1);
+// Select one of them (-2: back to the configuration the backend started with: defaults and environment).
+void select_score_kernel(Both& be, int k) {
+  cuda::IndexerConfig& ic = be.gpu.config().indexer;
+  const cuda::IndexerConfig& start = be.gpu.context().initial_config().indexer;
+  if (k == -2) {
+    ic.wgmma = start.wgmma;
+    ic.sm90_fp8_stages = start.sm90_fp8_stages;
+    return;
+  }
+  ic.wgmma = k != -1;
+  ic.sm90_fp8_stages = k >= 0 ? k : start.sm90_fp8_stages;
 }
-bool fp8_scores_now(int64_t Hi) {
-  const char* e = std::getenv("DSA_CUDA_INDEXER_EXACT");
-  return !(e && *e && *e != '0') && Hi <= 64 && cuda::sm90_scores_available() && cuda::sm90_scores_mode() > 0;
+bool fp8_scores_now(Both& be, int64_t Hi) {
+  const cuda::CudaContext& ctx = be.gpu.context();
+  return !ctx.config().indexer.exact && Hi <= 64 && ctx.indexer_sm90() && ctx.config().indexer.sm90_fp8_stages > 0;
 }
 
 // Per element: scale_j x sum_h |w_h| sum_d |q_hd k_jd| (the magnitude the FP8 error bound scales with).
@@ -141,7 +147,7 @@ std::vector<double> score_magnitudes(const MCase& c, int64_t LL) {
 void check_case(Both& be, MCase& c, int64_t k, bool exact_scores, const char* what) {
   SCOPED_TRACE(what);
   const int64_t T = int64_t(c.qpos.size()), LL = c.max_end + 70;
-  const bool fp8 = fp8_scores_now(c.q.dim(1));
+  const bool fp8 = fp8_scores_now(be, c.q.dim(1));
   Tensor qg = be.up(c.q), wg = be.up(c.w);
   Tensor sc = host_tensor(DType::F32, {T, LL}), sg = be.poisoned(DType::F32, {T, LL});
   be.cpu.indexer_scores(c.q, c.w, c.hkv, c.b, sc);
@@ -214,8 +220,8 @@ void check_case(Both& be, MCase& c, int64_t k, bool exact_scores, const char* wh
 TEST(GpuIndexer, ScoresAndTopkRaggedBatch) {
   REQUIRE_GPU();
   Both be;
-  for (int kern : score_kernels()) {
-    select_score_kernel(kern);
+  for (int kern : score_kernels(be)) {
+    select_score_kernel(be, kern);
     for (int64_t sq : {int64_t(1), int64_t(2)})
       for (int64_t Hi : {int64_t(64), int64_t(32), int64_t(7), int64_t(128)}) {
         // every sequence has s_q new tokens (s_q = 2: the paired-query kernels)
@@ -225,14 +231,14 @@ TEST(GpuIndexer, ScoresAndTopkRaggedBatch) {
                    ("kernel " + std::to_string(kern) + " s_q=" + std::to_string(sq) + " Hi=" + std::to_string(Hi)).c_str());
       }
   }
-  select_score_kernel(-2);
+  select_score_kernel(be, -2);
 }
 
 TEST(GpuIndexer, TopkExactTiesAroundK) {
   REQUIRE_GPU();
   Both be;
-  for (int kern : score_kernels()) {
-    select_score_kernel(kern);
+  for (int kern : score_kernels(be)) {
+    select_score_kernel(be, kern);
     for (int64_t k : {int64_t(64), int64_t(2048)})
       for (int64_t sq : {int64_t(1), int64_t(2)}) {
         const std::vector<int64_t> ends = {k - 1, k, k + 1, k + 2, 9000, 20000};
@@ -241,7 +247,7 @@ TEST(GpuIndexer, TopkExactTiesAroundK) {
                    ("kernel " + std::to_string(kern) + " k=" + std::to_string(k) + " s_q=" + std::to_string(sq)).c_str());
       }
   }
-  select_score_kernel(-2);
+  select_score_kernel(be, -2);
 }
 
 // 128K contexts: the multi-CTA top-k at b = 1 and b = 3, s_q 1 and 2; exact scores.
@@ -313,8 +319,10 @@ TEST(GpuIndexer, TopkRowsLongAdversarial) {
 TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
   REQUIRE_GPU();
   Both be;
-  cuda::TopkTuning& tun = cuda::topk_tuning();
-  const cuda::TopkTuning saved = tun;
+  cuda::TopkConfig& tun = be.gpu.config().topk;
+  const cuda::TopkConfig saved = tun;
+  const cuda::TopkState& last = be.gpu.context().topk_state();
+  const int cluster_max = be.gpu.context().facts().topk_cluster_max;
   bool used_exchange = false;
   for (int64_t k : {int64_t(2048), int64_t(64)})
     for (int64_t ld : {int64_t(2049), int64_t(4096), int64_t(4097), int64_t(8193), int64_t(16384), int64_t(16385),
@@ -358,14 +366,14 @@ TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
         // (Automatic: 16 keys per thread is the widest choice.)
         int64_t need = 1;
         while (need * (c.kpt ? c.kpt : 16) * 1024 < ld) need *= 2;
-        const bool want_onchip = c.onchip && need <= cuda::topk_cluster_max();
-        const std::string ran = tun.last_kpt ? "on chip, " + std::to_string(tun.last_kpt) + " keys/thread x " +
-                                                   std::to_string(tun.last_cluster) + " CTAs"
+        const bool want_onchip = c.onchip && need <= cluster_max;
+        const std::string ran = last.last_kpt ? "on chip, " + std::to_string(last.last_kpt) + " keys/thread x " +
+                                                   std::to_string(last.last_cluster) + " CTAs"
                                              : std::string("global-memory path");
         SCOPED_TRACE("k=" + std::to_string(k) + " ld=" + std::to_string(ld) + " " + c.name + " (ran: " + ran + ")");
-        EXPECT_EQ(tun.last_kpt != 0, want_onchip) << "path taken";
-        if (c.kpt && tun.last_kpt) {
-          EXPECT_EQ(tun.last_kpt, c.kpt) << "forced keys per thread";
+        EXPECT_EQ(last.last_kpt != 0, want_onchip) << "path taken";
+        if (c.kpt && last.last_kpt) {
+          EXPECT_EQ(last.last_kpt, c.kpt) << "forced keys per thread";
         }
         expect_same_bytes(be.down(og), ref, "topk_rows");
         // batch 1 (the widest cluster per row): the first row alone
@@ -373,7 +381,7 @@ TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
         tun.trace = true;  // which way the last digit went (topk_trace_read's entry 9)
         be.gpu.topk_rows(sg.rows(0, 1), ng.ptr<int32_t>(), k, o1);
         be.gpu.synchronize();
-        const std::vector<long long> st = tun.last_kpt ? cuda::topk_trace_read() : std::vector<long long>(10, 0);
+        const std::vector<long long> st = last.last_kpt ? cuda::topk_trace_read(be.gpu.context()) : std::vector<long long>(10, 0);
         tun.trace = false;
         Tensor r1 = host_tensor(DType::I32, {1, k});
         std::memcpy(r1.data, ref.data, size_t(k) * 4);
@@ -381,14 +389,14 @@ TEST(GpuIndexer, TopkRowsAllPathsAtBoundaries) {
         // The grid row at 40K / 128K on a cluster with the 11/11/10 digits: tens of ties in the threshold bin,
         // resolved by the candidate exchange when it is on, by the third pass when off (0: settled by the
         // second pass, when k ends exactly at the end of a tie group).
-        if (k == 2048 && ld >= 40000 && tun.last_cluster > 1 && !c.lane && st[9] != 0) {
+        if (k == 2048 && ld >= 40000 && last.last_cluster > 1 && !c.lane && st[9] != 0) {
           EXPECT_EQ(st[9], c.cand ? 1 : 2) << "last digit: 1 candidate exchange, 2 third pass";
           used_exchange |= st[9] == 1;
         }
       }
       tun = saved;
     }
-  if (cuda::topk_cluster_max() > 1) {
+  if (cluster_max > 1) {
     EXPECT_TRUE(used_exchange) << "the candidate exchange never ran";
   }
 }
@@ -412,7 +420,7 @@ TEST(GpuIndexer, TiledPrefillPairs) {
 TEST(GpuIndexer, ChainedLaunchesMatchPlainBitForBit) {
   REQUIRE_GPU();
   Both be;
-  PdlScope pdl;
+  PdlScope pdl(be.gpu);
   if (!pdl.available()) GTEST_SKIP() << "programmatic dependent launch needs compute capability 9.0";
   const std::vector<std::pair<std::vector<int64_t>, int64_t>> cases = {{{131072}, 1}, {{5000, 3333, 65, 20000}, 2}};
   for (const auto& [ends, sq] : cases) {
@@ -421,11 +429,11 @@ TEST(GpuIndexer, ChainedLaunchesMatchPlainBitForBit) {
     Tensor qg = be.up(c.q), wg = be.up(c.w);
     Tensor out[2];
     for (int on = 0; on < 2; ++on) {
-      cuda::set_pdl_enabled(on == 1);
+      pdl.set(on == 1);
       out[on] = be.poisoned(DType::I32, {T, k});
       for (int rep = 0; rep < 3; ++rep) be.gpu.indexer_topk(qg, wg, c.dkv, c.b, k, out[on]);
     }
-    cuda::set_pdl_enabled(false);
+    pdl.set(false);
     expect_same_bytes(be.down(out[1]), be.down(out[0]), "indexer_topk with PDL vs plain launches");
   }
 }
@@ -437,8 +445,8 @@ TEST(GpuIndexer, ChainedLaunchesMatchPlainBitForBit) {
 TEST(GpuIndexer, TopkFirstHistogramFromScoresMatches) {
   REQUIRE_GPU();
   Both be;
-  cuda::TopkTuning& tun = cuda::topk_tuning();
-  const cuda::TopkTuning saved = tun;
+  cuda::TopkConfig& tun = be.gpu.config().topk;
+  const cuda::TopkConfig saved = tun;
   struct C { std::vector<int64_t> ends; int64_t sq; int64_t hole; };  // hole: an unmapped block of sequence 0
   const std::vector<C> cases = {{{131072}, 1, -1}, {{5000, 3333, 65, 20000}, 2, -1},
                                 {{2047, 2048, 2049, 4096, 17000}, 1, -1}, {{70000, 100}, 1, 300}, {{40000}, 1, 17}};
@@ -454,7 +462,7 @@ TEST(GpuIndexer, TopkFirstHistogramFromScoresMatches) {
       for (int rep = 0; rep < 3; ++rep) {
         Tensor o = be.poisoned(DType::I32, {T, k});
         be.gpu.indexer_topk(qg, wg, c.dkv, c.b, k, o);
-        if (on) used |= tun.last_hist0;
+        if (on) used |= be.gpu.context().topk_state().last_hist0;
         if (rep == 0) out[on] = o;
         else expect_same_bytes(be.down(o), be.down(out[on]), on ? "indexer_topk again (first histogram from the scores)" : "indexer_topk again");
       }
@@ -463,7 +471,7 @@ TEST(GpuIndexer, TopkFirstHistogramFromScoresMatches) {
     expect_same_bytes(be.down(out[1]), be.down(out[0]), "indexer_topk: first histogram from the score kernel vs the top-k's own");
   }
   tun = saved;
-  if (fp8_scores_now(64) && cuda::topk_cluster_max() > 1) {
+  if (fp8_scores_now(be, 64) && be.gpu.context().facts().topk_cluster_max > 1) {
     EXPECT_TRUE(used) << "the score kernel's histogram was never taken";
   }
 }

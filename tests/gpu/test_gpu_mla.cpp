@@ -25,9 +25,13 @@
 namespace dsa::test {
 namespace {
 
+// The backend's MLA decode configuration comes back at scope exit (each backend starts from its own,
+// resolved from the defaults and the environment).
 struct TuningGuard {
-  cuda::MqaTuning saved = cuda::mqa_tuning();
-  ~TuningGuard() { cuda::mqa_tuning() = saved; }
+  cuda::MqaConfig& tun;
+  cuda::MqaConfig saved;
+  explicit TuningGuard(Both& be) : tun(be.gpu.config().mqa), saved(tun) {}
+  ~TuningGuard() { tun = saved; }
 };
 
 // Sequences of lengths Ls in shuffled blocks of one cache, all positions written (CPU), and a decode
@@ -111,7 +115,7 @@ struct Cfg {
 
 // CPU reference vs every GPU path; returns nothing, reports through gtest.
 void check_all(Both& be, MlaCase& st, const Tensor* topk, int64_t H, const std::string& label, bool with_simple = true) {
-  TuningGuard guard;
+  TuningGuard guard(be);
   const int64_t T = st.b.n_tokens();
   Tensor ql = rand_bf16({T, H, 512}, 0.5f), qp = rand_bf16({T, H, 64}, 0.5f);
   const float scale = 0.0722f;
@@ -135,10 +139,10 @@ void check_all(Both& be, MlaCase& st, const Tensor* topk, int64_t H, const std::
   if (with_simple) cfgs.push_back({3, 0, 512 << 20, "CUDA cores"});
   Tensor stored1, mma1, twopass1;
   for (const Cfg& c : cfgs) {
-    cuda::mqa_tuning().path = c.path;
-    cuda::mqa_tuning().force_splits = c.splits;
-    cuda::mqa_tuning().max_scratch = c.max_scratch;
-    cuda::mqa_tuning().wgmma = c.wgmma;
+    be.gpu.config().mqa.path = c.path;
+    be.gpu.config().mqa.force_splits = c.splits;
+    be.gpu.config().mqa.max_scratch = c.max_scratch;
+    be.gpu.config().mqa.wgmma = c.wgmma;
     Tensor og = be.poisoned(DType::BF16, {T, H, 512});
     be.gpu.attention_mqa(dql, dqp, st.dkv, st.b, topk ? &dtk : nullptr, scale, og);
     Tensor g = be.down(og);
@@ -255,7 +259,7 @@ TEST(GpuMla, OneCandidateIsTheRowEmptyIsZero) {
     if (t != 3 && t != 5)
       topk.ptr<int32_t>()[t * K + int64_t(rng()() % uint64_t(K))] = int32_t(rng()() % uint64_t(b.positions[size_t(t)] + 1));
   for (int64_t H : {int64_t(1), int64_t(64), int64_t(77)}) {
-    TuningGuard guard;
+    TuningGuard guard(be);
     Tensor ql = rand_bf16({T, H, 512}, 0.5f), qp = rand_bf16({T, H, 64}, 0.5f);
     Tensor oc = host_tensor(DType::BF16, {T, H, 512});
     be.cpu.attention_mqa(ql, qp, st.hkv, b, &topk, 0.1f, oc);
@@ -275,10 +279,10 @@ TEST(GpuMla, OneCandidateIsTheRowEmptyIsZero) {
     }
     Tensor dtk = be.up(topk);
     for (int path : {1, 2, 0}) {  // 0: stored scores with the mma.sync scores kernel (wgmma off)
-      cuda::mqa_tuning().path = path == 0 ? 1 : path;
-      cuda::mqa_tuning().wgmma = path == 0 ? 0 : 1;
+      be.gpu.config().mqa.path = path == 0 ? 1 : path;
+      be.gpu.config().mqa.wgmma = path == 0 ? 0 : 1;
       for (int splits : {0, 1, 2}) {
-        cuda::mqa_tuning().force_splits = splits;
+        be.gpu.config().mqa.force_splits = splits;
         Tensor og = be.poisoned(DType::BF16, {T, H, 512});
         be.gpu.attention_mqa(be.up(ql), be.up(qp), st.dkv, b, &dtk, 0.1f, og);
         SCOPED_TRACE("H=" + std::to_string(H) + " path=" + std::to_string(path) + " splits=" + std::to_string(splits));
@@ -296,8 +300,8 @@ TEST(GpuMla, InvalidInputsRaiseErrors) {
   Tensor ql = be.up(rand_bf16({T, H, 512}, 0.5f)), qp = be.up(rand_bf16({T, H, 64}, 0.5f));
   Tensor og = be.gpu.alloc(DType::BF16, {T, H, 512});
   for (int path : {1, 2, 3}) {
-    TuningGuard guard;
-    cuda::mqa_tuning().path = path;
+    TuningGuard guard(be);
+    be.gpu.config().mqa.path = path;
     SCOPED_TRACE("path=" + std::to_string(path));
     Tensor topk = make_topk(st.b, K);
     topk.ptr<int32_t>()[K + 5] = st.b.positions[1] + 1;  // beyond the token's position
@@ -311,8 +315,8 @@ TEST(GpuMla, InvalidInputsRaiseErrors) {
     be.gpu.synchronize();  // the flag was cleared
   }
   {  // a selected position in an unmapped block (stored-scores path)
-    TuningGuard guard;
-    cuda::mqa_tuning().path = 1;
+    TuningGuard guard(be);
+    be.gpu.config().mqa.path = 1;
     Batch b = st.b;
     b.device.reset();
     b.block_table[1] = -1;  // positions 64..127
@@ -331,7 +335,7 @@ TEST(GpuMla, InvalidInputsRaiseErrors) {
 TEST(GpuMla, ChainedLaunchesMatchPlainBitForBit) {
   REQUIRE_GPU();
   Both be;
-  PdlScope pdl;
+  PdlScope pdl(be.gpu);
   if (!pdl.available()) GTEST_SKIP() << "programmatic dependent launch needs compute capability 9.0";
   for (int64_t nseq : {int64_t(1), int64_t(64)}) {
     const int64_t sq = nseq == 1 ? 1 : 2, H = 128, K = 2048;
@@ -345,12 +349,12 @@ TEST(GpuMla, ChainedLaunchesMatchPlainBitForBit) {
       SCOPED_TRACE("nseq " + std::to_string(nseq) + (sparse ? " sparse" : " dense"));
       Tensor out[2];
       for (int on = 0; on < 2; ++on) {
-        cuda::set_pdl_enabled(on == 1);
+        pdl.set(on == 1);
         out[on] = be.poisoned(DType::BF16, {T, H, 512});
         for (int rep = 0; rep < 3; ++rep)  // back to back: each launch chain follows the previous one's
           be.gpu.attention_mqa(dql, dqp, st.dkv, st.b, sparse ? &dtk : nullptr, 0.0722f, out[on]);
       }
-      cuda::set_pdl_enabled(false);
+      pdl.set(false);
       expect_same_bytes(be.down(out[1]), be.down(out[0]), "attention_mqa with PDL vs plain launches");
     }
   }
@@ -405,16 +409,16 @@ TEST(GpuMla, ScoreRoundingStepsAsTheReference) {
         ASSERT_EQ(oc.ptr<uint16_t>()[h * 512 + d], d < 256 ? kOne : d == 256 ? kHalf : uint16_t(0)) << "CPU, head " << h << " dim " << d;
     if (!have_gpu()) continue;
     Both be;
-    TuningGuard guard;
+    TuningGuard guard(be);
     const KvLayer dkv = be.up(hkv);
     const Tensor dql = be.up(ql), dqp = be.up(qp), dtk = be.up(topk);
     for (const Cfg& c : std::vector<Cfg>{{1, 1, 512 << 20, "stored"}, {1, 1, 512 << 20, "stored, mma.sync scores", 0},
                                          {1, 2, 512 << 20, "stored 2 splits"}, {2, 1, 512 << 20, "two-pass"},
                                          {3, 0, 512 << 20, "CUDA cores"}}) {
       SCOPED_TRACE(std::string(c.name) + " H=" + std::to_string(H));
-      cuda::mqa_tuning().path = c.path;
-      cuda::mqa_tuning().force_splits = c.splits;
-      cuda::mqa_tuning().wgmma = c.wgmma;
+      be.gpu.config().mqa.path = c.path;
+      be.gpu.config().mqa.force_splits = c.splits;
+      be.gpu.config().mqa.wgmma = c.wgmma;
       Tensor og = be.poisoned(DType::BF16, {1, H, 512});
       be.gpu.attention_mqa(dql, dqp, dkv, b, &dtk, 0.0625f, og);
       expect_same_bytes(be.down(og), oc, "attention_mqa vs CPU (exact case)");

@@ -325,9 +325,8 @@ TEST(GpuOps, IndexerCacheAndScores) {
     EXPECT_EQ(inf_mismatch, 0) << "-inf pattern (j > position)";
     // The FP8 wgmma kernel (sm_90a default) accumulates with fewer bits than fp32: relative L2 1e-3 here, the
     // per-element bound in test_gpu_indexer.cpp; every other kernel differs only by fp32 summation order.
-    const char* exact_env = std::getenv("DSA_CUDA_INDEXER_EXACT");
-    const bool exact = exact_env && *exact_env && *exact_env != '0';  // as use_exact_indexer()
-    const bool fp8 = Hi <= 64 && cuda::sm90_scores_available() && cuda::sm90_scores_mode() > 0 && !exact;
+    const cuda::CudaContext& ctx = be.gpu.context();
+    const bool fp8 = Hi <= 64 && ctx.indexer_sm90() && ctx.config().indexer.sm90_fp8_stages > 0 && !ctx.config().indexer.exact;
     expect_close(sh, sc, fp8 ? 1e-3 : 1e-5, "indexer_scores");
   }
   {  // weights

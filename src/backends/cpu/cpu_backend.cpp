@@ -174,19 +174,28 @@ void CpuBackend::hadamard128(Tensor& x) {
   }
 }
 
-std::unique_ptr<Backend> make_cuda_backend(int threads);  // backends/cuda (weak fallback below)
+std::unique_ptr<Backend> make_cuda_backend(int device, int threads);  // backends/cuda
+
+int cuda_device_index(const std::string& name) {
+  if (name == "cuda") return 0;
+  if (name.rfind("cuda:", 0) != 0) return -1;
+  const std::string idx = name.substr(5);
+  DSA_CHECK(!idx.empty() && idx.size() <= 4 && idx.find_first_not_of("0123456789") == std::string::npos,
+            "device '", name, "': expected cuda or cuda:N with N a device index (0, 1, ...)");
+  return std::stoi(idx);
+}
 
 namespace {
 std::unique_ptr<Backend> make_plain_backend(const std::string& name, int threads) {
   if (name == "cpu") return std::make_unique<CpuBackend>(threads);
-  if (name == "cuda") {
+  if (const int dev = cuda_device_index(name); dev >= 0) {
 #ifdef DSA_HAVE_CUDA
-    return make_cuda_backend(threads);
+    return make_cuda_backend(dev, threads);
 #else
     fail("this build of dsa has no CUDA backend (rebuild with nvcc available, -DDSA_CUDA=ON)");
 #endif
   }
-  fail("unknown device '", name, "' (expected cpu or cuda)");
+  fail("unknown device '", name, "' (expected cpu, cuda or cuda:N)");
 }
 }  // namespace
 

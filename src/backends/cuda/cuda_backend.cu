@@ -1,18 +1,12 @@
 // CUDA backend: memory (caching allocator), batch mirror, elementwise ops, norms, RoPE, Hadamard.
 // The linears, MLA, indexer, top-k and MoE live in gemm/, mla/, indexer/, topk/ and moe/.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "backends/cuda/cuda_backend.h"
-#include "backends/cuda/launch.cuh"
-#include "backends/cuda/indexer/scores_sm90.h"
-#include "backends/cuda/topk/topk.h"
-#include "backends/cuda/mla/decode_sm90.h"
-#include "backends/cuda/wgmma.cuh"  // sm90a_sass_runs
-
-#include <cmath>
-#include <cstring>
 
 namespace dsa {
 
@@ -222,68 +216,18 @@ unsigned grid_for(int64_t n, int threads) {
 }  // namespace
 
 // ---- CudaBackend ------------------------------------------------------------------------------
-CudaBackend::CudaBackend(int device) : pool_(std::make_shared<DevicePool>()) {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-    cudaGetLastError();
-    fail("device 'cuda': no CUDA GPU is available on this machine");
-  }
-  DSA_CUDA_CHECK(cudaSetDevice(device));
-  cudaDeviceProp prop{};
-  DSA_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-  DSA_CHECK(prop.major >= 8, "device 'cuda': ", prop.name, " is sm_", prop.major, prop.minor,
-            "; the CUDA backend needs sm_80 or newer");
-  sms_ = prop.multiProcessorCount;
-  smem_optin_ = prop.sharedMemPerBlockOptin;
+// The context comes first: it makes the device current, reads its properties and runs the one-time probes
+// (synchronous copies: here, never inside a decode step's graph capture).
+CudaBackend::CudaBackend(int device) : CudaBackend(std::make_unique<CudaContext>(device)) {}
+
+CudaBackend::CudaBackend(int device, const KernelConfig& config)
+    : CudaBackend(std::make_unique<CudaContext>(device, config)) {}
+
+CudaBackend::CudaBackend(std::unique_ptr<CudaContext> ctx) : ctx_(std::move(ctx)), pool_(std::make_shared<DevicePool>()) {
+  smem_optin_ = ctx_->facts().smem_optin;
   DSA_CUDA_CHECK(cudaMalloc(&err_, sizeof(int)));
   DSA_CUDA_CHECK(cudaMemset(err_, 0, sizeof(int)));
   blas_ = std::make_unique<BlasLt>();
-  if (const char* g = std::getenv("DSA_CUDA_GRAPHS")) graphs_on_ = g[0] && !(g[0] == '0' && g[1] == 0);
-  // One-time probes with synchronous copies happen here, never inside a decode step (graph capture).
-  sm90_scores_available();
-  topk_cluster_max();
-  mqa_score_sm90_available();
-}
-
-namespace {
-int g_pdl = -1;  // -1: from DSA_CUDA_PDL (default on; =0 turns it off) and the device; 0/1 set by set_pdl_enabled
-
-// Only where the sm_90a machine code runs: kernels JIT-compiled from the compute_80 PTX (sm_100/120 with the
-// default build, or CUDA_FORCE_PTX_JIT=1) have no griddepcontrol instructions, so a PDL launch would let them
-// start before their predecessor's writes are guaranteed visible. (sm90a_sass_runs is probed at backend
-// construction, outside any graph capture.)
-bool pdl_possible() { return device_cc_major() >= 9 && sm90a_sass_runs(); }
-}  // namespace
-
-bool pdl_enabled() {
-  if (g_pdl < 0) {
-    const char* e = std::getenv("DSA_CUDA_PDL");
-    g_pdl = (!(e && e[0] == '0') && pdl_possible()) ? 1 : 0;
-  }
-  return g_pdl == 1;
-}
-
-void set_pdl_enabled(bool on) { g_pdl = on && pdl_possible() ? 1 : 0; }
-
-namespace {
-// Attribute A of the current device, queried once; at least `floor`.
-template <cudaDeviceAttr A>
-int device_attr_cached(int floor) {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&v, A, dev);
-    return v;
-  }();
-  return std::max(n, floor);
-}
-}  // namespace
-
-int device_cc_major() { return device_attr_cached<cudaDevAttrComputeCapabilityMajor>(0); }
-int device_sm_count() { return device_attr_cached<cudaDevAttrMultiProcessorCount>(1); }
-int device_smem_optin() {
-  const int v = device_attr_cached<cudaDevAttrMaxSharedMemoryPerBlockOptin>(0);
-  return v > 0 ? v : 48 * 1024;
 }
 
 // ---- decode-step graphs ------------------------------------------------------------------------
@@ -299,7 +243,7 @@ int device_smem_optin() {
 // a recording is replayed many times, which needs kernels whose launch shapes do not follow the
 // context length (left for later).
 void CudaBackend::begin_graph() {
-  if (!graphs_on_ || capturing_) return;
+  if (!config().graphs || capturing_) return;
   if (graph_warmup_ < 2) {  // the first decode steps run eagerly: one-time uploads (expert tables) happen there
     ++graph_warmup_;
     return;
@@ -324,7 +268,7 @@ void CudaBackend::end_graph() {
   const cudaError_t e = cudaStreamEndCapture(cudaStreamPerThread, &g);
   if (e != cudaSuccess || !g) {
     cudaGetLastError();
-    graphs_on_ = false;  // later steps run eagerly; this one's work was recorded, not run
+    config().graphs = false;  // later steps run eagerly; this one's work was recorded, not run
     fail("CUDA graph capture of a decode step failed (", cudaGetErrorString(e),
          "); graphs are now off for this backend (DSA_CUDA_GRAPHS=0 avoids them)");
   }
@@ -368,6 +312,7 @@ void CudaBackend::end_graph() {
 }
 
 CudaBackend::~CudaBackend() {
+  cudaSetDevice(ctx_->device());  // the pool's blocks and this backend's buffers live there
   cancel_graph();
   cudaDeviceSynchronize();
   if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
@@ -574,9 +519,9 @@ void CudaBackend::hadamard128(Tensor& x) {
 
 }  // namespace cuda
 
-std::unique_ptr<Backend> make_cuda_backend(int threads) {
+std::unique_ptr<Backend> make_cuda_backend(int device, int threads) {
   (void)threads;
-  return std::make_unique<cuda::CudaBackend>(0);
+  return std::make_unique<cuda::CudaBackend>(device);
 }
 
 }  // namespace dsa

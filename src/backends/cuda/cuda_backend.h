@@ -1,8 +1,9 @@
 #pragma once
 // CUDA backend: every op of backends/backend.h on an NVIDIA GPU (sm_80+), matching the CPU
-// reference's rounding points. All work is enqueued on one stream (the legacy default stream);
+// reference's rounding points. All work is enqueued on one stream (the per-thread default stream);
 // ops never synchronise with the host. Host round trips happen only in upload/download,
-// prepare_batch (one small copy of the batch metadata) and synchronize().
+// prepare_batch (one small copy of the batch metadata) and synchronize(). Device facts, probes and the
+// kernel configuration live in the backend's CudaContext (context.h, docs/cuda-context.md).
 #include <map>
 #include <memory>
 #include <mutex>
@@ -10,6 +11,7 @@
 
 #include "backends/backend.h"
 #include "backends/cuda/common.cuh"
+#include "backends/cuda/context.h"
 #include "backends/cuda/gemm/blas_lt.h"
 
 namespace dsa::cuda {
@@ -35,10 +37,18 @@ class DevicePool {
 
 class CudaBackend : public Backend {
  public:
+  // The device's context with the configuration from the process environment (a bad DSA_CUDA_* value throws),
+  // or with the one given.
   explicit CudaBackend(int device);
+  CudaBackend(int device, const KernelConfig& config);
   ~CudaBackend() override;
   std::string name() const override { return "cuda"; }
   Device device() const override { return Device::CUDA; }
+  std::string describe() const override { return ctx_->describe(); }
+  CudaContext& context() { return *ctx_; }
+  const CudaContext& context() const { return *ctx_; }
+  KernelConfig& config() { return ctx_->config(); }
+  const KernelConfig& config() const { return ctx_->config(); }
 
   Tensor alloc(DType t, Shape s) override;
   Tensor upload(const Tensor& host) override;
@@ -53,11 +63,12 @@ class CudaBackend : public Backend {
   void begin_graph() override;
   void end_graph() override;
   void cancel_graph() override;
-  // CUDA graphs for decode steps (off by default; DSA_CUDA_GRAPHS=1 or set_graphs(true)); counters for tests.
-  void set_graphs(bool on) { graphs_on_ = on; }
+  // CUDA graphs for decode steps (off by default; DSA_CUDA_GRAPHS=1 or set_graphs(true): KernelConfig::graphs);
+  // counters for tests.
+  void set_graphs(bool on) { config().graphs = on; }
   struct GraphStats { int64_t captured = 0, updated = 0, instantiated = 0; };
   const GraphStats& graph_stats() const { return gstats_; }
-  void set_graph_replay_probe(int n) override { replay_probe_ = n; if (n > 0) graphs_on_ = true; }
+  void set_graph_replay_probe(int n) override { replay_probe_ = n; if (n > 0) config().graphs = true; }
   GraphReplayStats graph_replay_stats() const override { return rstats_; }
 
   void embed(const Tensor& ids, const Tensor& table, Tensor& out) override;
@@ -102,8 +113,9 @@ class CudaBackend : public Backend {
   // Top-k of precomputed score rows (F32 [T, ld], row t valid in [0, n[t])) — the selection stage
   // of indexer_topk on its own.
   void topk_rows(const Tensor& scores, const int32_t* d_n, int64_t k, Tensor& out);
-  // Max score-tile size (floats) of indexer_topk; tests shrink it to exercise the tiling.
-  void set_score_tile_floats(int64_t n) { score_tile_floats_ = n; }
+  // Max score-tile size (floats) of indexer_topk (KernelConfig::indexer.score_tile_floats); tests shrink it to
+  // exercise the tiling.
+  void set_score_tile_floats(int64_t n) { config().indexer.score_tile_floats = n; }
   // Raise (and clear) device-side error bits as an exception.
   void check_errors();
   int* err_flag() const { return err_; }
@@ -122,25 +134,25 @@ class CudaBackend : public Backend {
   int* topk_hist0(int64_t rows);
   const DevBatch& dev(const Batch& b);  // prepares on first use
   DevicePool& pool() { return *pool_; }
-  int sm_count() const { return sms_; }
+  int sm_count() const { return ctx_->facts().sms; }
   BlasLt& blas() { return *blas_; }
   // Largest dynamic + static shared memory one block may use on this GPU (sm_80: 163 KB, sm_86/89:
   // 99 KB, sm_90: 227 KB); kernels that need more fall back to a smaller variant.
   size_t smem_optin() const { return smem_optin_; }
   // Tests: pretend a smaller GPU (e.g. 166912 = sm_80, 101376 = sm_86/89) to exercise the MLA decode
-  // fallbacks on a big one.
+  // fallbacks on a big one (the other launchers read the device's own limit, CudaContext::facts()).
   void set_smem_optin(size_t bytes) { smem_optin_ = bytes; }
 
  private:
+  std::unique_ptr<CudaContext> ctx_;  // first: made current before anything else allocates
   std::shared_ptr<DevicePool> pool_;
   std::unique_ptr<BlasLt> blas_;
   int* err_ = nullptr;
-  int sms_ = 0;
   size_t smem_optin_ = 48 * 1024;
-  int64_t score_tile_floats_ = int64_t(64) << 20;  // 256 MiB of fp32 scores at most
+  bool mla_fallback_said_ = false;  // the MLA decode shared-memory fallback was reported (mla.cu)
   int* hist0_ = nullptr;        // topk_hist0's buffer
   int64_t hist0_rows_ = 0;
-  bool graphs_on_ = false, capturing_ = false;  // DSA_CUDA_GRAPHS=1 turns them on (see cuda_backend.cu)
+  bool capturing_ = false;         // graphs: KernelConfig::graphs (see cuda_backend.cu)
   int graph_warmup_ = 0;           // eager decode steps seen (first-use uploads happen there)
   cudaGraphExec_t graph_exec_ = nullptr;
   GraphStats gstats_;
@@ -149,17 +161,10 @@ class CudaBackend : public Backend {
   std::map<const void*, std::pair<std::vector<const void*>, Tensor>> expert_tables_;  // grouped-GEMM weight tables
  public:
   const Tensor& expert_table(const std::vector<MlpWeights>& experts);
-};
 
-// The current device's SM count and largest shared memory per block (opt-in), queried once.
-int device_sm_count();
-int device_smem_optin();
-int device_cc_major();  // compute capability major of the current device (cached)
-// Programmatic dependent launch for the decode attention chain (launch.cuh): on by default where the sm_90a
-// machine code runs (DSA_CUDA_PDL=0: off); set_pdl_enabled for tests (a no-op request elsewhere, e.g. on older
-// GPUs or when the compute_80 PTX is JIT-compiled).
-bool pdl_enabled();
-void set_pdl_enabled(bool on);
+ private:
+  explicit CudaBackend(std::unique_ptr<CudaContext> ctx);
+};
 
 // Kernel entry points shared between op files (host-side launchers).
 // s_mmajor: the scales stored [K/128][rows] (what cuBLASLt's VEC128 mode reads) instead of [rows][K/128].
@@ -170,10 +175,11 @@ struct Fp8GemmArgs {
   const uint8_t* w; const float* ws; int64_t N;        // weight e4m3 [N, K], scales [ceil(N/128), K/128]
   uint16_t* out; int64_t ldo;                          // bf16 [M, ldo]
 };
-void launch_linear_fp8(const Fp8GemmArgs& a);
+// The kernel follows ctx.config().fp8_gemm and the device's SMs and shared memory (gemm/fp8_gemm.cu).
+void launch_linear_fp8(const CudaContext& ctx, const Fp8GemmArgs& a);
 // Grouped: experts e = 0..E-1 own rows [offs[e], offs[e+1]) of a (M rows in all); weight pointers
 // per expert in a device table: table[6*e + 2*which] = w, table[6*e + 2*which + 1] = ws (gate, up, down).
-void launch_linear_fp8_grouped(const uint8_t* a, const float* as, int64_t M, int64_t K, const void* const* table,
+void launch_linear_fp8_grouped(const CudaContext& ctx, const uint8_t* a, const float* as, int64_t M, int64_t K, const void* const* table,
                                int which, const int32_t* offs, int64_t E, int64_t N, uint16_t* out);
 
 }  // namespace dsa::cuda

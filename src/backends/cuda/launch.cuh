@@ -1,6 +1,7 @@
 #pragma once
 // Kernel launches with programmatic dependent launch (PDL, sm_90+) for the decode attention chain,
-// on by default on sm_90+ (DSA_CUDA_PDL=0: plain launches).
+// on by default where the sm_90a SASS runs (CudaContext::pdl(): KernelConfig::pdl, DSA_CUDA_PDL=0: plain
+// launches).
 //
 // Why: at batch 1 a layer's attention is a chain of small dependent kernels (indexer scores -> top-k ->
 // MLA scores -> P.V -> split sum), each a wave or less, and between two of them the GPU waits for the
@@ -17,6 +18,7 @@
 #include <utility>
 
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/context.h"
 
 namespace dsa::cuda {
 
@@ -33,15 +35,15 @@ __device__ __forceinline__ void pdl_launch_next() {
 #endif
 }
 
-// kernel<<<grid, block, smem>>>(args...) on the launch stream, with the PDL attribute when enabled and a
+// kernel<<<grid, block, smem>>>(args...) on the launch stream, with the PDL attribute when ctx.pdl() and a
 // thread-block cluster of cluster_x CTAs when cluster_x > 1; returns the launch's error. The kernel must
 // call pdl_wait() before it reads anything the previous kernel writes (most start with it). Work before
 // it may read only what kernels before the previous one wrote, and only if the previous kernel calls
 // pdl_launch_next() after its own pdl_wait() (then every earlier kernel has completed when this grid
 // starts): the MLA P.V kernel (mla/decode.cu) gathers its first tiles that way while the scores kernel runs.
 template <class... KArgs, class... Args>
-cudaError_t try_launch_chained(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, unsigned cluster_x,
-                               Args&&... args) {
+cudaError_t try_launch_chained(const CudaContext& ctx, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                               unsigned cluster_x, Args&&... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
@@ -55,7 +57,7 @@ cudaError_t try_launch_chained(void (*kernel)(KArgs...), dim3 grid, dim3 block, 
     at[n].val.clusterDim.y = at[n].val.clusterDim.z = 1;
     ++n;
   }
-  if (pdl_enabled()) {
+  if (ctx.pdl()) {
     at[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[n].val.programmaticStreamSerializationAllowed = 1;
     ++n;
@@ -66,8 +68,9 @@ cudaError_t try_launch_chained(void (*kernel)(KArgs...), dim3 grid, dim3 block, 
 }
 // The same; a failed launch raises a dsa::Error.
 template <class... KArgs, class... Args>
-void launch_chained(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, unsigned cluster_x, Args&&... args) {
-  DSA_CUDA_CHECK(try_launch_chained(kernel, grid, block, smem, cluster_x, std::forward<Args>(args)...));
+void launch_chained(const CudaContext& ctx, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                    unsigned cluster_x, Args&&... args) {
+  DSA_CUDA_CHECK(try_launch_chained(ctx, kernel, grid, block, smem, cluster_x, std::forward<Args>(args)...));
 }
 #endif
 

@@ -10,13 +10,8 @@
 // rows of an atom.
 #include <cstdint>
 
-namespace dsa::cuda {
-
-// True when this process runs the sm_90a SASS of the kernels (a Hopper GPU and not the compute_80
-// PTX, e.g. under CUDA_FORCE_PTX_JIT=1). Probe kernel, cached; scores_sm90.cu.
-bool sm90a_sass_runs();
-
-}  // namespace dsa::cuda
+// Whether this process runs the sm_90a SASS of the kernels (a Hopper GPU and not the compute_80 PTX, e.g.
+// under CUDA_FORCE_PTX_JIT=1) is probed once per device: DeviceFacts::sm90a_sass (context.h).
 
 #if defined(__CUDACC__)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)

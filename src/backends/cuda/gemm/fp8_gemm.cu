@@ -31,8 +31,6 @@ namespace dsa::cuda {
 
 namespace {
 
-Fp8Path g_path = Fp8Path::Auto;
-
 struct Fp8P {
   const uint8_t* a; const float* as;   // e4m3 [rows, K], scales [rows, KB]
   const uint8_t* w; const float* ws;   // plain: weight [N, K], scales [ceil(N/128), KB]
@@ -461,19 +459,14 @@ __global__ void __launch_bounds__(kThreads) f32_gemv_kernel(const uint16_t* x, i
 
 // ---- host side -----------------------------------------------------------------------------
 template <int MI>
-void run_mma(const Fp8P& p, int64_t T_bound) {
-  static bool attr = [] {
-    DSA_CUDA_CHECK(cudaFuncSetAttribute(fp8_mma_kernel<MI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        mma_smem_bytes<MI>()));
-    return true;
-  }();
-  (void)attr;
+void run_mma(const CudaContext& ctx, const Fp8P& p, int64_t T_bound) {
+  ctx.smem_attr(fp8_mma_kernel<MI>, size_t(mma_smem_bytes<MI>()));
   constexpr int BM = 32 * MI;
   const int64_t ntn = (p.N + 127) / 128;
   int64_t grid, items = 0;
   if (p.offs) {  // persistent: enough CTAs to fill the GPU, never more than the items can be
     const int64_t bound = int64_t(p.E) * ((T_bound + BM - 1) / BM) * ntn;
-    grid = std::min<int64_t>(bound, int64_t(device_sm_count()) * (MI == 4 ? 1 : 2));
+    grid = std::min<int64_t>(bound, int64_t(ctx.facts().sms) * (MI == 4 ? 1 : 2));
   } else {
     items = ((p.M + BM - 1) / BM) * ntn;
     grid = items;
@@ -485,7 +478,8 @@ void run_mma(const Fp8P& p, int64_t T_bound) {
 }
 
 // GEMV launch if the shape fits it (rows <= 16, smem for the partial sums); false otherwise.
-bool run_gemv(const Fp8P& p, int64_t rows) {
+bool run_gemv(const CudaContext& ctx, const Fp8P& p, int64_t rows) {
+  const size_t optin = ctx.facts().smem_optin;
   if (rows > 16 || rows <= 0) return false;
   const int KB = p.KB;
   int S = 8;
@@ -493,18 +487,14 @@ bool run_gemv(const Fp8P& p, int64_t rows) {
   const int nt = 8 / S;
   const int rmax = int(rows);
   const size_t smem = (size_t(KB) * rmax * 8 * nt + size_t(rmax) * KB) * sizeof(float);
-  if (smem > size_t(device_smem_optin()) - 2048) return false;
+  if (smem > optin - 2048) return false;
   const int64_t items_n = (p.N + 8 * nt - 1) / (8 * nt);
   int64_t grid = items_n;
-  if (p.offs) grid = std::min<int64_t>(int64_t(p.E) * items_n, int64_t(device_sm_count()) * 8);
+  if (p.offs) grid = std::min<int64_t>(int64_t(p.E) * items_n, int64_t(ctx.facts().sms) * 8);
   if (grid <= 0) return true;
   DSA_CHECK(items_n < (int64_t(1) << 24), "fp8 gemv: N too large");
   auto go = [&](auto kern) {
-    static int set = 0;  // raise the dynamic smem cap once per instantiation
-    if (!set) {
-      DSA_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, device_smem_optin() - 2048));
-      set = 1;
-    }
+    ctx.smem_attr(kern, optin - 2048);  // the dynamic smem cap, raised once per instantiation and device
     kern<<<unsigned(grid), kThreads, smem>>>(p, nt, rmax, int(items_n));
     DSA_LAUNCH_CHECK();
   };
@@ -513,30 +503,31 @@ bool run_gemv(const Fp8P& p, int64_t rows) {
   return true;
 }
 
-void run_fp8(Fp8P p, int64_t rows_bound) {
+void run_fp8(const CudaContext& ctx, Fp8P p, int64_t rows_bound) {
   if (p.N == 0 || rows_bound == 0 || p.K == 0) return;
   DSA_CHECK(p.K % 128 == 0, "fp8 gemm: K = ", p.K, " is not a multiple of 128");
   DSA_CHECK(!p.offs || p.E <= kMaxE, "fp8 gemm: ", p.E, " groups (at most ", kMaxE, ")");
-  Fp8Path path = g_path;
+  Fp8Path path = ctx.config().fp8_gemm;
   if (path == Fp8Path::Auto) path = rows_bound <= 16 ? Fp8Path::Gemv : Fp8Path::Mma;
-  if (path == Fp8Path::Gemv && run_gemv(p, rows_bound)) return;
-  if (path == Fp8Path::Mma64) return run_mma<2>(p, rows_bound);
-  if (path == Fp8Path::Mma32) return run_mma<1>(p, rows_bound);
+  if (path == Fp8Path::Gemv && run_gemv(ctx, p, rows_bound)) return;
+  if (path == Fp8Path::Mma64) return run_mma<2>(ctx, p, rows_bound);
+  if (path == Fp8Path::Mma32) return run_mma<1>(ctx, p, rows_bound);
   // The largest row tile whose pipeline fits this GPU's shared memory per block (sm_86/89: 99 KB
   // rules out the 128-row tile; sm_80 and sm_90 take all three).
-  const int mi_max = mma_smem_bytes<4>() + 1024 <= device_smem_optin() ? 4 : mma_smem_bytes<2>() + 1024 <= device_smem_optin() ? 2 : 1;
+  const size_t optin = ctx.facts().smem_optin;
+  const int mi_max = size_t(mma_smem_bytes<4>()) + 1024 <= optin ? 4 : size_t(mma_smem_bytes<2>()) + 1024 <= optin ? 2 : 1;
   auto run_mi = [&](int mi) {
     mi = std::min(mi, mi_max);
-    if (mi == 4) return run_mma<4>(p, rows_bound);
-    if (mi == 2) return run_mma<2>(p, rows_bound);
-    return run_mma<1>(p, rows_bound);
+    if (mi == 4) return run_mma<4>(ctx, p, rows_bound);
+    if (mi == 2) return run_mma<2>(ctx, p, rows_bound);
+    return run_mma<1>(ctx, p, rows_bound);
   };
   if (p.offs) {  // grouped: by the expected rows per expert (top-8 routing), so short experts waste little
     const int64_t avg = rows_bound * 8 / std::max(p.E, 1);
     return run_mi(avg <= 32 ? 1 : avg <= 64 ? 2 : 4);
   }
   // Row tile: 128 when that still gives every SM work, else 64 / 32 (more CTAs for short M).
-  const int64_t ntn = (p.N + 127) / 128, sms = device_sm_count();
+  const int64_t ntn = (p.N + 127) / 128, sms = ctx.facts().sms;
   auto tiles = [&](int64_t bm) { return (rows_bound + bm - 1) / bm * ntn; };
   if (tiles(128) >= 2 * sms) return run_mi(4);
   if (tiles(64) >= sms) return run_mi(2);
@@ -545,18 +536,15 @@ void run_fp8(Fp8P p, int64_t rows_bound) {
 
 }  // namespace
 
-void set_fp8_gemm_path(Fp8Path p) { g_path = p; }
-Fp8Path fp8_gemm_path() { return g_path; }
-
-void launch_linear_fp8(const Fp8GemmArgs& a) {
+void launch_linear_fp8(const CudaContext& ctx, const Fp8GemmArgs& a) {
   Fp8P p{};
   p.a = a.a; p.as = a.as; p.w = a.w; p.ws = a.ws;
   p.out = a.out; p.ldo = a.ldo;
   p.M = a.M; p.N = a.N; p.K = a.K; p.KB = int(a.K / 128);
-  run_fp8(p, a.M);
+  run_fp8(ctx, p, a.M);
 }
 
-void launch_linear_fp8_grouped(const uint8_t* a, const float* as, int64_t M, int64_t K, const void* const* table,
+void launch_linear_fp8_grouped(const CudaContext& ctx, const uint8_t* a, const float* as, int64_t M, int64_t K, const void* const* table,
                                int which, const int32_t* offs, int64_t E, int64_t N, uint16_t* out) {
   if (E == 0) return;
   Fp8P p{};
@@ -564,7 +552,7 @@ void launch_linear_fp8_grouped(const uint8_t* a, const float* as, int64_t M, int
   p.out = out; p.ldo = N;
   p.M = M; p.N = N; p.K = K; p.KB = int(K / 128);
   p.offs = offs; p.table = table; p.which = which; p.E = int(E);
-  run_fp8(p, M);  // M: the most rows any one expert has (moe_experts: tokens)
+  run_fp8(ctx, p, M);  // M: the most rows any one expert has (moe_experts: tokens)
 }
 
 bool launch_linear_f32_gemv(const uint16_t* x, int64_t T, int64_t K, const void* w, bool w_f32, int64_t N,

@@ -187,7 +187,7 @@ void CudaBackend::linear_fp8(const Tensor& x, const Fp8Weight& w, Tensor& out) {
     if (blas_->run(g)) return;
   }
   launch_act_quant(x.ptr<uint16_t>(), T, K, q.ptr<uint8_t>(), s.ptr<float>());
-  launch_linear_fp8({q.ptr<uint8_t>(), s.ptr<float>(), T, K, w.w.ptr<uint8_t>(), w.scale.ptr<float>(), N,
+  launch_linear_fp8(context(), {q.ptr<uint8_t>(), s.ptr<float>(), T, K, w.w.ptr<uint8_t>(), w.scale.ptr<float>(), N,
                      out.ptr<uint16_t>(), N});
 }
 

@@ -2,14 +2,13 @@
 //   I[t, j] = k_scale[j] * sum_h w[t, h] * relu(q[t, h, :] . k[j, :])
 // (on sm_90a SASS, Hi <= 64: the FP8 wgmma kernel of scores_sm90.cu instead, for one token or token
 // pairs; DSA_CUDA_INDEXER_WGMMA_FP8=0 there selects the f16 wgmma kernel, DSA_CUDA_INDEXER_WGMMA=0 the
-// kernels below)
+// kernels below; the switches are IndexerConfig's, kernel_config.h)
 // computed by tensor cores (mma.sync, f16 operands exact for e4m3, fp32 accumulation) — or, with
 // DSA_CUDA_INDEXER_EXACT=1, on CUDA cores in the CPU reference's order (per head a sequential fma chain over the 128 dims, heads
 // summed in order with fma, the key scale applied after the sum) — so the scores match the CPU's
 // bit for bit where its compiler fuses multiply-adds (x86-64-v3/v4) — and exact top-k over tiles of
-// at most score_tile_floats_ scores: never a full [T x L] matrix beyond that bound.
+// at most IndexerConfig::score_tile_floats scores: never a full [T x L] matrix beyond that bound.
 #include <algorithm>
-#include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/mma.cuh"
@@ -527,25 +526,6 @@ __global__ void __launch_bounds__(PS_WARPS * 32, NQ == 1 ? 3 : 2) indexer_score_
 
 size_t pipe_smem(int nq) { return size_t(nq) * (8 * 4 * 32 * 16 + 64 * 4) + size_t(PS_WARPS) * PS_STAGES * PS_STAGE_BYTES; }
 
-// DSA_CUDA_INDEXER_FP8=1 / =0 force the e4m3 / f16 operands; unset: kFp8Default.
-constexpr bool kFp8Default = false;
-bool use_fp8_indexer() {
-  static const bool on = [] {
-    const char* e = std::getenv("DSA_CUDA_INDEXER_FP8");
-    if (!e || !*e) return kFp8Default;
-    return *e != '0';
-  }();
-  return on;
-}
-
-bool use_exact_indexer() {
-  static const bool exact = [] {
-    const char* e = std::getenv("DSA_CUDA_INDEXER_EXACT");
-    return e && *e && *e != '0';
-  }();
-  return exact;
-}
-
 size_t score_smem(int Hi) { return size_t(Hi * 128 + ((Hi + 3) / 4) * 4 + 64 * KLDF + 64) * 4; }
 
 // Two consecutive tokens of the same sequence can share a CTA (and every key load).
@@ -557,37 +537,44 @@ bool pairs_ok(const Batch& b) {
   return true;
 }
 
+// CTAs per SM of the pipelined kernel with NQ queries per CTA; sets its shared-memory limit (-1: refused).
 template <int NQ>
-int pipe_occupancy() {
-  static const int occ = [] {
-    DSA_CUDA_CHECK(cudaFuncSetAttribute(indexer_score_pipe_kernel<NQ>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        int(pipe_smem(NQ))));
-    int n = 0;
-    DSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, indexer_score_pipe_kernel<NQ>, PS_WARPS * 32,
-                                                                 pipe_smem(NQ)));
-    return std::max(n, 1);
-  }();
-  return occ;
+int pipe_probe_occupancy(CudaContext& ctx) {
+  if (!ctx.try_smem_attr(indexer_score_pipe_kernel<NQ>, pipe_smem(NQ))) return -1;
+  int n = 0;
+  DSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, indexer_score_pipe_kernel<NQ>, PS_WARPS * 32,
+                                                               pipe_smem(NQ)));
+  return std::max(n, 1);
 }
+
+// Dynamic shared memory cap of the generic kernels: 200 KB, or less where the GPU allows less per block
+// (sm_80: 163 KB, sm_86/89: 99 KB); more heads than fit give a clear error.
+int generic_smem_cap(const CudaContext& ctx) { return std::min(200 * 1024, int(ctx.facts().smem_optin) - 1024); }
 
 // rows: tokens [p.t0, p.t0 + rows); nq: 2 if tokens pair up by sequence (t0 and rows even), else 1.
 // hist0: optional [rows][2048] first top-k digit histograms to add to (only the sm_90a FP8 kernel builds
 // them); returns whether they were built.
-bool launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms, int nq, int* hist0 = nullptr) {
+bool launch_scores(const CudaContext& ctx, const ScoreP& p, int64_t rows, int64_t max_nblk, int nq,
+                   int* hist0 = nullptr) {
   if (rows == 0) return false;
   DSA_CHECK(rows <= 65535, "indexer: tile of ", rows, " rows");
-  if (!use_exact_indexer() && p.Hi <= 64 && sm90_scores_available() && (nq == 1 || sm90_scores_pairs())) {  // Hopper: wgmma
+  const IndexerConfig& cfg = ctx.config().indexer;
+  const int sms = ctx.facts().sms;
+  if (!cfg.exact && p.Hi <= 64 && ctx.indexer_sm90() && (nq == 1 || ctx.indexer_sm90_pairs())) {  // Hopper: wgmma
     Sm90ScoreArgs a{};
     a.q = p.q; a.w = p.w; a.cache = p.cache; a.pos = p.pos; a.tseq = p.tseq; a.bt = p.bt; a.mb = p.mb; a.Hi = p.Hi;
     a.t0 = p.t0; a.rows = rows; a.out = p.out; a.ld = p.ld; a.fill_ninf = p.fill_ninf; a.hist = hist0;
-    return launch_scores_sm90(a, max_nblk, sms, nq);
+    return launch_scores_sm90(ctx, a, max_nblk, nq);
   }
-  if (!use_exact_indexer() && p.Hi <= 64) {
+  if (!cfg.exact && p.Hi <= 64) {
     PScoreP q{};
     q.q = p.q; q.w = p.w; q.cache = p.cache; q.pos = p.pos; q.tseq = p.tseq; q.bt = p.bt; q.mb = p.mb; q.Hi = p.Hi;
-    q.t0 = p.t0; q.rows = rows; q.out = p.out; q.ld = p.ld; q.fill_ninf = p.fill_ninf; q.fp8 = use_fp8_indexer();
+    q.t0 = p.t0; q.rows = rows; q.out = p.out; q.ld = p.ld; q.fill_ninf = p.fill_ninf; q.fp8 = cfg.fp8;
     const int64_t groups = (rows + nq - 1) / nq;
-    const int64_t slots = int64_t(nq == 2 ? pipe_occupancy<2>() : pipe_occupancy<1>()) * sms;
+    const int occ = ctx.facts().indexer_pipe_occ[nq == 2 ? 1 : 0];
+    DSA_CHECK(occ > 0, "indexer: this GPU does not grant the pipelined score kernel its ", pipe_smem(nq),
+              " bytes of shared memory per block");
+    const int64_t slots = int64_t(occ) * sms;
     const int64_t nunits = max_nblk * (kKvBlock / PS_UNIT);
     int64_t gx = std::max<int64_t>(1, slots / groups);
     gx = std::max<int64_t>(1, std::min<int64_t>(gx, nunits / (PS_WARPS * 2)));  // >= 2 units per warp
@@ -602,25 +589,15 @@ bool launch_scores(const ScoreP& p, int64_t rows, int64_t max_nblk, int sms, int
   // Key blocks per token: enough CTAs to fill the GPU a few times, at least 2 key blocks per CTA.
   int64_t gx = std::max<int64_t>(1, (8 * int64_t(sms) + rows - 1) / rows);
   gx = std::min<int64_t>(gx, std::max<int64_t>(1, (max_nblk + 1) / 2));
-  // Dynamic shared memory cap: 200 KB, or less where the GPU allows less per block (sm_80: 163 KB,
-  // sm_86/89: 99 KB); more heads than fit give a clear error.
-  static const int smem_cap = std::min(200 * 1024, device_smem_optin() - 1024);
-  if (use_exact_indexer()) {
+  const int smem_cap = generic_smem_cap(ctx);
+  if (cfg.exact) {
     const size_t smem = score_smem(p.Hi);
-    static bool attr = false;
-    if (!attr) {
-      DSA_CUDA_CHECK(cudaFuncSetAttribute(indexer_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_cap));
-      attr = true;
-    }
+    ctx.smem_attr(indexer_score_kernel, size_t(smem_cap));
     DSA_CHECK(smem <= size_t(smem_cap), "indexer: ", p.Hi, " heads need ", smem, " bytes of shared memory, this GPU allows ",
               smem_cap);
     indexer_score_kernel<<<dim3(unsigned(gx), unsigned(rows)), 64, smem>>>(p);
   } else {
-    static bool attr2 = false;
-    if (!attr2) {
-      DSA_CUDA_CHECK(cudaFuncSetAttribute(indexer_score_mma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_cap));
-      attr2 = true;
-    }
+    ctx.smem_attr(indexer_score_mma_kernel, size_t(smem_cap));
     DSA_CHECK(score_mma_smem(p.Hi) <= size_t(smem_cap), "indexer: ", p.Hi, " heads need ", score_mma_smem(p.Hi),
               " bytes of shared memory, this GPU allows ", smem_cap);
     indexer_score_mma_kernel<<<dim3(unsigned(gx), unsigned(rows)), 128, score_mma_smem(p.Hi)>>>(p);
@@ -635,6 +612,12 @@ __global__ void indexer_weights_kernel(float* w, const float* qs, int64_t n, flo
 }
 
 }  // namespace
+
+void probe_indexer(CudaContext& ctx, DeviceFacts& f) {
+  f.indexer_pipe_occ[0] = pipe_probe_occupancy<1>(ctx);
+  f.indexer_pipe_occ[1] = pipe_probe_occupancy<2>(ctx);
+  probe_indexer_sm90(ctx, f);
+}
 
 void CudaBackend::indexer_cache_write(const Tensor& k, KvLayer& cache, const Batch& b) {
   const int64_t T = b.n_tokens();
@@ -667,7 +650,7 @@ void CudaBackend::indexer_scores(const Tensor& q, const Tensor& w, const KvLayer
   for (int64_t t0 = 0; t0 < T; t0 += 65534) {
     p.t0 = t0;
     p.out = scores.ptr<float>() + t0 * L;
-    launch_scores(p, std::min<int64_t>(65534, T - t0), (d.max_end + kKvBlock - 1) / kKvBlock, sms_, nq);
+    launch_scores(context(), p, std::min<int64_t>(65534, T - t0), (d.max_end + kKvBlock - 1) / kKvBlock, nq);
   }
 }
 
@@ -679,7 +662,7 @@ void CudaBackend::indexer_topk(const Tensor& q, const Tensor& w, const KvLayer& 
   const DevBatch& d = dev(b);
   const int64_t max_nblk = (d.max_end + kKvBlock - 1) / kKvBlock, ld = std::max<int64_t>(64, max_nblk * kKvBlock);
   int nq = pairs_ok(b) ? 2 : 1;
-  int64_t rows = std::max<int64_t>(1, std::min<int64_t>(std::min<int64_t>(T, score_tile_floats_ / ld), 65534));
+  int64_t rows = std::max<int64_t>(1, std::min<int64_t>(std::min<int64_t>(T, config().indexer.score_tile_floats / ld), 65534));
   if (nq == 2 && rows < T) {  // tiles keep the pairs together
     if (rows >= 2) rows = rows / 2 * 2;
     else nq = 1;
@@ -697,7 +680,7 @@ void CudaBackend::indexer_topk(const Tensor& q, const Tensor& w, const KvLayer& 
     int* h0 = topk_takes_hist0(ld, r, k) ? topk_hist0(r) : nullptr;
     bool built = false;
     try {
-      built = launch_scores(p, r, max_nblk, sms_, nq, h0);
+      built = launch_scores(context(), p, r, max_nblk, nq, h0);
       launch_topk(tile.ptr<float>(), ld, d.positions, 1, t0, r, k, topk.ptr<int32_t>(), built ? h0 : nullptr);
     } catch (...) {  // a failed launch must not leave counts in the buffer for a later call
       if (built) cudaMemsetAsync(h0, 0, size_t(r) * 2048 * sizeof(int));

@@ -3,7 +3,7 @@
 // 1. indexer_scores_sm90_fp8_kernel (the default): e4m3 x e4m3 wgmma straight from the cache bytes,
 //    one or two query tokens of a sequence per CTA, a 4-deep cp.async ring, 4 CTAs per SM. See the
 //    comment above it. Its FP8 accumulation is not fp32 (the tests bound the difference).
-// 2. indexer_scores_sm90_kernel (DSA_CUDA_INDEXER_WGMMA_FP8=0): f16 wgmma, exact products and fp32
+// 2. indexer_scores_sm90_kernel (DSA_CUDA_INDEXER_WGMMA_FP8=0: IndexerConfig::sm90_fp8_stages = 0): f16 wgmma, exact products and fp32
 //    accumulation, so it differs from the CPU only by fp32 summation order; one token per CTA.
 //
 // f16 kernel. Work: CTA = 1 warpgroup (128 threads) x one token x a contiguous range of 64-key cache
@@ -20,7 +20,6 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
-#include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/mma.cuh"
@@ -165,7 +164,7 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_kernel(Sm90ScoreArgs 
   }
   mma::cp_wait<0>();
 #else
-  __trap();  // never launched: sm90_scores_available() is false for this build of the kernel
+  __trap();  // never launched: DeviceFacts::indexer_sm90 is false for this build of the kernel
 #endif
 }
 
@@ -341,54 +340,48 @@ __global__ void __launch_bounds__(128) indexer_scores_sm90_fp8_kernel(Sm90ScoreA
     }
   }
 #else
-  __trap();  // never launched: sm90_scores_available() is false for this build of the kernel
+  __trap();  // never launched: DeviceFacts::indexer_sm90 is false for this build of the kernel
 #endif
 }
 
 }  // namespace
 
 namespace {
-int g_sm90_enabled = -1;  // -1: from DSA_CUDA_INDEXER_WGMMA (default on); 0/1 set by set_sm90_scores_enabled
-int g_sm90_mode = -1;     // -1: from DSA_CUDA_INDEXER_WGMMA_FP8; 0: f16 kernel; 3..6: FP8 kernel with that ring depth
-constexpr int kFp8DefaultStages = 4;  // measured best of 4 / 6 / 8 (4 CTAs per SM)
+constexpr int kFp8DefaultStages = 4;  // measured best of 4 / 6 / 8 (4 CTAs per SM); IndexerConfig::sm90_fp8_stages
+static_assert(kFp8DefaultStages == IndexerConfig{}.sm90_fp8_stages, "the config's default ring depth");
 
+// CTAs per SM of the FP8 kernel; sets its shared-memory limit on this device (0: the limit was refused).
 template <int NQ, int STAGES, bool HIST = false>
-int fp8_occupancy() {  // CTAs per SM (also sets the kernel's shared-memory limit, once)
-  static const int occ = [] {
-    if (cudaFuncSetAttribute(indexer_scores_sm90_fp8_kernel<NQ, STAGES, HIST>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(fp8_smem(NQ, STAGES, HIST))) != cudaSuccess) {
-      cudaGetLastError();
-      return 0;
-    }
-    int n = 0;
-    DSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, indexer_scores_sm90_fp8_kernel<NQ, STAGES, HIST>, 128,
-                                                                 fp8_smem(NQ, STAGES, HIST)));
-    return n;
-  }();
-  return occ;
+int fp8_probe_occupancy(CudaContext& ctx) {
+  if (!ctx.try_smem_attr(indexer_scores_sm90_fp8_kernel<NQ, STAGES, HIST>, fp8_smem(NQ, STAGES, HIST))) return 0;
+  int n = 0;
+  DSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, indexer_scores_sm90_fp8_kernel<NQ, STAGES, HIST>, 128,
+                                                               fp8_smem(NQ, STAGES, HIST)));
+  return n;
 }
 
 // Returns whether the first-digit histogram was built (a.hist set, the default ring depth, no loss of
 // occupancy, fewer than 65536 keys per CTA and row).
 template <int NQ, int STAGES>
-bool launch_fp8(const Sm90ScoreArgs& a, int64_t max_nblk, int sms) {
+bool launch_fp8(const CudaContext& ctx, const Sm90ScoreArgs& a, int64_t max_nblk) {
   // The paired kernel reads the first token's sequence for both (indexer.cu pairs_ok: even rows, same sequence).
   DSA_CHECK(NQ == 1 || a.rows % 2 == 0, "indexer (sm90 fp8): token pairs need an even row count, got ", a.rows);
+  const DeviceFacts& f = ctx.facts();
+  const int occ = f.indexer_fp8_occ[NQ - 1][STAGES - 3];
   const int64_t groups = (a.rows + NQ - 1) / NQ;
   // Enough CTAs to fill every SM's slots, at least 2 blocks per CTA.
-  int64_t gx = std::max<int64_t>(1, int64_t(std::max(fp8_occupancy<NQ, STAGES>(), 1)) * sms / groups);
+  int64_t gx = std::max<int64_t>(1, int64_t(std::max(occ, 1)) * f.sms / groups);
   gx = std::max<int64_t>(1, std::min<int64_t>(gx, max_nblk / 2));
   DSA_CHECK(groups <= 65535, "indexer (sm90 fp8): tile of ", a.rows, " rows");
   bool hist = false;
   if constexpr (STAGES == kFp8DefaultStages)
-    hist = a.hist != nullptr && fp8_occupancy<NQ, STAGES, true>() >= fp8_occupancy<NQ, STAGES>() &&
-           (max_nblk + gx - 1) / gx * kKvBlock < 65536;
+    hist = a.hist != nullptr && f.indexer_fp8_hist_occ[NQ - 1] >= occ && (max_nblk + gx - 1) / gx * kKvBlock < 65536;
   if (hist) {
     if constexpr (STAGES == kFp8DefaultStages)
-      launch_chained(indexer_scores_sm90_fp8_kernel<NQ, STAGES, true>, dim3(unsigned(gx), unsigned(groups)), dim3(128),
+      launch_chained(ctx, indexer_scores_sm90_fp8_kernel<NQ, STAGES, true>, dim3(unsigned(gx), unsigned(groups)), dim3(128),
                      fp8_smem(NQ, STAGES, true), 1, a, int(gx));
   } else {
-    launch_chained(indexer_scores_sm90_fp8_kernel<NQ, STAGES, false>, dim3(unsigned(gx), unsigned(groups)), dim3(128),
+    launch_chained(ctx, indexer_scores_sm90_fp8_kernel<NQ, STAGES, false>, dim3(unsigned(gx), unsigned(groups)), dim3(128),
                    fp8_smem(NQ, STAGES, false), 1, a, int(gx));
   }
   DSA_LAUNCH_CHECK();
@@ -396,80 +389,66 @@ bool launch_fp8(const Sm90ScoreArgs& a, int64_t max_nblk, int sms) {
 }
 
 template <int NQ>
-bool launch_fp8_stages(const Sm90ScoreArgs& a, int64_t max_nblk, int sms, int stages) {
+bool launch_fp8_stages(const CudaContext& ctx, const Sm90ScoreArgs& a, int64_t max_nblk, int stages) {
   switch (stages) {
-    case 3: return launch_fp8<NQ, 3>(a, max_nblk, sms);
-    case 5: return launch_fp8<NQ, 5>(a, max_nblk, sms);
-    case 6: return launch_fp8<NQ, 6>(a, max_nblk, sms);
-    default: return launch_fp8<NQ, 4>(a, max_nblk, sms);
+    case 3: return launch_fp8<NQ, 3>(ctx, a, max_nblk);
+    case 5: return launch_fp8<NQ, 5>(ctx, a, max_nblk);
+    case 6: return launch_fp8<NQ, 6>(ctx, a, max_nblk);
+    default: return launch_fp8<NQ, 4>(ctx, a, max_nblk);
   }
 }
 }  // namespace
 
-void set_sm90_scores_enabled(bool on) { g_sm90_enabled = on ? 1 : 0; }
-
-void set_sm90_scores_mode(int mode) { g_sm90_mode = mode; }
-
-void reset_sm90_scores_selection() { g_sm90_enabled = g_sm90_mode = -1; }
-
-int sm90_scores_mode() {
-  if (g_sm90_mode < 0) {
-    const char* e = std::getenv("DSA_CUDA_INDEXER_WGMMA_FP8");
-    g_sm90_mode = (e && *e == '0') ? 0 : kFp8DefaultStages;
-  }
-  return g_sm90_mode;
-}
-
-bool sm90a_sass_runs() {
-  static const bool ok = [] {
-    int* d = nullptr;
-    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    int h = 0;
-    sm90_probe_kernel<<<1, 1>>>(d);
-    const bool launched = cudaGetLastError() == cudaSuccess && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
-    cudaFree(d);
+bool probe_sm90a_sass() {
+  int* d = nullptr;
+  if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
     cudaGetLastError();
-    return launched && h == 1;
-  }();
-  return ok;
-}
-
-bool sm90_scores_available() {
-  if (g_sm90_enabled < 0) {
-    const char* e = std::getenv("DSA_CUDA_INDEXER_WGMMA");
-    g_sm90_enabled = (e && *e == '0') ? 0 : 1;
+    return false;
   }
-  if (!g_sm90_enabled) return false;
-  static const bool ok = [] {
-    if (!sm90a_sass_runs()) return false;
-    return cudaFuncSetAttribute(indexer_scores_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)) ==
-               cudaSuccess &&
-           fp8_occupancy<1, 3>() > 0 && fp8_occupancy<1, 4>() > 0 && fp8_occupancy<1, 5>() > 0 &&
-           fp8_occupancy<1, 6>() > 0 && fp8_occupancy<2, 3>() > 0 && fp8_occupancy<2, 4>() > 0 &&
-           fp8_occupancy<2, 5>() > 0 && fp8_occupancy<2, 6>() > 0 &&
-           fp8_occupancy<1, kFp8DefaultStages, true>() >= 0 && fp8_occupancy<2, kFp8DefaultStages, true>() >= 0;  // (set here, never in a graph capture)
-  }();
-  return ok;
+  int h = 0;
+  sm90_probe_kernel<<<1, 1>>>(d);
+  const bool launched = cudaGetLastError() == cudaSuccess && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+  cudaFree(d);
+  cudaGetLastError();
+  return launched && h == 1;
 }
 
-bool sm90_scores_pairs() { return sm90_scores_available() && sm90_scores_mode() > 0; }
+void probe_indexer_sm90(CudaContext& ctx, DeviceFacts& f) {
+  f.indexer_sm90 = false;
+  if (!f.sm90a_sass) return;
+  // Every kernel's shared memory set here (never in a graph capture), and the occupancies the grids follow.
+  const bool f16 = ctx.try_smem_attr(indexer_scores_sm90_kernel, kSmem);
+  f.indexer_fp8_occ[0][0] = fp8_probe_occupancy<1, 3>(ctx);
+  f.indexer_fp8_occ[0][1] = fp8_probe_occupancy<1, 4>(ctx);
+  f.indexer_fp8_occ[0][2] = fp8_probe_occupancy<1, 5>(ctx);
+  f.indexer_fp8_occ[0][3] = fp8_probe_occupancy<1, 6>(ctx);
+  f.indexer_fp8_occ[1][0] = fp8_probe_occupancy<2, 3>(ctx);
+  f.indexer_fp8_occ[1][1] = fp8_probe_occupancy<2, 4>(ctx);
+  f.indexer_fp8_occ[1][2] = fp8_probe_occupancy<2, 5>(ctx);
+  f.indexer_fp8_occ[1][3] = fp8_probe_occupancy<2, 6>(ctx);
+  f.indexer_fp8_hist_occ[0] = fp8_probe_occupancy<1, kFp8DefaultStages, true>(ctx);
+  f.indexer_fp8_hist_occ[1] = fp8_probe_occupancy<2, kFp8DefaultStages, true>(ctx);
+  bool ok = f16;
+  for (auto& q : f.indexer_fp8_occ)
+    for (int o : q) ok = ok && o > 0;
+  if (!ok) return;
+  int n = 0;
+  DSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, indexer_scores_sm90_kernel, 128, kSmem));
+  f.indexer_f16_occ = std::max(n, 1);
+  f.indexer_sm90 = true;
+}
 
-bool launch_scores_sm90(const Sm90ScoreArgs& a, int64_t max_nblk, int sms, int nq) {
+bool launch_scores_sm90(const CudaContext& ctx, const Sm90ScoreArgs& a, int64_t max_nblk, int nq) {
   if (a.rows == 0) return false;
   DSA_CHECK(a.Hi <= 64, "indexer (sm90): ", a.Hi, " heads > 64");
-  const int mode = sm90_scores_mode();
-  if (mode > 0) return nq == 2 ? launch_fp8_stages<2>(a, max_nblk, sms, mode) : launch_fp8_stages<1>(a, max_nblk, sms, mode);
+  DSA_CHECK(ctx.facts().indexer_sm90, "indexer (sm90): the sm_90a kernels do not run on this device");
+  const int mode = ctx.config().indexer.sm90_fp8_stages;
+  if (mode > 0)
+    return nq == 2 ? launch_fp8_stages<2>(ctx, a, max_nblk, mode) : launch_fp8_stages<1>(ctx, a, max_nblk, mode);
   DSA_CHECK(nq == 1, "indexer (sm90 f16): one token per CTA");
-  static const int occ = [] {
-    int n = 0;
-    DSA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, indexer_scores_sm90_kernel, 128, kSmem));
-    return std::max(n, 1);
-  }();
+  const int occ = ctx.facts().indexer_f16_occ;
   // Enough CTAs to fill every SM's slots, at least 2 blocks per CTA.
-  int64_t gx = std::max<int64_t>(1, int64_t(occ) * sms / a.rows);
+  int64_t gx = std::max<int64_t>(1, int64_t(occ) * ctx.facts().sms / a.rows);
   gx = std::max<int64_t>(1, std::min<int64_t>(gx, max_nblk / 2));
   DSA_CHECK(a.rows <= 65535, "indexer (sm90): tile of ", a.rows, " rows");
   indexer_scores_sm90_kernel<<<dim3(unsigned(gx), unsigned(a.rows)), 128, kSmem>>>(a, int(gx));

@@ -4,6 +4,8 @@
 // (keys converted to f16, exact products, fp32 accumulation; DSA_CUDA_INDEXER_WGMMA_FP8=0).
 #include <cstdint>
 
+#include "backends/cuda/context.h"
+
 namespace dsa::cuda {
 
 struct Sm90ScoreArgs {
@@ -16,21 +18,12 @@ struct Sm90ScoreArgs {
   int* hist;  // optional: [rows][2048] first top-k digit histograms of the rows' keys, added to (FP8 kernel)
 };
 
-// True when the sm_90a wgmma kernel is what runs on this GPU (not the compute_80 PTX, e.g. under
-// CUDA_FORCE_PTX_JIT=1) and DSA_CUDA_INDEXER_WGMMA is not 0.
-bool sm90_scores_available();
-// Benchmarks and tests: switch the sm_90a kernel off (portable kernel) or back on, overriding the env.
-void set_sm90_scores_enabled(bool on);
-// Which sm_90a kernel runs: 0 = f16, 3..6 = FP8 with that cp.async ring depth (benchmarks sweep it);
-// the default comes from DSA_CUDA_INDEXER_WGMMA_FP8 (0: f16; otherwise FP8 at the default depth).
-void set_sm90_scores_mode(int mode);
-// Back to the environment's choices (both the on/off switch and the mode).
-void reset_sm90_scores_selection();
-int sm90_scores_mode();
-// True when the sm_90a path also takes token pairs of one sequence (nq = 2: the FP8 kernel does).
-bool sm90_scores_pairs();
-// nq = 2: tokens t0 + 2g and t0 + 2g + 1 belong to the same sequence (only when sm90_scores_pairs()).
+// Whether these kernels run is a fact of the device (DeviceFacts::indexer_sm90: the sm_90a SASS runs and their
+// shared memory was granted, probed at context construction) and the configuration (IndexerConfig::wgmma,
+// ::sm90_fp8_stages: 0 the f16 kernel, 3..6 the FP8 kernel's ring depth): CudaContext::indexer_sm90(),
+// ::indexer_sm90_pairs().
+// nq = 2: tokens t0 + 2g and t0 + 2g + 1 belong to the same sequence (only when ctx.indexer_sm90_pairs()).
 // Returns whether a.hist was filled (the FP8 kernel where it costs no occupancy; otherwise untouched).
-bool launch_scores_sm90(const Sm90ScoreArgs& a, int64_t max_nblk, int sms, int nq);
+bool launch_scores_sm90(const CudaContext& ctx, const Sm90ScoreArgs& a, int64_t max_nblk, int nq);
 
 }  // namespace dsa::cuda

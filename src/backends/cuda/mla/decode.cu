@@ -19,7 +19,6 @@
 
 #include <algorithm>
 #include <cfloat>
-#include <cstdlib>
 
 #include "backends/cuda/cuda_backend.h"
 #include "backends/cuda/mla/decode.h"
@@ -29,18 +28,6 @@
 #include "backends/cuda/launch.cuh"
 
 namespace dsa::cuda {
-
-MqaTuning& mqa_tuning() {
-  static MqaTuning t = [] {
-    MqaTuning d;
-    if (const char* e = std::getenv("DSA_CUDA_MQA_PATH")) d.path = std::atoi(e);
-    if (const char* e = std::getenv("DSA_CUDA_MQA_SPLITS")) d.force_splits = std::atoi(e);
-    if (const char* e = std::getenv("DSA_CUDA_MQA_WGMMA")) d.wgmma = (*e == '0') ? 0 : 1;  // as the other switches
-    if (const char* e = std::getenv("DSA_CUDA_MQA_SCORES_ONLY")) d.scores_only = std::atoi(e) != 0;
-    return d;
-  }();
-  return t;
-}
 
 namespace {
 
@@ -503,15 +490,12 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
   const int64_t n_max = topk ? topk->dim(1) : int64_t(d.max_end);
   const int64_t ntiles = std::max<int64_t>(1, (n_max + TN - 1) / TN), KP = ntiles * TN;
   const int64_t HG = (H + TM - 1) / TM;
-  const MqaTuning& tun = mqa_tuning();
-  static bool attr = false;
-  if (!attr) {
-    DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_score_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemA)));
-    DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_pv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemB)));
-    attr = true;
-  }
+  const CudaContext& ctx = be.context();
+  const MqaConfig& tun = ctx.config().mqa;
+  ctx.smem_attr(mqa_score_kernel, size_t(kSmemA));
+  ctx.smem_attr(mqa_pv_kernel, size_t(kSmemB));
   // Hopper: kernel A on wgmma (decode_sm90.cu, same outputs); kernel B and the split sum are shared.
-  const bool use_wgmma = tun.wgmma != 0 && mqa_score_sm90_available();
+  const bool use_wgmma = ctx.mqa_sm90();
   // Tokens per launch: the bf16 score scratch stays under tun.max_scratch bytes.
   const int64_t TC = std::clamp<int64_t>(tun.max_scratch / std::max<int64_t>(1, H * KP * 2), 1, T);
   for (int64_t t0 = 0; t0 < T; t0 += TC) {
@@ -535,17 +519,17 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
     p.out = out_lat.ptr<uint16_t>() + t0 * H * 512; p.err = be.err_flag();
     const dim3 grid{unsigned(Tc), unsigned(HG), unsigned(NS)};
     if (use_wgmma) {
-      launch_mqa_score_sm90(p, grid);
+      launch_mqa_score_sm90(ctx, p, grid);
     } else {
       mqa_score_kernel<<<grid, 512, kSmemA>>>(p);
       DSA_LAUNCH_CHECK();
     }
     if (tun.scores_only) continue;  // profiling only: the output is not written
-    launch_chained(mqa_pv_kernel, grid, dim3(kPvThreads), kSmemB, 1, p);
+    launch_chained(ctx, mqa_pv_kernel, grid, dim3(kPvThreads), kSmemB, 1, p);
     DSA_LAUNCH_CHECK();
     if (NS > 1) {
       // 128-thread CTAs, 4 threads per 4 output dims: 512 CTAs at b=1 (128 heads).
-      launch_chained(mqa_split_sum_kernel, dim3(unsigned(cdiv(Tc * H * 128 * kSumGroup, 128))), dim3(128), 0, 1, static_cast<const float*>(p.part),
+      launch_chained(ctx, mqa_split_sum_kernel, dim3(unsigned(cdiv(Tc * H * 128 * kSumGroup, 128))), dim3(128), 0, 1, static_cast<const float*>(p.part),
                      int64_t(Tc * H), int(NS), p.out);
       DSA_LAUNCH_CHECK();
     }

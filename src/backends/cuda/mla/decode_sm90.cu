@@ -280,21 +280,19 @@ __global__ void __launch_bounds__(kThreads, 1) mqa_score_sm90_kernel(DecP p) {
         o[1] = su[hf];
       }
 #else
-  __trap();  // never launched: mqa_score_sm90_available() is false for this build of the kernel
+  __trap();  // never launched: DeviceFacts::mqa_sm90 is false for this build of the kernel
 #endif
 }
 
 }  // namespace
 
-bool mqa_score_sm90_available() {
-  static const bool ok = sm90a_sass_runs() &&
-                         cudaFuncSetAttribute(mqa_score_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              int(kSmem)) == cudaSuccess;
-  return ok;
+void probe_mqa(CudaContext& ctx, DeviceFacts& f) {
+  f.mqa_sm90 = f.sm90a_sass && ctx.try_smem_attr(mqa_score_sm90_kernel, size_t(kSmem));
 }
 
-void launch_mqa_score_sm90(const DecP& p, dim3 grid) {
-  launch_chained(mqa_score_sm90_kernel, grid, dim3(kThreads), kSmem, 1, p);
+void launch_mqa_score_sm90(const CudaContext& ctx, const DecP& p, dim3 grid) {
+  DSA_CHECK(ctx.facts().mqa_sm90, "MLA decode (sm90): the wgmma scores kernel does not run on this device");
+  launch_chained(ctx, mqa_score_sm90_kernel, grid, dim3(kThreads), kSmem, 1, p);
   DSA_LAUNCH_CHECK();
 }
 

@@ -3,15 +3,17 @@
 // docs/mla-decode-cuda.md.
 #include <cuda_runtime.h>
 
+#include "backends/cuda/context.h"
+
 namespace dsa::cuda {
 namespace mqa {
 struct DecP;
 }
 
-// True when the sm_90a SASS runs on this GPU (sm90a_sass_runs) and the kernel's shared memory could
-// be granted; the launcher also honours MqaTuning::wgmma (env DSA_CUDA_MQA_WGMMA=0: portable kernel).
-bool mqa_score_sm90_available();
+// Whether it runs: CudaContext::mqa_sm90() — the sm_90a SASS runs on this GPU and the kernel's shared memory was
+// granted (DeviceFacts::mqa_sm90, probe_mqa at context construction), and MqaConfig::wgmma (env
+// DSA_CUDA_MQA_WGMMA=0: the portable kernel).
 // Same outputs as mqa_score_kernel (decode.cu): scores S, per-split (max, sum) ms, the slot table.
-void launch_mqa_score_sm90(const mqa::DecP& p, dim3 grid);
+void launch_mqa_score_sm90(const CudaContext& ctx, const mqa::DecP& p, dim3 grid);
 
 }  // namespace dsa::cuda

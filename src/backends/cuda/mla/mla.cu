@@ -456,14 +456,6 @@ __global__ void __launch_bounds__(256, 1) mqa_mma_kernel(MqaP p) {
   }
 }
 
-bool use_simple_mqa() {
-  static const bool simple = [] {
-    const char* e = std::getenv("DSA_CUDA_MQA_SIMPLE");
-    return e && *e && *e != '0';
-  }();
-  return simple;
-}
-
 __global__ void mqa_stat_kernel(const float* ms, int64_t rows, int NS, float* stat) {
   const int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (r >= rows) return;
@@ -515,17 +507,18 @@ void CudaBackend::attention_mqa(const Tensor& q_lat, const Tensor& q_pe, const K
   if (T == 0) return;
   if (topk) DSA_CHECK(topk->dim(0) == T, "top-k rows ", topk->dim(0), " != batch tokens ", T);
   const DevBatch& d = dev(b);
-  int path = use_simple_mqa() ? 3 : mqa_tuning().path;
+  const MqaConfig& tun = config().mqa;
+  const int asked = tun.simple ? 3 : tun.path;
+  int path = asked;
   // Kernels that need more shared memory per block than this GPU has fall back, in order: stored
   // scores (223 KB: sm_90) -> two-pass recompute (158 KB: sm_80, sm_90) -> CUDA cores (any sm_80+).
   if ((path == 0 || path == 1) && mqa_stored_smem_bytes() > smem_optin_) path = 2;
   if (path == 2 && kMqaMmaSmem > smem_optin_) path = 3;
-  if (path != (use_simple_mqa() ? 3 : mqa_tuning().path)) {
-    static bool said = false;
-    if (!said)
+  if (path != asked) {
+    if (!mla_fallback_said_)
       std::fprintf(stderr, "dsa: MLA decode: this GPU allows %zu bytes of shared memory per block; using the %s kernel\n",
                    smem_optin_, path == 2 ? "two-pass mma.sync" : "CUDA-core");
-    said = true;
+    mla_fallback_said_ = true;
   }
   if (path == 0 || path == 1) {  // stored scores, no recompute (decode.cu)
     mqa_decode_stored(*this, q_lat, q_pe, cache, d, topk, scale, out_lat);
@@ -536,8 +529,8 @@ void CudaBackend::attention_mqa(const Tensor& q_lat, const Tensor& q_pe, const K
   const int64_t hb = mma ? MH : HB;
   const int64_t HG = (H + hb - 1) / hb;
   // Splits: enough blocks to fill the GPU twice over, at least 64 candidates per split.
-  int64_t NS = std::max<int64_t>(1, (2 * sms_ + T * HG - 1) / (T * HG));
-  if (mqa_tuning().force_splits > 0) NS = mqa_tuning().force_splits;
+  int64_t NS = std::max<int64_t>(1, (2 * int64_t(sm_count()) + T * HG - 1) / (T * HG));
+  if (tun.force_splits > 0) NS = tun.force_splits;
   NS = std::min<int64_t>(NS, std::max<int64_t>(1, n_max / 64));  // at least one 64-candidate chunk per split
   NS = std::min<int64_t>(NS, 64);
   Tensor ms = alloc(DType::F32, {T, H, NS, 2}), stat = alloc(DType::F32, {T, H, 2});
@@ -553,12 +546,8 @@ void CudaBackend::attention_mqa(const Tensor& q_lat, const Tensor& q_pe, const K
   p.out = out_lat.ptr<uint16_t>(); p.err = err_;
   const dim3 grid{unsigned(T), unsigned(HG), unsigned(NS)};
   if (mma) {
-    static bool attr = false;
-    if (!attr) {
-      DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_mma_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMqaMmaSmem)));
-      DSA_CUDA_CHECK(cudaFuncSetAttribute(mqa_mma_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMqaMmaSmem)));
-      attr = true;
-    }
+    context().smem_attr(mqa_mma_kernel<1>, size_t(kMqaMmaSmem));
+    context().smem_attr(mqa_mma_kernel<2>, size_t(kMqaMmaSmem));
     mqa_mma_kernel<1><<<grid, 256, kMqaMmaSmem>>>(p);
   } else {
     mqa_kernel<1><<<grid, 256>>>(p);

@@ -193,13 +193,13 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& ids, const Tensor& 
   const void* const* tab = static_cast<const void* const*>(table.data);
   Tensor g = alloc(DType::BF16, {TK, I}), u = alloc(DType::BF16, {TK, I});
   // An expert gets at most T rows (a token picks an expert once): T / 64 row tiles per expert.
-  launch_linear_fp8_grouped(aq.ptr<uint8_t>(), as.ptr<float>(), T, D, tab, 0, offs.ptr<int32_t>(), E, I, g.ptr<uint16_t>());
-  launch_linear_fp8_grouped(aq.ptr<uint8_t>(), as.ptr<float>(), T, D, tab, 1, offs.ptr<int32_t>(), E, I, u.ptr<uint16_t>());
+  launch_linear_fp8_grouped(context(), aq.ptr<uint8_t>(), as.ptr<float>(), T, D, tab, 0, offs.ptr<int32_t>(), E, I, g.ptr<uint16_t>());
+  launch_linear_fp8_grouped(context(), aq.ptr<uint8_t>(), as.ptr<float>(), T, D, tab, 1, offs.ptr<int32_t>(), E, I, u.ptr<uint16_t>());
   silu_mul(g, u, g);
   Tensor hq = alloc(DType::E4M3, {TK, I}), hs = alloc(DType::F32, {TK, I / 128});
   launch_act_quant(g.ptr<uint16_t>(), TK, I, hq.ptr<uint8_t>(), hs.ptr<float>());
   Tensor y = alloc(DType::BF16, {TK, D});
-  launch_linear_fp8_grouped(hq.ptr<uint8_t>(), hs.ptr<float>(), T, I, tab, 2, offs.ptr<int32_t>(), E, D, y.ptr<uint16_t>());
+  launch_linear_fp8_grouped(context(), hq.ptr<uint8_t>(), hs.ptr<float>(), T, I, tab, 2, offs.ptr<int32_t>(), E, D, y.ptr<uint16_t>());
   Tensor ys;
   if (shared) {
     ys = alloc(DType::BF16, {T, D});

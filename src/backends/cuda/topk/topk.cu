@@ -23,7 +23,6 @@
 #include "backends/cuda/topk/topk.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <vector>
 
 #include "backends/cuda/cuda_backend.h"
@@ -222,7 +221,7 @@ __device__ __forceinline__ void cluster_arrive() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
 #else
-  __trap();  // never launched with clusters: topk_cluster_max() is 1 for this build
+  __trap();  // never launched with clusters: DeviceFacts::topk_cluster_max is 1 for this build
 #endif
 }
 __device__ __forceinline__ void cluster_wait() {
@@ -491,7 +490,7 @@ __global__ void __launch_bounds__(TK_THREADS, 1)
                        long long* trace) {
   __shared__ __align__(16) OnchipSmem sm;
   __shared__ int tab[KPT * 32];
-  // Profiling aid (TopkTuning::trace): the first CTA's thread 0 records %globaltimer at the phase boundaries.
+  // Profiling aid (TopkConfig::trace): the first CTA's thread 0 records %globaltimer at the phase boundaries.
   const bool tr = trace && blockIdx.x == 0 && threadIdx.x == 0;
   auto stamp = [&](int i) {
     if (tr) trace[i] = globaltimer_ns();
@@ -822,81 +821,53 @@ __global__ void __launch_bounds__(TK_THREADS) topk_mc_final_kernel(McArgs a) {
 
 }  // namespace
 
-TopkTuning& topk_tuning() {
-  static TopkTuning t;
-  return t;
-}
-
 namespace {
 
-// A TopkTuning switch: -1 resolves once from the environment variable ("0" off, "1" on, else the default).
-bool tuning_switch(int& v, const char* env, bool dflt) {
-  if (v < 0) {
-    const char* e = std::getenv(env);
-    v = (e && *e == '0') ? 0 : (e && *e == '1') ? 1 : int(dflt);
+// Device buffer of the on-chip kernel's phase stamps (TopkConfig::trace) on this context; allocated on first use.
+long long* topk_trace_buffer(CudaContext& ctx) {
+  long long*& d = ctx.topk_state().trace;
+  if (!d) {
+    DSA_CUDA_CHECK(cudaMalloc(&d, kTopkTraceStamps * sizeof(long long)));
+    DSA_CUDA_CHECK(cudaMemset(d, 0, kTopkTraceStamps * sizeof(long long)));
   }
-  return v != 0;
-}
-bool onchip_enabled() { return tuning_switch(topk_tuning().onchip, "DSA_CUDA_TOPK_ONCHIP", true); }
-
-// Device buffer of the on-chip kernel's phase stamps (TopkTuning::trace); allocated on first use.
-long long* topk_trace_buffer() {
-  static long long* d = [] {
-    long long* p = nullptr;
-    DSA_CUDA_CHECK(cudaMalloc(&p, kTopkTraceStamps * sizeof(long long)));
-    DSA_CUDA_CHECK(cudaMemset(p, 0, kTopkTraceStamps * sizeof(long long)));
-    return p;
-  }();
   return d;
 }
 
-// The largest cluster size still allowed: a size that fails to launch at run time (fewer SMs than at the probe,
-// e.g. under MPS or in a green context) halves it for later calls, and the failing call takes a global path.
-int g_cluster_cap = 1 << 30;
-
 template <int KPT, bool LANE1>
-bool launch_onchip(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base, int64_t rows,
-                   int64_t k, int32_t* out, int csize, int* hist0) {
+bool launch_onchip(CudaContext& ctx, const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
+                   int64_t rows, int64_t k, int32_t* out, int csize, int* hist0) {
   DSA_CHECK(rows * csize <= 2147483647, "top-k: too many rows");
-  const TopkTuning& tun = topk_tuning();
-  const int flags = tuning_switch(topk_tuning().cand_final, "DSA_CUDA_TOPK_CAND_FINAL", true) ? kOnchipCandFinal : 0;
-  const cudaError_t e = try_launch_chained(topk_onchip_kernel<KPT, LANE1>, dim3(unsigned(rows * csize)), dim3(TK_THREADS), 0,
+  const TopkConfig& tun = ctx.config().topk;
+  const int flags = tun.cand_final ? kOnchipCandFinal : 0;
+  const cudaError_t e = try_launch_chained(ctx, topk_onchip_kernel<KPT, LANE1>, dim3(unsigned(rows * csize)), dim3(TK_THREADS), 0,
                                            unsigned(csize), scores, ld, narr, n_add, row_base, k, out, csize,
-                                           LANE1 ? nullptr : hist0, flags, tun.trace ? topk_trace_buffer() : nullptr);
+                                           LANE1 ? nullptr : hist0, flags, tun.trace ? topk_trace_buffer(ctx) : nullptr);
   if (e == cudaSuccess) return true;
   const bool cluster_unschedulable = csize > 1 && (e == cudaErrorInvalidClusterSize || e == cudaErrorLaunchOutOfResources ||
                                                    e == cudaErrorInvalidConfiguration);
   if (!cluster_unschedulable) DSA_CUDA_CHECK(e);
   cudaGetLastError();  // clear the launch error
-  g_cluster_cap = std::min(g_cluster_cap, csize / 2);
+  int& cap = ctx.topk_state().cluster_cap;
+  cap = std::min(cap, csize / 2);
   return false;
 }
 
 template <bool LANE1>
-bool launch_onchip_kpt(int kpt, const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
-                       int64_t rows, int64_t k, int32_t* out, int csize, int* hist0) {
-  if (kpt == 4) return launch_onchip<4, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize, hist0);
-  if (kpt == 8) return launch_onchip<8, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize, hist0);
-  return launch_onchip<16, LANE1>(scores, ld, narr, n_add, row_base, rows, k, out, csize, hist0);
+bool launch_onchip_kpt(CudaContext& ctx, int kpt, const float* scores, int64_t ld, const int32_t* narr, int n_add,
+                       int64_t row_base, int64_t rows, int64_t k, int32_t* out, int csize, int* hist0) {
+  if (kpt == 4) return launch_onchip<4, LANE1>(ctx, scores, ld, narr, n_add, row_base, rows, k, out, csize, hist0);
+  if (kpt == 8) return launch_onchip<8, LANE1>(ctx, scores, ld, narr, n_add, row_base, rows, k, out, csize, hist0);
+  return launch_onchip<16, LANE1>(ctx, scores, ld, narr, n_add, row_base, rows, k, out, csize, hist0);
 }
 
 }  // namespace
 
 
-std::vector<long long> topk_trace_read() {
+std::vector<long long> topk_trace_read(CudaContext& ctx) {
   std::vector<long long> h(kTopkTraceStamps, 0);
-  DSA_CUDA_CHECK(cudaMemcpy(h.data(), topk_trace_buffer(), h.size() * sizeof(long long), cudaMemcpyDeviceToHost));
-  DSA_CUDA_CHECK(cudaMemset(topk_trace_buffer(), 0, h.size() * sizeof(long long)));
+  DSA_CUDA_CHECK(cudaMemcpy(h.data(), topk_trace_buffer(ctx), h.size() * sizeof(long long), cudaMemcpyDeviceToHost));
+  DSA_CUDA_CHECK(cudaMemset(topk_trace_buffer(ctx), 0, h.size() * sizeof(long long)));
   return h;
-}
-
-bool topk_hist0_enabled(int64_t rows, int64_t ld) {
-  int& v = topk_tuning().hist0;
-  if (v < 0) {  // the environment once; anything but "0" / "1" keeps the automatic choice (-2)
-    const char* e = std::getenv("DSA_CUDA_TOPK_SCORE_HIST");
-    v = (e && *e == '0') ? 0 : (e && *e == '1') ? 1 : -2;
-  }
-  return v == 1 || (v == -2 && rows <= kTopkHist0AutoRows && ld >= kTopkHist0AutoMinLength);
 }
 
 namespace {
@@ -929,39 +900,52 @@ bool cluster_fits(int size) {
   return true;
 }
 
+// The largest cluster the on-chip top-k may use on this device and build (1: no clusters).
+int probe_cluster_max(const DeviceFacts& f) {
+  if (f.cc_major < 9) return 1;
+  int* d = nullptr;
+  if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
+    cudaGetLastError();
+    return 1;
+  }
+  int h = 0;
+  topk_cluster_probe_kernel<<<1, 1>>>(d);  // 0 when the compute_80 PTX runs (e.g. CUDA_FORCE_PTX_JIT=1)
+  const bool launched = cudaGetLastError() == cudaSuccess && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+  cudaFree(d);
+  cudaGetLastError();
+  if (!launched || h != 1) return 1;
+  return cluster_fits(16) ? 16 : cluster_fits(8) ? 8 : 1;
+}
+
 }  // namespace
 
-int topk_cluster_max() {
-  static const int cmax = [] {
-    if (device_cc_major() < 9) return 1;
-    int* d = nullptr;
-    if (cudaMalloc(&d, sizeof(int)) != cudaSuccess) {
-      cudaGetLastError();
-      return 1;
-    }
-    int h = 0;
-    topk_cluster_probe_kernel<<<1, 1>>>(d);  // 0 when the compute_80 PTX runs (e.g. CUDA_FORCE_PTX_JIT=1)
-    const bool launched = cudaGetLastError() == cudaSuccess && cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
-    cudaFree(d);
+void probe_topk(CudaContext& ctx, DeviceFacts& f) {
+  (void)ctx;
+  f.topk_cluster_max = probe_cluster_max(f);
+  // The multi-CTA path's final kernel needs kCandCap x 8 bytes of dynamic shared memory on top of its static
+  // arrays: 164 KB, beyond sm_86/89 (99 KB) and just beyond sm_80 (163 KB) — they keep the one-CTA-per-row kernel.
+  cudaFuncAttributes fa{};
+  if (cudaFuncGetAttributes(&fa, topk_mc_final_kernel) != cudaSuccess) {
     cudaGetLastError();
-    if (!launched || h != 1) return 1;
-    return cluster_fits(16) ? 16 : cluster_fits(8) ? 8 : 1;
-  }();
-  return cmax;
+    f.topk_mc_fits = false;
+  } else {
+    f.topk_mc_fits = fa.sharedSizeBytes + size_t(kCandCap) * 8 <= f.smem_optin;
+  }
 }
 
 // The on-chip configuration launch_topk takes for rows of ld keys: keys per thread and cluster size; false
 // where it takes a global-memory path.
 bool CudaBackend::topk_onchip_plan(int64_t ld, int64_t rows, int64_t k, int* kpt_out, int* csize_out) const {
-  if (!onchip_enabled() || k > 65535) return false;
+  const TopkConfig& tun = config().topk;
+  if (!tun.onchip || k > 65535) return false;
   // Keys per thread and cluster size (measured, H200, docs/indexer-topk-cuda.md): at batch 1 more
   // SMs per row pay off up to a point — per-key work is instruction bound, but each extra CTA
   // adds DSMEM reads to every histogram exchange — so 4 keys per thread only up to 4-CTA clusters,
   // 8 up to 8 (a 16-CTA cluster with 8 keys per thread is slower than 8 CTAs with 16), 16-CTA
   // clusters only for rows > 128K. Large batches: fewer, fuller CTAs (rows x cluster within half
   // the SMs).
-  const int cmax = std::min(topk_cluster_max(), g_cluster_cap);
-  const TopkTuning& tun = topk_tuning();
+  const int cmax = std::min(context().facts().topk_cluster_max, context().topk_state().cluster_cap);
+  const int sms = sm_count();
   int kpt = 0, csize = 0;
   for (int cand : {4, 8, 16}) {
     if (tun.force_kpt && cand != tun.force_kpt) continue;
@@ -970,7 +954,7 @@ bool CudaBackend::topk_onchip_plan(int64_t ld, int64_t rows, int64_t k, int* kpt
     if (c > (tun.force_kpt ? cmax : std::min(cmax, cand == 4 ? 4 : cand == 8 ? 8 : 16))) continue;
     if (kpt && c == csize) break;  // more keys per thread only where that means fewer CTAs
     kpt = cand, csize = int(c);
-    if (tun.force_kpt || 2 * rows * c <= sms_) break;
+    if (tun.force_kpt || 2 * rows * c <= sms) break;
   }
   *kpt_out = kpt;
   *csize_out = csize;
@@ -979,57 +963,47 @@ bool CudaBackend::topk_onchip_plan(int64_t ld, int64_t rows, int64_t k, int* kpt
 
 bool CudaBackend::topk_takes_hist0(int64_t ld, int64_t rows, int64_t k) const {
   int kpt = 0, csize = 0;
-  return topk_hist0_enabled(rows, ld) && !topk_tuning().lane_histogram && topk_onchip_plan(ld, rows, k, &kpt, &csize);
+  const TopkConfig& tun = config().topk;
+  return tun.hist0_for(rows, ld) && !tun.lane_histogram && topk_onchip_plan(ld, rows, k, &kpt, &csize);
 }
 
 void CudaBackend::launch_topk(const float* scores, int64_t ld, const int32_t* narr, int n_add, int64_t row_base,
                               int64_t rows, int64_t k, int32_t* out, int* hist0) {
   if (rows == 0) return;
-  topk_tuning().last_hist0 = false;
+  CudaContext& ctx = context();
+  TopkState& st = ctx.topk_state();
+  st.last_hist0 = false;
   int kpt = 0, csize = 0;
   if (topk_onchip_plan(ld, rows, k, &kpt, &csize)) {
-    const TopkTuning& tun = topk_tuning();
-    const bool launched = tun.lane_histogram ? launch_onchip_kpt<true>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize, nullptr)
-                                             : launch_onchip_kpt<false>(kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize, hist0);
+    const TopkConfig& tun = config().topk;
+    const bool launched = tun.lane_histogram ? launch_onchip_kpt<true>(ctx, kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize, nullptr)
+                                             : launch_onchip_kpt<false>(ctx, kpt, scores, ld, narr, n_add, row_base, rows, k, out, csize, hist0);
     if (launched) {
-      topk_tuning().last_kpt = kpt;
-      topk_tuning().last_cluster = csize;
-      topk_tuning().last_hist0 = hist0 != nullptr && !tun.lane_histogram;
+      st.last_kpt = kpt;
+      st.last_cluster = csize;
+      st.last_hist0 = hist0 != nullptr && !tun.lane_histogram;
       if (hist0 && tun.lane_histogram) DSA_CUDA_CHECK(cudaMemsetAsync(hist0, 0, size_t(rows) * kTopkDigit0Bins * 4));
       return;
     }  // otherwise (a cluster that no longer schedules) a global-memory path below
   }
   // A given first histogram that no kernel consumed goes back to zero (the buffer's invariant).
   if (hist0) DSA_CUDA_CHECK(cudaMemsetAsync(hist0, 0, size_t(rows) * kTopkDigit0Bins * 4));
-  topk_tuning().last_kpt = topk_tuning().last_cluster = 0;
-  // The multi-CTA path's final kernel needs kCandCap x 8 bytes of dynamic shared memory on top of its
-  // static arrays: 164 KB, beyond sm_86/89 (99 KB) and just beyond sm_80 (163 KB) — they keep the
-  // one-CTA-per-row kernel.
-  static const bool mc_fits = [this] {
-    cudaFuncAttributes fa{};
-    if (cudaFuncGetAttributes(&fa, topk_mc_final_kernel) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    return fa.sharedSizeBytes + size_t(kCandCap) * 8 <= smem_optin_;
-  }();
-  if (ld > kMcChunkMax && k <= kCandCap && mc_fits) {
+  st.last_kpt = st.last_cluster = 0;
+  const int sms = sm_count();
+  // The multi-CTA path's final kernel needs more shared memory than sm_80/86/89 have (probe_topk).
+  if (ld > kMcChunkMax && k <= kCandCap && ctx.facts().topk_mc_fits) {
     // Rows go in groups so that the scratch (histograms + a kCandCap candidate buffer, ~160 KB per row)
     // stays within 64 MB whatever the tile: indexer_topk may pass thousands of rows of prefill.
     const int64_t per_row_bytes = (2 * NBIN + 2 + 2 * 1024) * 4 + 2 * int64_t(kCandCap) * 4;
     const int64_t group = std::clamp<int64_t>((int64_t(64) << 20) / per_row_bytes, 1, 65535);
     // Long rows: chunks of 1024..8192 keys, about 2 CTAs per SM in all.
-    const int64_t per_row = std::max<int64_t>(1, (2 * int64_t(sms_) + std::min(rows, group) - 1) / std::min(rows, group));
+    const int64_t per_row = std::max<int64_t>(1, (2 * int64_t(sms) + std::min(rows, group) - 1) / std::min(rows, group));
     int64_t chunk = (ld + per_row - 1) / per_row;
     chunk = std::clamp<int64_t>((chunk + 1023) / 1024 * 1024, 1024, kMcChunkMax);
     const int64_t nch = (ld + chunk - 1) / chunk;
     if (nch <= 1024) {
-      static bool attr = false;
       const size_t smem = size_t(kCandCap) * 8;
-      if (!attr) {
-        DSA_CUDA_CHECK(cudaFuncSetAttribute(topk_mc_final_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-        attr = true;
-      }
+      ctx.smem_attr(topk_mc_final_kernel, smem);
       for (int64_t r0 = 0; r0 < rows; r0 += group) {
         const int64_t g = std::min(group, rows - r0);
         const int64_t meta_n = 2 + 2 * nch;
