@@ -52,6 +52,7 @@ int run(int argc, char** argv) {
   eo.max_batch_tokens = std::max<int64_t>(ctx, 8192);
   eo.prefix_cache = false;
   auto eng = Engine::load(model, eo);
+  tools::print_backend_config(eng->backend());
   const ModelConfig& cfg = eng->config();
   eng->model().set_index_topk(topk);
   const int64_t K = topk > 0 ? topk : cfg.index_topk, L = cfg.num_hidden_layers, V = cfg.vocab_size;

@@ -14,7 +14,7 @@ namespace dsa::tools {
 
 void EngineFlags::add(CLI::App& app) {
   app.add_option("-m,--model", model, "model directory (config.json, safetensors, tokenizer.json)")->required();
-  app.add_option("--device", device, "cpu or cuda")->capture_default_str();
+  app.add_option("--device", device, "cpu, cuda (device 0) or cuda:N")->capture_default_str();
   app.add_option("-t,--threads", threads, "CPU threads (0: all cores; at most " + std::to_string(max_threads()) + ")");
   kv_tokens_opt_ = app.add_option("--kv-tokens", kv_tokens,
                                   "KV pool capacity in tokens (default: --kv-memory, else the model's context)");
@@ -106,7 +106,21 @@ std::unique_ptr<Engine> load_engine(const EngineFlags& ef, const EngineOptions& 
   std::fprintf(stderr, "loaded in %.1f s: weights %s, KV pool %ld tokens\n",
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
                human_bytes(double(eng->weight_bytes())).c_str(), long(eng->kv().capacity_tokens()));
+  print_backend_config(eng->backend());
   return eng;
+}
+
+void print_backend_config(const Backend& be) {
+  const std::string d = be.describe();
+  if (d.empty()) return;
+  std::fprintf(stderr, "%s kernel configuration (DSA_CUDA_* variables; docs/cuda-context.md):\n", be.name().c_str());
+  size_t i = 0;
+  while (i < d.size()) {
+    const size_t j = d.find('\n', i);
+    const size_t e = j == std::string::npos ? d.size() : j;
+    std::fprintf(stderr, "  %.*s\n", int(e - i), d.c_str() + i);
+    i = e + 1;
+  }
 }
 
 std::unique_ptr<Engine> load_engine(const EngineFlags& ef) { return load_engine(ef, ef.options()); }

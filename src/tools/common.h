@@ -57,6 +57,9 @@ void check_range(const char* opt, T v, T lo, T hi, const char* note = "") {
 // ("loading ...", "loaded in 1.2 s: ...").
 std::unique_ptr<Engine> load_engine(const EngineFlags& ef, const EngineOptions& opt);
 std::unique_ptr<Engine> load_engine(const EngineFlags& ef);
+// The backend's start-up description (Backend::describe: CUDA device, probes and kernel configuration) on
+// stderr, indented under one header line; nothing for backends without one (CPU). load_engine calls it.
+void print_backend_config(const Backend& be);
 
 // An input file the user named: it must exist and be a regular file (or a FIFO/stdin-like stream),
 // else Error "<what> '<path>': does not exist / is a directory / ...".
