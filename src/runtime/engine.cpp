@@ -131,7 +131,8 @@ void Engine::check_invariants() const {
 }
 
 std::vector<RequestOutput> Engine::cancel_all() {
-  std::lock_guard<std::mutex> g(mu_);
+  std::unique_lock<std::mutex> l(mu_);
+  step_done_.wait(l, [&] { return !stepping_; });
   return sched_->cancel_all();
 }
 
@@ -142,13 +143,27 @@ std::vector<RequestOutput> Engine::step() {
   StepPlan plan;
   {
     std::lock_guard<std::mutex> g(mu_);
+    DSA_CHECK(!stepping_, "Engine::step called from two threads at once");
     plan = sched_->schedule(outs);
+    stepping_ = !plan.empty();
   }
   t.schedule_s = since(t0);
   if (plan.empty()) {
     last_ = t;
     return outs;
   }
+  // From here to the commit the plan's block tables are in use: cancel_all() waits (also when
+  // something below throws).
+  struct Stepping {
+    Engine& e;
+    ~Stepping() {
+      {
+        std::lock_guard<std::mutex> g(e.mu_);
+        e.stepping_ = false;
+      }
+      e.step_done_.notify_all();
+    }
+  } stepping{*this};
   t.tokens = int64_t(plan.ids.size());
   t.seqs = int64_t(plan.rows.size());
   t.decode_rows = plan.n_decode;

@@ -10,6 +10,7 @@
 // ones under the token budget, each row in its attention form, the draws on the device. add_request
 // and cancel may be called from other threads while a step runs; they take effect at the next one.
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -63,6 +64,10 @@ class Engine {
   DeepseekV32& model() { return *model_; }
   const ModelConfig& config() const { return model_->config(); }
   KvCache& kv() { return *kv_; }
+  const KvCache& kv() const { return *kv_; }
+  // The KV pool's capacity in tokens: fixed at load, so safe to read from any thread (the server's
+  // start-up line, request limits) while steps run.
+  int64_t kv_capacity_tokens() const { return kv_->capacity_tokens(); }
   Backend& backend() { return *be_; }
   const EngineOptions& options() const { return opt_; }
   const Tokenizer* tokenizer() const { return tok_.get(); }
@@ -76,7 +81,9 @@ class Engine {
   // One step; returns every request output it produced (tokens, text, finishes). A failure inside
   // the model finishes the step's requests with the error instead of throwing.
   std::vector<RequestOutput> step();
-  // Cancel everything (e.g. at shutdown); returns the final outputs.
+  // Cancel everything (e.g. at shutdown); returns the final outputs of every request. Safe while
+  // another thread is inside step(): it waits for that step to commit (at most one step), so no
+  // block of a running forward is freed under it; that step's own outputs still come back from it.
   std::vector<RequestOutput> cancel_all();
   SchedulerStats stats() const;
   const StepTiming& last_step() const { return last_; }
@@ -107,6 +114,8 @@ class Engine {
   std::unique_ptr<Tokenizer> tok_;
   std::unique_ptr<Scheduler> sched_;
   mutable std::mutex mu_;  // guards sched_ between and around steps
+  std::condition_variable step_done_;  // stepping_ went false
+  bool stepping_ = false;  // a step is between schedule and commit (under mu_): its plan's blocks are in use
   StepTiming last_;
 };
 

@@ -152,7 +152,7 @@ std::string sse(const json& j) { return "data: " + dump(j) + "\n\n"; }
 
 }  // namespace
 
-ModelInfo describe_model(Engine& eng, const std::string& dir, const std::string& name,
+ModelInfo describe_model(const Engine& eng, const std::string& dir, const std::string& name,
                          std::optional<chat::ChatFormat> format) {
   namespace fs = std::filesystem;
   DSA_CHECK(eng.tokenizer(), dir, " has no tokenizer.json; the server needs one (text in, text out)");
@@ -162,7 +162,7 @@ ModelInfo describe_model(Engine& eng, const std::string& dir, const std::string&
   m.name = name.empty() ? base : name;
   m.dir = dir;
   m.context = eng.config().max_position_embeddings;
-  m.kv_tokens = eng.kv().capacity_tokens();
+  m.kv_tokens = eng.kv_capacity_tokens();
   m.vocab = eng.config().vocab_size;
   m.tok = eng.tokenizer();
   m.format = format ? *format : chat::detect_chat_format(dir);

@@ -39,7 +39,7 @@ struct ServerOptions {
 // The served model as the API describes it: name (default: the directory's last component),
 // limits, chat format (default: detected from the directory), sampling defaults from
 // generation_config.json. Throws dsa::Error when the model has no tokenizer.
-ModelInfo describe_model(Engine& eng, const std::string& dir, const std::string& name,
+ModelInfo describe_model(const Engine& eng, const std::string& dir, const std::string& name,
                          std::optional<chat::ChatFormat> format = std::nullopt);
 
 class Server {

@@ -78,7 +78,7 @@ int run(int argc, char** argv) {
   mi.allow_scripted = allow_scripted;
   server::Server srv(*eng, mi, so);
   const int port = srv.bind();
-  const int64_t kv = eng->kv().capacity_tokens();
+  const int64_t kv = eng->kv_capacity_tokens();
   std::printf("dsa serve: %s on %s, %s; KV %ld tokens (%s), context %ld, chat format %s%s%s\n", mi.name.c_str(),
               eng->backend().name().c_str(), tools::run_label(ef.options()).c_str(), long(kv),
               tools::human_bytes(double(KvCache::bytes_per_token(eng->config().num_hidden_layers)) * double(kv)).c_str(),
