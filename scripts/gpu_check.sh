@@ -4,7 +4,7 @@
 #   scripts/gpu_check.sh --stage     here (no GPU): copy what the device machine lacks into .device/
 #                                    (git-ignored): the dsa-mini model, the dev and warm-up data, and a small
 #                                    sysroot with GoogleTest, nlohmann_json, PCRE2, Google Benchmark and
-#                                    cpp-httplib (its single header, for dsa serve) headers/libraries. Then
+#                                    Debian's cpp-httplib (library + the headers it includes, for dsa serve). Then
 #                                    call the device tool with carry [".device"].
 #   scripts/gpu_check.sh [--stages LIST|all] [--quick]
 #                                    on the device, stages in this order (default: build,tests,ptx,bench,e2e,
@@ -72,17 +72,24 @@ Version: 10.42
 Libs: -L\${libdir} -lpcre2-8
 Cflags: -I\${includedir}
 PC
-  # cpp-httplib for dsa serve: Debian's is a shared library that needs OpenSSL, zlib and brotli (not to be had
-  # on the device, too big to carry); the same version's single header (third_party/cpp-httplib/README.md) links nothing.
-  cp "$ROOT/third_party/cpp-httplib/httplib.h" "$S/include/"
+  # cpp-httplib for dsa serve, Debian's package as it is: its header declares, libcpp-httplib.so implements,
+  # built with OpenSSL, zlib and brotli. Staged: the library, brotli's (small), and the headers httplib.h
+  # includes under its compile definitions; libssl/libcrypto/libz are taken from the device image (the
+  # serve stage checks with ldd that nothing is missing). No copy of the library's source is kept here.
+  cp /usr/include/httplib.h "$S/include/"
+  cp -r /usr/include/openssl /usr/include/brotli /usr/include/zlib.h /usr/include/zconf.h "$S/include/"
+  mkdir -p "$S/include/x86_64-linux-gnu" && cp -r /usr/include/x86_64-linux-gnu/openssl "$S/include/x86_64-linux-gnu/"
+  cp -P /usr/$A/libcpp-httplib.so* "$S/$A/"
+  for l in libbrotlicommon libbrotlidec libbrotlienc; do cp -L /usr/$A/$l.so.1 "$S/$A/"; ln -sf $l.so.1 "$S/$A/$l.so"; done
   cat > "$S/$A/pkgconfig/cpp-httplib.pc" <<PC
 prefix=\${pcfiledir}/../../..
 includedir=\${prefix}/include
+libdir=\${prefix}/$A
 Name: cpp-httplib
-Description: cpp-httplib single header, no SSL/zlib/brotli (staged for the device build)
+Description: Debian's cpp-httplib (staged for the device build; OpenSSL and zlib from the device image)
 Version: 0.11.4
-Libs: -pthread
-Cflags: -I\${includedir}
+Libs: -L\${libdir} -lcpp-httplib -Wl,-rpath,\${libdir} -Wl,-rpath-link,\${libdir}:/usr/lib/x86_64-linux-gnu -pthread
+Cflags: -I\${includedir} -I\${includedir}/x86_64-linux-gnu -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT
 PC
   du -sh "$DEV"
   exit 0
@@ -286,6 +293,11 @@ if has serve && (( $(left) > 60 )); then  # dsa serve on the device, the client 
   # seqs set as dsa bench sets them; scripts/serve_load.py (Python stdlib: streaming /v1/completions of token-id
   # prompts, ignore_eos, greedy); SIGTERM; then dsa bench --requests N with the same options. Overhead = 1 - serve/bench
   # output tok/s. SERVE_CASES="model:in:out:c[:n] ..." (n default 4c), SERVE_EXTRA: more engine options for both.
+  if ! "$B/dsa" serve --help > /dev/null 2>&1; then
+    note "serve: this dsa has no server (cpp-httplib not found at configure time; build.log)"
+  fi
+  missing=$(ldd "$B/dsa" 2>/dev/null | grep 'not found' | tr -s ' \t' ' ' | tr '\n' ';')
+  [[ -n $missing ]] && note "serve: libraries missing on this machine: $missing"
   RM=${REAL_MODEL_DIR:-/tmp/dsa-v32-real-attn}
   CASES=${SERVE_CASES:-"mini:1024:256:1:8 mini:1024:256:8:32 mini:1024:256:32:64 mini:1024:256:128:256 real:1024:256:1:4 real:1024:256:8:16 real:1024:256:32:64 real:1024:256:128:256"}
   k=0
