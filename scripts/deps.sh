@@ -2,7 +2,10 @@
 # Install the Debian 12 packages dsa needs (build, tests, benchmarks, the JS tokenizer reference).
 # Idempotent: does nothing when everything is already installed.
 set -euo pipefail
-PKGS=(build-essential cmake ninja-build pkg-config g++ clang
+# clang's compiler-rt (libFuzzer, its ASan/UBSan runtimes) and llvm-symbolizer are only
+# recommended by clang: named here for scripts/fuzz.sh (gcc's ASan for scripts/sanitize.sh comes
+# with g++).
+PKGS=(build-essential cmake ninja-build pkg-config g++ clang libclang-rt-14-dev llvm
       libgtest-dev libgmock-dev libbenchmark-dev
       nlohmann-json3-dev libcli11-dev libpcre2-dev libcpp-httplib-dev
       gnuplot-nox)  # gnuplot: dsa cost --png

@@ -27,10 +27,12 @@ for t in "${TARGETS[@]}"; do
   if ! "$BUILD/fuzz/fuzz_$t" "$WORK" "$ROOT/fuzz/corpus/$t" -max_total_time="$SECONDS_TO_RUN" -max_len=8192 -timeout=10 \
       -rss_limit_mb=2048 "${DICT[@]}" \
       -artifact_prefix="$BUILD/fuzz-artifacts/$t-" -print_final_stats=1 ${DSA_FUZZ_FLAGS:-} 2>"$BUILD/fuzz-$t.log"; then
-    echo "fuzz_$t: FAILED (see $BUILD/fuzz-$t.log and $BUILD/fuzz-artifacts/)"
+    echo "fuzz_$t: FAILED (the input is in $BUILD/fuzz-artifacts/; the end of $BUILD/fuzz-$t.log:)"
+    tail -40 "$BUILD/fuzz-$t.log"
     status=1
   fi
-  grep -E "^stat::number_of_executed_units|^Done|^#[0-9]+.*DONE" "$BUILD/fuzz-$t.log" | tail -2 || true
+  # Runs, coverage (cov: edges, ft: features), corpus size.
+  grep -E "^#[0-9]+.*DONE|^Done" "$BUILD/fuzz-$t.log" | tail -2 || true
   echo "   corpus: $(ls "$WORK" | wc -l) inputs"
 done
 exit $status

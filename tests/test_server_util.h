@@ -207,9 +207,23 @@ inline std::string metrics_of(const TestServer& s) {
   return r && r->status == 200 ? r->body : "";
 }
 
-// Waits until pred() holds (polling), at most `timeout`.
+// Under the sanitizers (scripts/sanitize.sh) a model step is about ten times slower: time limits
+// there only ask whether something happened, not how fast.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr int kTimeScale = 10;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+inline constexpr int kTimeScale = 10;
+#else
+inline constexpr int kTimeScale = 1;
+#endif
+#else
+inline constexpr int kTimeScale = 1;
+#endif
+
+// Waits until pred() holds (polling), at most `timeout` (times kTimeScale).
 inline bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
-  const auto end = std::chrono::steady_clock::now() + timeout;
+  const auto end = std::chrono::steady_clock::now() + timeout * kTimeScale;
   while (std::chrono::steady_clock::now() < end) {
     if (pred()) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
