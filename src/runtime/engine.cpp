@@ -132,8 +132,15 @@ void Engine::check_invariants() const {
 
 std::vector<RequestOutput> Engine::cancel_all() {
   std::unique_lock<std::mutex> l(mu_);
+  // Announced first: a stepping thread that loops straight into its next step() would otherwise
+  // take the lock back before this one wakes, step after step, until every request had finished.
+  ++cancels_waiting_;
   step_done_.wait(l, [&] { return !stepping_; });
-  return sched_->cancel_all();
+  std::vector<RequestOutput> outs = sched_->cancel_all();
+  --cancels_waiting_;
+  l.unlock();
+  step_done_.notify_all();
+  return outs;
 }
 
 std::vector<RequestOutput> Engine::step() {
@@ -142,8 +149,9 @@ std::vector<RequestOutput> Engine::step() {
   std::vector<RequestOutput> outs;
   StepPlan plan;
   {
-    std::lock_guard<std::mutex> g(mu_);
+    std::unique_lock<std::mutex> l(mu_);
     DSA_CHECK(!stepping_, "Engine::step called from two threads at once");
+    step_done_.wait(l, [&] { return cancels_waiting_ == 0; });  // a cancel_all() waiting goes first
     plan = sched_->schedule(outs);
     stepping_ = !plan.empty();
   }

@@ -114,8 +114,9 @@ class Engine {
   std::unique_ptr<Tokenizer> tok_;
   std::unique_ptr<Scheduler> sched_;
   mutable std::mutex mu_;  // guards sched_ between and around steps
-  std::condition_variable step_done_;  // stepping_ went false
+  std::condition_variable step_done_;  // stepping_ went false, or a cancel_all() finished
   bool stepping_ = false;  // a step is between schedule and commit (under mu_): its plan's blocks are in use
+  int cancels_waiting_ = 0;  // cancel_all() calls waiting for the step in flight (under mu_); step() lets them go first
   StepTiming last_;
 };
 
