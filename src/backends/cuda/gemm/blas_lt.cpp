@@ -3,17 +3,15 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <utility>
 #include <vector>
 
+#include "backends/cuda/gemm/lt_common.h"
 #include "core/error.h"
 
 namespace dsa::cuda {
 
 namespace {
-
-void lt_check(cublasStatus_t s, const char* what) {
-  DSA_CHECK(s == CUBLAS_STATUS_SUCCESS, "cuBLASLt ", what, " failed (status ", int(s), ")");
-}
 
 // Largest power of two (<= 256) dividing every address and leading dimension in bytes: the heuristic
 // must not pick an algorithm that assumes more alignment than the operands have.
@@ -23,29 +21,13 @@ int alignment_of(const LtGemm& g) {
                   reinterpret_cast<uintptr_t>(g.d) | uint64_t(g.ldx * el_x) | uint64_t(g.ldw * el_x) |
                   uint64_t(g.ldd * el_d);
   if (g.batch > 1) bits |= uint64_t(g.stride_x * el_x) | uint64_t(g.stride_w * el_x) | uint64_t(g.stride_d * el_d);
-  int a = 1;
-  while (a < 256 && !(bits & uint64_t(a))) a <<= 1;
-  return a;
+  return lt_alignment(bits, 1);
 }
 
 }  // namespace
 
-struct BlasLt::Plan {
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;  // operands A, B (W or X, see x_is_a) and D
-  cublasLtMatmulAlgo_t algo{};
-  bool ok = false;
+struct BlasLt::Plan : LtPlan {
   bool x_is_a = false;  // block-scaled FP8 with the activations as operand A (D in row order), see plan()
-  void reset() {
-    if (ld) cublasLtMatrixLayoutDestroy(ld);
-    if (lb) cublasLtMatrixLayoutDestroy(lb);
-    if (la) cublasLtMatrixLayoutDestroy(la);
-    if (op) cublasLtMatmulDescDestroy(op);
-    ld = lb = la = nullptr;
-    op = nullptr;
-    ok = false;
-  }
-  ~Plan() { reset(); }
 };
 
 BlasLt::BlasLt() {
@@ -75,11 +57,10 @@ namespace {
 //   [K, M] with ld ldx; W' is W read column-major: [K, N], transposed by the op, or with w_kn [N, K]).
 // x_is_a true (block-scaled FP8 only): D [M, N] in row order = op(X') [M, K] . W' [K, N]: cuBLASLt's
 //   Hopper block-scaled kernels take the 1x128 (VEC128) scales on A and the 128x128 (BLK) ones on B.
-bool build_plan(cublasLtHandle_t handle, const LtGemm& g, int align, bool x_is_a, size_t workspace_bytes,
-                cublasLtMatmulDesc_t& op, cublasLtMatrixLayout_t& la, cublasLtMatrixLayout_t& lb,
-                cublasLtMatrixLayout_t& ld, cublasLtMatmulAlgo_t& algo) {
+void build_plan(cublasLtHandle_t handle, const LtGemm& g, int align, bool x_is_a, size_t workspace_bytes, LtPlan& p) {
   const bool fp8 = g.kind == LtGemm::Kind::Fp8;
   const cudaDataType_t tin = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF, tout = g.out_f32 ? CUDA_R_32F : CUDA_R_16BF;
+  cublasLtMatmulDesc_t& op = p.op;
   lt_check(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "descriptor");
   const cublasOperation_t ta = (g.w_kn && !x_is_a) ? CUBLAS_OP_N : CUBLAS_OP_T, tb = CUBLAS_OP_N;
   lt_check(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
@@ -98,42 +79,18 @@ bool build_plan(cublasLtHandle_t handle, const LtGemm& g, int align, bool x_is_a
   else lt_check(cublasLtMatrixLayoutCreate(&lw, tin, g.K, g.N, g.ldw), "W layout");
   lt_check(cublasLtMatrixLayoutCreate(&lx, tin, g.K, g.M, g.ldx), "X layout");
   if (x_is_a) {
-    lt_check(cublasLtMatrixLayoutCreate(&ld, tout, g.M, g.N, g.ldd), "D layout");
+    lt_check(cublasLtMatrixLayoutCreate(&p.ld, tout, g.M, g.N, g.ldd), "D layout");
     const int32_t order = CUBLASLT_ORDER_ROW;
-    lt_check(cublasLtMatrixLayoutSetAttribute(ld, CUBLASLT_MATRIX_LAYOUT_ORDER, &order, sizeof order), "D order");
-    la = lx;
-    lb = lw;
+    lt_check(cublasLtMatrixLayoutSetAttribute(p.ld, CUBLASLT_MATRIX_LAYOUT_ORDER, &order, sizeof order), "D order");
+    p.la = lx;
+    p.lb = lw;
   } else {
-    lt_check(cublasLtMatrixLayoutCreate(&ld, tout, g.N, g.M, g.ldd), "D layout");
-    la = lw;
-    lb = lx;
+    lt_check(cublasLtMatrixLayoutCreate(&p.ld, tout, g.N, g.M, g.ldd), "D layout");
+    p.la = lw;
+    p.lb = lx;
   }
-  if (g.batch > 1) {
-    const int32_t n = int32_t(g.batch);
-    for (auto [l, st] : {std::pair{lw, g.stride_w}, {lx, g.stride_x}, {ld, g.stride_d}}) {
-      lt_check(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &n, sizeof n), "batch count");
-      lt_check(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &st, sizeof st),
-               "batch stride");
-    }
-  }
-  cublasLtMatmulPreference_t pref = nullptr;
-  lt_check(cublasLtMatmulPreferenceCreate(&pref), "preference");
-  const uint64_t ws = workspace_bytes;
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-  const uint32_t al = uint32_t(align);
-  for (auto a : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                 CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
-    cublasLtMatmulPreferenceSetAttribute(pref, a, &al, sizeof al);
-  // No in-place split-K reductions: every output's sum is then formed the same way on every run.
-  const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE | CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes, sizeof schemes);
-  cublasLtMatmulHeuristicResult_t res{};
-  int found = 0;
-  const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(handle, op, la, lb, ld, ld, pref, 1, &res, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  const bool ok = hs == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
-  if (ok) algo = res.algo;
-  return ok;
+  lt_set_batch(g.batch, lw, g.stride_w, lx, g.stride_x, p.ld, g.stride_d);
+  lt_choose_algo(handle, p, workspace_bytes, align);
 }
 
 }  // namespace
@@ -149,10 +106,7 @@ BlasLt::Plan* BlasLt::plan(const LtGemm& g, int align) {
   // output in row order, which is the assignment the library's Hopper kernels document.
   for (bool x_is_a : blockscaled ? std::vector<bool>{false, true} : std::vector<bool>{false}) {
     p->reset();
-    cublasLtMatrixLayout_t la = nullptr, lb = nullptr;
-    p->ok = build_plan(handle_, g, align, x_is_a, workspace_bytes_, p->op, la, lb, p->ld, p->algo);
-    p->la = la;
-    p->lb = lb;
+    build_plan(handle_, g, align, x_is_a, workspace_bytes_, *p);
     p->x_is_a = x_is_a;
     if (p->ok) break;
   }

@@ -3,15 +3,14 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <utility>
+
+#include "backends/cuda/gemm/lt_common.h"
 #include "core/error.h"
 
 namespace dsa::cuda {
 
 namespace {
-
-void lt_check(cublasStatus_t s, const char* what) {
-  DSA_CHECK(s == CUBLAS_STATUS_SUCCESS, "cuBLASLt (fp32) ", what, " failed (status ", int(s), ")");
-}
 
 // Largest power of two (<= 256) dividing every address and leading dimension in bytes, so the
 // heuristic never picks an algorithm that assumes more alignment than the operands have.
@@ -19,25 +18,12 @@ int alignment_of(const F32Gemm& g) {
   uint64_t bits = reinterpret_cast<uintptr_t>(g.a) | reinterpret_cast<uintptr_t>(g.b) |
                   reinterpret_cast<uintptr_t>(g.d) | uint64_t(g.lda * 4) | uint64_t(g.ldb * 4) | uint64_t(g.ldd * 4);
   if (g.batch > 1) bits |= uint64_t(g.stride_a * 4) | uint64_t(g.stride_b * 4) | uint64_t(g.stride_d * 4);
-  int a = 4;
-  while (a < 256 && !(bits & uint64_t(a))) a <<= 1;
-  return a;
+  return lt_alignment(bits, 4);
 }
 
 }  // namespace
 
-struct F32Blas::Plan {
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
-  cublasLtMatmulAlgo_t algo{};
-  bool ok = false;
-  ~Plan() {
-    if (ld) cublasLtMatrixLayoutDestroy(ld);
-    if (lb) cublasLtMatrixLayoutDestroy(lb);
-    if (la) cublasLtMatrixLayoutDestroy(la);
-    if (op) cublasLtMatmulDescDestroy(op);
-  }
-};
+struct F32Blas::Plan : LtPlan {};
 
 F32Blas::F32Blas() {
   cublasLtHandle_t h = nullptr;
@@ -68,37 +54,15 @@ F32Blas::Plan* F32Blas::plan(const F32Gemm& g, int align) {
   const cublasOperation_t ta = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
   lt_check(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "TRANSB");
-  if (g.trans_b) lt_check(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_32F, g.K, g.N, g.ldb), "B layout");
-  else lt_check(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_32F, g.N, g.K, g.ldb), "B layout");
-  if (g.trans_a) lt_check(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_32F, g.M, g.K, g.lda), "A layout");
-  else lt_check(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_32F, g.K, g.M, g.lda), "A layout");
+  // (p->la / p->lb are cuBLAS's operands A and B: our B and A.)
+  if (g.trans_b) lt_check(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_32F, g.K, g.N, g.ldb), "B layout");
+  else lt_check(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_32F, g.N, g.K, g.ldb), "B layout");
+  if (g.trans_a) lt_check(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_32F, g.M, g.K, g.lda), "A layout");
+  else lt_check(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_32F, g.K, g.M, g.lda), "A layout");
   lt_check(cublasLtMatrixLayoutCreate(&p->ld, CUDA_R_32F, g.N, g.M, g.ldd), "D layout");
-  if (g.batch > 1) {
-    const int32_t n = int32_t(g.batch);
-    for (auto [l, s] : {std::pair{p->lb, g.stride_b}, {p->la, g.stride_a}, {p->ld, g.stride_d}}) {
-      lt_check(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &n, sizeof n), "batch count");
-      lt_check(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &s, sizeof s),
-               "batch stride");
-    }
-  }
-  cublasLtMatmulPreference_t pref = nullptr;
-  lt_check(cublasLtMatmulPreferenceCreate(&pref), "preference");
-  const uint64_t ws = workspace_bytes_;
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-  const uint32_t al = uint32_t(align);
-  for (auto a : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                 CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
-    cublasLtMatmulPreferenceSetAttribute(pref, a, &al, sizeof al);
+  lt_set_batch(g.batch, p->la, g.stride_b, p->lb, g.stride_a, p->ld, g.stride_d);
   // No split-K reduction through atomics: a step gives the same bits every run (resume == uninterrupted).
-  const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE | CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes, sizeof schemes);
-  cublasLtMatmulHeuristicResult_t res{};
-  int found = 0;
-  const cublasStatus_t hs =
-      cublasLtMatmulAlgoGetHeuristic(handle_, p->op, p->lb, p->la, p->ld, p->ld, pref, 1, &res, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  p->ok = hs == CUBLAS_STATUS_SUCCESS && found > 0 && res.state == CUBLAS_STATUS_SUCCESS;
-  if (p->ok) p->algo = res.algo;
+  lt_choose_algo(handle_, *p, workspace_bytes_, align);
   return p;
 }
 
@@ -108,7 +72,7 @@ void F32Blas::run(const F32Gemm& g) {
   Plan* p = plan(g, alignment_of(g));
   DSA_CHECK(p->ok, "F32Blas: no cuBLASLt algorithm for M ", g.M, " N ", g.N, " K ", g.K, " batch ", g.batch,
             g.tf32 ? " (tf32)" : " (fp32)");
-  const cublasStatus_t s = cublasLtMatmul(handle_, p->op, &g.alpha, g.b, p->lb, g.a, p->la, &g.beta, g.d, p->ld, g.d,
+  const cublasStatus_t s = cublasLtMatmul(handle_, p->op, &g.alpha, g.b, p->la, g.a, p->lb, &g.beta, g.d, p->ld, g.d,
                                           p->ld, &p->algo, workspace_, workspace_bytes_, cudaStreamPerThread);
   lt_check(s, "matmul");
 }
