@@ -207,6 +207,17 @@ TEST(Cli, VersionNamesCommitBuildCudaAndIsa) {
   EXPECT_HAS(r.out, "build");
   EXPECT_HAS(r.out, "CUDA backend");
   EXPECT_HAS(r.out, "CPU kernels");
+  // The commit is the one built (taken at build time, not at configure time): it matches the checkout's HEAD.
+  FILE* git = popen(("git -C " + quote(DSA_SOURCE_DIR) + " rev-parse --short=12 HEAD 2>/dev/null").c_str(), "r");
+  ASSERT_NE(git, nullptr);
+  char head[64] = {};
+  const bool have_head = std::fgets(head, sizeof head, git) != nullptr;
+  const int git_rc = pclose(git);
+  if (have_head && git_rc == 0) {
+    std::string commit(head);
+    while (!commit.empty() && std::isspace(static_cast<unsigned char>(commit.back()))) commit.pop_back();
+    EXPECT_HAS(r.out, "commit " + commit);
+  }
 }
 
 TEST(Cli, UsageErrorsExit2) {

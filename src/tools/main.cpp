@@ -7,6 +7,7 @@
 
 #include "backends/cpu/simd.h"
 #include "core/error.h"
+#include "git_commit.h"  // generated at build time: DSA_GIT_COMMIT
 #include "tools/commands.h"
 
 namespace {
