@@ -35,6 +35,10 @@
 #                GPU_CHECK_BUILD_DIR=build-x SERVE_DEVICE=cpu SERVE_CASES=mini:64:16:2:4 scripts/gpu_check.sh --stages serve)
 #     cost       (not in the default list) `dsa cost` inputs: GEMM, decode (batch 128) and prefill per-layer times per
 #                token into cost.csv, and the table (cost.md); the PNG is drawn where gnuplot is (dsa cost --png)
+#     trainrun   (not in the default list) issue 14's result: train-indexer stage 1 from a random indexer on all of warmup/
+#                (TRAINRUN_STEPS, default 750, 8192-token windows, --backbone-form mqa), optionally stage 2
+#                (TRAINRUN_SPARSE_STEPS), then dsa eval on dev (TRAINRUN_CTXS, TRAINRUN_WINDOWS windows) of the shipped
+#                and the trained checkpoints; needs the whole warm-up set staged
 #     real       real-scale model (v32-real-attn: 7168 hidden, 128 heads, 64x128 indexer, k 2048), made
 #                on the device; 128K-token prefill then decode, dense vs DSA, with memory and speed
 #   Logs under $OUT; the floors table and one summary at the end. GPU_CHECK_BUDGET_S (default 570) stops
@@ -423,6 +427,44 @@ if has train && (( $(left) > 60 )); then  # indexer training on CUDA (docs/train
       --backbone-form "$form" --profile > "$OUT/train_bench_$prec-$form.log" 2>&1
     note "train-indexer dsa-mini, 8192-token dense-stage step on cuda, $prec, backbone $form: rc=$? in $((SECONDS - t0)) s: $(grep -oE '[0-9.]+ s/step' "$OUT/train_bench_$prec-$form.log" | tr '\n' ' ')"
     note "   last step: $(grep -A1 '^step 3/' "$OUT/train_bench_$prec-$form.log" | tail -1 | sed 's/^ *//')"
+  done
+fi
+
+if has trainrun && (( $(left) > 120 )); then  # issue 14's result: train dsa-mini's indexer from random, evaluate on dev
+  # Stage 1 (dense KL) from a random indexer (seed 0) on all of warmup/, then stage 2 (sparse KL) from its result;
+  # checkpoints every TRAINRUN_SAVE steps, so a run cut by the time limit still leaves its last checkpoint. Then
+  # dsa eval (production path: FP8 caches, sparse vs dense, per-layer recall) on dev for the shipped checkpoint and
+  # each trained one at each context of TRAINRUN_CTXS, on the first TRAINRUN_WINDOWS windows.
+  WUF=$DEV/shared/data/warmup/MANIFEST.txt
+  DEVM=$DEV/shared/data/dev/MANIFEST.txt
+  TR=/tmp/dsa-trainrun
+  rm -rf "$TR"
+  TRAIN_COMMON="--ctx 8192 --device cuda --backbone-form ${TRAINRUN_FORM:-mqa} --save-every ${TRAINRUN_SAVE:-50} ${TRAINRUN_EXTRA:-}"
+  t0=$SECONDS
+  timeout $(( $(left) - ${TRAINRUN_EVAL_S:-150} )) "$B/dsa" train-indexer -m "$MINI" --data "$WUF" --out "$TR/dense" \
+    --init-indexer random --seed 0 --steps ${TRAINRUN_STEPS:-750} --lr ${TRAINRUN_LR:-1e-3} $TRAIN_COMMON \
+    > "$OUT/trainrun_dense.log" 2>&1
+  note "trainrun dense stage: rc=$? in $((SECONDS - t0)) s; last: $(grep -E '^step ' "$OUT/trainrun_dense.log" | tail -1)"
+  grep -E '^step ' "$OUT/trainrun_dense.log" | awk 'NR % 50 == 1' | tail -20 > "$FINAL_OUT/trainrun_dense_steps.txt"
+  MODELS="shipped:$MINI dense:$TR/dense"
+  if (( ${TRAINRUN_SPARSE_STEPS:-0} > 0 )) && [[ -f $TR/dense/config.json ]] && (( $(left) > ${TRAINRUN_EVAL_S:-150} + 60 )); then
+    t0=$SECONDS
+    timeout $(( $(left) - ${TRAINRUN_EVAL_S:-150} )) "$B/dsa" train-indexer -m "$TR/dense" --data "$WUF" --out "$TR/sparse" \
+      --stage sparse --init-indexer keep --seed 1 --steps $TRAINRUN_SPARSE_STEPS --lr ${TRAINRUN_SPARSE_LR:-1e-4} \
+      $TRAIN_COMMON > "$OUT/trainrun_sparse.log" 2>&1
+    note "trainrun sparse stage: rc=$? in $((SECONDS - t0)) s; last: $(grep -E '^step ' "$OUT/trainrun_sparse.log" | tail -1)"
+    MODELS="$MODELS sparse:$TR/sparse"
+  fi
+  for ctx in ${TRAINRUN_CTXS:-8192 2048 4096}; do
+    for nm in $MODELS; do
+      IFS=: read -r name dir <<< "$nm"
+      [[ -f $dir/config.json ]] || continue
+      (( $(left) > 25 )) || break 2
+      t0=$SECONDS
+      timeout $(( $(left) - 15 )) "$B/dsa" eval -m "$dir" --manifest "$DEVM" --ctx $ctx --max-windows ${TRAINRUN_WINDOWS:-8} \
+        --device cuda > "$OUT/eval_${name}_$ctx.log" 2>&1
+      note "eval $name ctx $ctx: rc=$? in $((SECONDS - t0)) s: $(grep -E '^(ctx|perplexity|mean KL|recall)' "$OUT/eval_${name}_$ctx.log" | tr '\n' ';')"
+    done
   done
 fi
 
