@@ -441,7 +441,8 @@ if has trainrun && (( $(left) > 120 )); then  # issue 14's result: train dsa-min
   rm -rf "$TR"
   TRAIN_COMMON="--ctx 8192 --device cuda --backbone-form ${TRAINRUN_FORM:-mqa} --save-every ${TRAINRUN_SAVE:-50} ${TRAINRUN_EXTRA:-}"
   t0=$SECONDS
-  timeout $(( $(left) - ${TRAINRUN_EVAL_S:-150} )) "$B/dsa" train-indexer -m "$MINI" --data "$WUF" --out "$TR/dense" \
+  tl=$(( $(left) - ${TRAINRUN_EVAL_S:-150} - ${TRAINRUN_SPARSE_S:-0} - 20 ))  # seconds of training; load and save outside
+  timeout $(( tl + 60 )) "$B/dsa" train-indexer -m "$MINI" --data "$WUF" --out "$TR/dense" --time-limit $tl \
     --init-indexer random --seed 0 --steps ${TRAINRUN_STEPS:-750} --lr ${TRAINRUN_LR:-1e-3} $TRAIN_COMMON \
     > "$OUT/trainrun_dense.log" 2>&1
   note "trainrun dense stage: rc=$? in $((SECONDS - t0)) s; last: $(grep -E '^step ' "$OUT/trainrun_dense.log" | tail -1)"
@@ -449,7 +450,8 @@ if has trainrun && (( $(left) > 120 )); then  # issue 14's result: train dsa-min
   MODELS="shipped:$MINI dense:$TR/dense"
   if (( ${TRAINRUN_SPARSE_STEPS:-0} > 0 )) && [[ -f $TR/dense/config.json ]] && (( $(left) > ${TRAINRUN_EVAL_S:-150} + 60 )); then
     t0=$SECONDS
-    timeout $(( $(left) - ${TRAINRUN_EVAL_S:-150} )) "$B/dsa" train-indexer -m "$TR/dense" --data "$WUF" --out "$TR/sparse" \
+    tl=$(( $(left) - ${TRAINRUN_EVAL_S:-150} - 20 ))
+    timeout $(( tl + 60 )) "$B/dsa" train-indexer -m "$TR/dense" --data "$WUF" --out "$TR/sparse" --time-limit $tl \
       --stage sparse --init-indexer keep --seed 1 --steps $TRAINRUN_SPARSE_STEPS --lr ${TRAINRUN_SPARSE_LR:-1e-4} \
       $TRAIN_COMMON > "$OUT/trainrun_sparse.log" 2>&1
     note "trainrun sparse stage: rc=$? in $((SECONDS - t0)) s; last: $(grep -E '^step ' "$OUT/trainrun_sparse.log" | tail -1)"

@@ -114,6 +114,17 @@ TEST(TrainIndexerRun, ResumeEqualsUninterrupted) {
   fs::remove_all(b.out);
 }
 
+TEST(TrainIndexerRun, TimeLimitStopsAfterTheStepThatPassesItAndSaves) {
+  TrainOptions o = tiny_opts(tmp_dir("time-limit"), 48, 40);
+  o.steps = 50;
+  o.time_limit_s = 1e-9;  // every step ends past it: the first one stops the run
+  const TrainResult r = train_indexer(o);
+  EXPECT_EQ(r.step, 1);
+  EXPECT_TRUE(fs::exists(o.out + "/train_state.bin"));
+  EXPECT_TRUE(fs::exists(o.out + "/config.json"));
+  fs::remove_all(o.out);
+}
+
 TEST(TrainIndexerRun, SparseStageRuns) {
   TrainOptions o = tiny_opts(tmp_dir("sparse"), 96, 1);
   o.sparse = true;

@@ -37,6 +37,10 @@ int run(int argc, char** argv) {
   app.add_option("--save-every", o.save_every, "write train_state.bin + the checkpoint every N steps (0: at the end)");
   app.add_flag("--resume", o.resume, "continue from --out/train_state.bin (same options)");
   app.add_option("--stop-after", o.stop_after, "stop (after saving) once this many steps have run in this call");
+  app.add_option("--time-limit", o.time_limit_s,
+                 "stop (after saving) after the first step that ends past this many seconds of training (0: none); "
+                 "--resume continues the same schedule")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("-t,--threads", o.threads, "CPU threads (0: all cores)");
   app.add_option("--device", o.device, "cpu or cuda: the backbone forward and the indexer loss + gradient")
       ->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();

@@ -294,7 +294,7 @@ TrainResult train_indexer(const TrainOptions& o, const std::function<void(const 
     lg.eta_s = el / double(step - first) * double(o.steps - step);
     res.log.push_back(lg);
     if (on_step) on_step(lg);
-    const bool stop = o.stop_after > 0 && step - first >= o.stop_after;
+    const bool stop = (o.stop_after > 0 && step - first >= o.stop_after) || (o.time_limit_s > 0 && el >= o.time_limit_s);
     if (step == o.steps || stop || (o.save_every > 0 && step % o.save_every == 0)) save();
     if (stop) break;
   }

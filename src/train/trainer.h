@@ -27,6 +27,7 @@ struct TrainOptions {
   int64_t save_every = 0;        // 0: only at the end
   bool resume = false;
   int64_t stop_after = 0;        // stop (after saving) once this many steps are done: tests, time slices
+  double time_limit_s = 0;       // stop (after saving) after the first step that ends past this many seconds (0: none)
   int threads = 0;
   std::string device = "cpu";    // cpu | cuda: the backbone and the indexer loss + gradient (AdamW on the host)
   bool exact_fp32 = false;       // cuda: the T^2 products in exact fp32 instead of TF32 (docs/training.md, "CUDA")
