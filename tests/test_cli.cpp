@@ -595,3 +595,54 @@ TEST(Cli, MakeModelNeverOverwritesOrLeavesAPartialDirectory) {
   for (const auto& e : fs::directory_iterator(scratch()))  // no scratch directories left behind
     EXPECT_EQ(e.path().filename().string().rfind(".tmp-", 0), std::string::npos) << e.path();
 }
+
+// ---- dsa eval --------------------------------------------------------------------------------
+
+namespace {
+// The numbers after `key` on the line that starts with it.
+std::vector<double> numbers_after(const std::string& out, const std::string& key) {
+  std::vector<double> v;
+  const size_t p = out.find(key);
+  if (p == std::string::npos) return v;
+  std::istringstream line(out.substr(p + key.size(), out.find('\n', p) - p - key.size()));
+  std::string w;
+  while (line >> w) {
+    char* end = nullptr;
+    const double x = std::strtod(w.c_str(), &end);
+    if (end != w.c_str()) v.push_back(x);
+  }
+  return v;
+}
+}  // namespace
+
+TEST(Cli, EvalSparseVsDenseAndRecall) {
+  if (!have_mini_model()) GTEST_SKIP() << "dsa-mini not present";
+  const fs::path d = fs::temp_directory_path() / "dsa_cli_eval";
+  fs::create_directories(d);
+  std::ifstream src(std::string(DSA_SHARED_DIR) + "/data/warmup/MANIFEST.txt");
+  std::string first;
+  std::getline(src, first);
+  {
+    std::ofstream m(d / "MANIFEST.txt");
+    m << (fs::path(DSA_SHARED_DIR) / "data/warmup" / first).string() << "\n";
+  }
+  const std::string man = (d / "MANIFEST.txt").string();
+  // k = 32 of 400 keys: DSA is really sparse, so the two perplexities differ and recall is below 1.
+  Result r = dsa_run({"eval", "-m", mini_model_dir(), "--manifest", man, "--ctx", "400", "--max-windows", "1",
+                      "--topk", "32", "--recall-stride", "32", "-t", "2"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const std::vector<double> ppl = numbers_after(r.out, "perplexity dense");
+  ASSERT_GE(ppl.size(), 2u) << r.out;
+  EXPECT_TRUE(std::isfinite(ppl[0]) && ppl[0] > 1) << r.out;
+  EXPECT_NE(ppl[0], ppl[1]) << r.out;
+  const std::vector<double> rec = numbers_after(r.out, "every 32-th row):");
+  ASSERT_EQ(rec.size(), 6u) << r.out;
+  for (double x : rec) EXPECT_TRUE(x > 0.0 && x < 1.0) << r.out;
+  // k >= the window: every key is selected, so sparse is dense exactly (architecture.md §3.4).
+  Result all = dsa_run({"eval", "-m", mini_model_dir(), "--manifest", man, "--ctx", "200", "--max-windows", "1",
+                        "--topk", "256", "-t", "2"});
+  ASSERT_EQ(all.rc, 0) << all.err;
+  EXPECT_HAS(all.out, "(+0.00%)");
+  EXPECT_HAS(all.out, "per token 0.000000 nats");
+  fs::remove_all(d);
+}

@@ -77,22 +77,31 @@ int run(int argc, char** argv) {
     const train::MainAttention<float> main(in.mq, in.mk, in.T, in.H, in.dm, in.scale);
     std::vector<int32_t> sel(size_t(a.topk->numel()));
     eng->backend().download(*a.topk, sel.data());
-    std::vector<float> S(size_t(8 * main.ld())), P(size_t(8 * main.ld()));
-    for (int64_t t = K; t < in.T; t += stride) {
-      main.probs(t, 1, S.data(), P.data(), nullptr, nullptr, nullptr);
-      double r = 0;
-      for (int64_t i = 0; i < K; ++i) {
-        const int32_t j = sel[size_t(t * K + i)];
-        if (j >= 0) r += P[size_t(j)];
+    // One row per task: each row's dense probabilities cost H x t x 192 MACs (25M at 8K), the bulk of an
+    // evaluation window on the host, so the rows run on all threads.
+    const int64_t n_rows = in.T > K ? (in.T - K + stride - 1) / stride : 0;
+    double sum = 0;
+#pragma omp parallel
+    {
+      std::vector<float> S(size_t(8 * main.ld())), P(size_t(8 * main.ld()));
+#pragma omp for schedule(dynamic) reduction(+ : sum)
+      for (int64_t i = 0; i < n_rows; ++i) {
+        const int64_t t = K + i * stride;
+        main.probs(t, 1, S.data(), P.data(), nullptr, nullptr, nullptr);
+        double r = 0;
+        for (int64_t c = 0; c < K; ++c) {
+          const int32_t j = sel[size_t(t * K + c)];
+          if (j >= 0) r += P[size_t(j)];
+        }
+        sum += r;
       }
-      rec[size_t(a.layer)] += r;
-      rec_n[size_t(a.layer)] += 1;
     }
+    rec[size_t(a.layer)] += sum;
+    rec_n[size_t(a.layer)] += n_rows;
   });
   double nll_s = 0, nll_d = 0, kl = 0;
   int64_t n = 0, windows = 0;
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<double> ls, ld;
   for (int64_t off = 0; off + 1 < int64_t(stream.size()); off += ctx) {
     if (max_windows > 0 && windows >= max_windows) break;
     const int64_t len = std::min<int64_t>(ctx, int64_t(stream.size()) - off);
@@ -105,16 +114,25 @@ int run(int argc, char** argv) {
     Sequence s2;
     const std::vector<float> lde = eng->feed(s2, win, true);
     s2.release(eng->kv());
-    for (int64_t i = 0; i + 1 < len; ++i) {
-      log_softmax(lsp.data() + i * V, V, ls);
-      log_softmax(lde.data() + i * V, V, ld);
-      nll_s -= ls[size_t(win[size_t(i + 1)])];
-      nll_d -= ld[size_t(win[size_t(i + 1)])];
-      double k = 0;
-      for (int64_t v = 0; v < V; ++v) k += std::exp(ld[size_t(v)]) * (ld[size_t(v)] - ls[size_t(v)]);
-      kl += k;
-      ++n;
+    double w_nll_s = 0, w_nll_d = 0, w_kl = 0;
+#pragma omp parallel
+    {
+      std::vector<double> ls, ld;
+#pragma omp for schedule(static) reduction(+ : w_nll_s, w_nll_d, w_kl)
+      for (int64_t i = 0; i < len - 1; ++i) {
+        log_softmax(lsp.data() + i * V, V, ls);
+        log_softmax(lde.data() + i * V, V, ld);
+        w_nll_s -= ls[size_t(win[size_t(i + 1)])];
+        w_nll_d -= ld[size_t(win[size_t(i + 1)])];
+        double k = 0;
+        for (int64_t v = 0; v < V; ++v) k += std::exp(ld[size_t(v)]) * (ld[size_t(v)] - ls[size_t(v)]);
+        w_kl += k;
+      }
     }
+    nll_s += w_nll_s;
+    nll_d += w_nll_d;
+    kl += w_kl;
+    n += len - 1;
     ++windows;
     std::fprintf(stderr, "window %ld: running ppl sparse %.4f dense %.4f, %.0f s\n", long(windows), std::exp(nll_s / n),
                  std::exp(nll_d / n), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
