@@ -38,7 +38,9 @@
 #     trainrun   (not in the default list) issue 14's result: train-indexer stage 1 from a random indexer on all of warmup/
 #                (TRAINRUN_STEPS, default 750, 8192-token windows, --backbone-form mqa), optionally stage 2
 #                (TRAINRUN_SPARSE_STEPS), then dsa eval on dev (TRAINRUN_CTXS, TRAINRUN_WINDOWS windows) of the shipped
-#                and the trained checkpoints; needs the whole warm-up set staged
+#                and the trained checkpoints (TRAINRUN_WINDOWS 8K-windows' worth of tokens at each context);
+#                needs the whole warm-up set staged; TRAINRUN_DENSE_INDEXER=FILE: stage 1's result from an earlier call
+#                (its trainrun_dense_indexer.safetensors, carried in .device/extra/) instead of training it again
 #     real       real-scale model (v32-real-attn: 7168 hidden, 128 heads, 64x128 indexer, k 2048), made
 #                on the device; 128K-token prefill then decode, dense vs DSA, with memory and speed
 #   Logs under $OUT; the floors table and one summary at the end. GPU_CHECK_BUDGET_S (default 570) stops
@@ -95,6 +97,9 @@ Version: 0.11.4
 Libs: -L\${libdir} -lcpp-httplib -Wl,-rpath,\${libdir} -Wl,-rpath-link,\${libdir}:/usr/lib/x86_64-linux-gnu -pthread
 Cflags: -I\${includedir} -I\${includedir}/x86_64-linux-gnu -DCPPHTTPLIB_OPENSSL_SUPPORT -DCPPHTTPLIB_ZLIB_SUPPORT -DCPPHTTPLIB_BROTLI_SUPPORT
 PC
+  # The device tool carries at most 64 MiB: the model and texts travel as one gzip archive (55 -> 42 MB),
+  # unpacked on the device. Extra files (e.g. a trained indexer for the trainrun stage) go in $DEV/extra/.
+  tar -C "$DEV" -czf "$DEV/shared.tar.gz" shared && rm -rf "$DEV/shared"
   du -sh "$DEV"
   exit 0
 fi
@@ -124,6 +129,7 @@ declare -a SUMMARY
 note() { SUMMARY+=("$1"); echo "== $1"; }
 left() { echo $((BUDGET - SECONDS)); }
 
+if [[ -f $DEV/shared.tar.gz && ! -d $DEV/shared ]]; then tar -C "$DEV" -xzf "$DEV/shared.tar.gz" || exit 1; fi
 GPU=$(nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.total,driver_version --format=csv,noheader 2>&1)
 echo "$GPU"
 note "stages $STAGES (the device copy's .git is not the tree's: record the commit on the calling side)"
@@ -441,12 +447,18 @@ if has trainrun && (( $(left) > 120 )); then  # issue 14's result: train dsa-min
   rm -rf "$TR"
   TRAIN_COMMON="--ctx 8192 --device cuda --backbone-form ${TRAINRUN_FORM:-mqa} --save-every ${TRAINRUN_SAVE:-50} ${TRAINRUN_EXTRA:-}"
   t0=$SECONDS
-  tl=$(( $(left) - ${TRAINRUN_EVAL_S:-150} - ${TRAINRUN_SPARSE_S:-0} - 20 ))  # seconds of training; load and save outside
-  timeout $(( tl + 60 )) "$B/dsa" train-indexer -m "$MINI" --data "$WUF" --out "$TR/dense" --time-limit $tl \
-    --init-indexer random --seed 0 --steps ${TRAINRUN_STEPS:-750} --lr ${TRAINRUN_LR:-1e-3} $TRAIN_COMMON \
-    > "$OUT/trainrun_dense.log" 2>&1
-  note "trainrun dense stage: rc=$? in $((SECONDS - t0)) s; last: $(grep -E '^step ' "$OUT/trainrun_dense.log" | tail -1)"
-  grep -E '^step ' "$OUT/trainrun_dense.log" | awk 'NR % 50 == 1' | tail -20 > "$FINAL_OUT/trainrun_dense_steps.txt"
+  if [[ -n ${TRAINRUN_DENSE_INDEXER:-} ]]; then  # stage 1 done in an earlier call: its indexer tensors, applied to dsa-mini
+    python3 "$ROOT/scripts/indexer_overlay.py" apply "$MINI" "$TRAINRUN_DENSE_INDEXER" "$TR/dense" > "$OUT/trainrun_dense.log" 2>&1
+    note "trainrun dense stage: taken from $TRAINRUN_DENSE_INDEXER: rc=$?"
+  else
+    tl=$(( $(left) - ${TRAINRUN_EVAL_S:-150} - ${TRAINRUN_SPARSE_S:-0} - 20 ))  # seconds of training; load and save outside
+    timeout $(( tl + 60 )) "$B/dsa" train-indexer -m "$MINI" --data "$WUF" --out "$TR/dense" --time-limit $tl \
+      --init-indexer random --seed 0 --steps ${TRAINRUN_STEPS:-750} --lr ${TRAINRUN_LR:-1e-3} $TRAIN_COMMON \
+      > "$OUT/trainrun_dense.log" 2>&1
+    note "trainrun dense stage: rc=$? in $((SECONDS - t0)) s; last: $(grep -E '^step ' "$OUT/trainrun_dense.log" | tail -1)"
+    grep -E '^step ' "$OUT/trainrun_dense.log" | awk 'NR % 50 == 1' | tail -20 > "$FINAL_OUT/trainrun_dense_steps.txt"
+    python3 "$ROOT/scripts/indexer_overlay.py" extract "$TR/dense" "$FINAL_OUT/trainrun_dense_indexer.safetensors" > /dev/null
+  fi
   MODELS="shipped:$MINI dense:$TR/dense"
   if (( ${TRAINRUN_SPARSE_STEPS:-0} > 0 )) && [[ -f $TR/dense/config.json ]] && (( $(left) > ${TRAINRUN_EVAL_S:-150} + 60 )); then
     t0=$SECONDS
@@ -455,6 +467,8 @@ if has trainrun && (( $(left) > 120 )); then  # issue 14's result: train dsa-min
       --stage sparse --init-indexer keep --seed 1 --steps $TRAINRUN_SPARSE_STEPS --lr ${TRAINRUN_SPARSE_LR:-1e-4} \
       $TRAIN_COMMON > "$OUT/trainrun_sparse.log" 2>&1
     note "trainrun sparse stage: rc=$? in $((SECONDS - t0)) s; last: $(grep -E '^step ' "$OUT/trainrun_sparse.log" | tail -1)"
+    grep -E '^step ' "$OUT/trainrun_sparse.log" | awk 'NR % 25 == 1' | tail -20 > "$FINAL_OUT/trainrun_sparse_steps.txt"
+    python3 "$ROOT/scripts/indexer_overlay.py" extract "$TR/sparse" "$FINAL_OUT/trainrun_sparse_indexer.safetensors" > /dev/null
     MODELS="$MODELS sparse:$TR/sparse"
   fi
   for ctx in ${TRAINRUN_CTXS:-8192 2048 4096}; do
@@ -463,8 +477,8 @@ if has trainrun && (( $(left) > 120 )); then  # issue 14's result: train dsa-min
       [[ -f $dir/config.json ]] || continue
       (( $(left) > 25 )) || break 2
       t0=$SECONDS
-      timeout $(( $(left) - 15 )) "$B/dsa" eval -m "$dir" --manifest "$DEVM" --ctx $ctx --max-windows ${TRAINRUN_WINDOWS:-8} \
-        --device cuda > "$OUT/eval_${name}_$ctx.log" 2>&1
+      timeout $(( $(left) - 15 )) "$B/dsa" eval -m "$dir" --manifest "$DEVM" --ctx $ctx --max-windows $(( ${TRAINRUN_WINDOWS:-4} * 8192 / ctx )) \
+        --prefill-form ${TRAINRUN_EVAL_FORM:-mha} --device cuda > "$OUT/eval_${name}_$ctx.log" 2>&1
       note "eval $name ctx $ctx: rc=$? in $((SECONDS - t0)) s: $(grep -E '^(ctx|perplexity|mean KL|recall)' "$OUT/eval_${name}_$ctx.log" | tr '\n' ';')"
     done
   done

@@ -44,8 +44,14 @@ int run(int argc, char** argv) {
   std::string device = "cpu";
   app.add_option("--device", device, "cpu or cuda: the two forward passes (the recall statistic runs on the host)")
       ->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  std::string prefill_form = "mha";
+  app.add_option("--prefill-form", prefill_form,
+                 "mha: the reference's prefill attention; mqa: the absorbed form (the decode kernels; much faster on "
+                 "CUDA at long windows; rounds differently from the reference)")
+      ->check(CLI::IsMember({"mha", "mqa"}))->capture_default_str();
   if (int rc = tools::parse(app, argc, argv); rc >= 0) return rc;
   EngineOptions eo;
+  eo.prefill_form = prefill_form == "mqa" ? PrefillForm::Mqa : PrefillForm::Mha;
   eo.device = device;
   eo.threads = threads;
   eo.kv_tokens = ctx;
@@ -138,7 +144,8 @@ int run(int argc, char** argv) {
                  std::exp(nll_d / n), std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   const double ps = std::exp(nll_s / double(n)), pd = std::exp(nll_d / double(n));
-  std::printf("ctx %ld, top-%ld, %ld windows, %ld predicted tokens\n", long(ctx), long(K), long(windows), long(n));
+  std::printf("ctx %ld, top-%ld, %ld windows, %ld predicted tokens, %s prefill\n", long(ctx), long(K), long(windows), long(n),
+              prefill_form.c_str());
   std::printf("perplexity dense %.4f  sparse %.4f  (%+.2f%%)\n", pd, ps, 100.0 * (ps / pd - 1.0));
   std::printf("mean KL(dense || sparse) per token %.6f nats\n", kl / double(n));
   std::printf("recall (dense attention mass on the top-%ld, rows >= k, every %ld-th row):", long(K), long(stride));
