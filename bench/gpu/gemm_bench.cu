@@ -4,6 +4,9 @@
 // TFLOP/s = 2MNK / t; GB/s = (weights + activations + scales + output) / t; "roof" is the share of
 // the binding roofline (H200: copy 4.2 TB/s, FP8 1300 TFLOP/s measured with cuBLAS):
 // max(bytes / 4.2 TB/s, flop / 1300 TFLOP/s) / t.
+// Rows per shape and M > 16: our reference kernel (auto / mma128 / mma64 / mma32), `wgmma-bs` (the sm_90a
+// block-scaled wgmma GEMM of fast numerics, gemm/fp8_blockscaled_sm90.cu), cuBLASLt's block-scaled FP8 (lt-blk,
+// where it has an algorithm) and plain FP8 (lt-fp8, the peer); a closing table gives wgmma-bs as % of lt-fp8.
 // Usage: dsa_gpu_gemm_bench [--quick] [--md FILE] [--cost-csv FILE]
 //   --cost-csv: append `dsa cost`'s position-independent rows (runtime/cost_model.h): one V3.2 MoE layer's
 //   linears per token, from the fastest path measured per shape at 128 rows (decode) and 4096 (prefill).
@@ -22,6 +25,7 @@
 #include "backends/cuda/cuda_backend.h"
 #include "bench_util.h"
 #include "backends/cuda/gemm/blas_lt.h"
+#include "backends/cuda/gemm/fp8_blockscaled_sm90.h"
 #include "backends/cuda/gemm/fp8_gemm.h"
 
 using namespace dsa;
@@ -63,6 +67,9 @@ double time_ms(const std::function<void(int)>& fn, int reps) { return dsa::bench
 
 std::vector<std::string> md;
 std::map<std::pair<std::string, int64_t>, double> best_ms;  // (shape, M) -> fastest path (--cost-csv)
+// (shape, M) -> wgmma-bs and lt-fp8 times (the closing comparison), in the order measured
+std::vector<std::pair<std::string, int64_t>> cmp_order;
+std::map<std::pair<std::string, int64_t>, std::pair<double, double>> cmp_ms;
 FILE* md_out = nullptr;  // --md: written line by line (a killed run keeps what it measured)
 void report(const std::string& what, const std::string& path, int64_t M, int64_t N, int64_t K, double ms, double flop,
             double bytes) {
@@ -169,7 +176,30 @@ int main(int argc, char** argv) {
       }
     }
     ctx.config().fp8_gemm = cuda::Fp8Path::Auto;
-    // cuBLASLt: the block-scaled FP8 GEMM of `--numerics fast` (lt-blk) and, as the peer, its plain
+    // The sm_90a block-scaled wgmma GEMM (fast numerics above 16 rows): same inputs, row-major scales.
+    for (int64_t M : Ms) {
+      if (M <= 16) continue;
+      const bool ok = cuda::fp8_blockscaled_sm90_supports(ctx, {a, as, M, s.K, ws_codes[0], ws_scale[0], s.N, out, s.N});
+      if (!ok) {
+        std::printf("| %-14s | %-6s | %5lld | %5lld | %5lld | not available (%s) |\n", s.name, "wgmma-bs", (long long)M,
+                    (long long)s.N, (long long)s.K, ctx.facts().fp8_sm90 ? "shape" : "probe: needs the sm_90a SASS");
+        continue;
+      }
+      const double ms = time_ms(
+          [&](int r) {
+            const int c = r % copies;
+            cuda::launch_fp8_blockscaled_sm90(ctx, {a, as, M, s.K, ws_codes[size_t(c)], ws_scale[size_t(c)], s.N, out, s.N});
+          },
+          reps);
+      chk(cudaGetLastError(), "wgmma-bs launch");
+      const double flop = 2.0 * double(M) * double(s.N) * double(s.K);
+      const double bytes = double(wbytes) + double(M) * s.K * 1.0 + double(M) * s.N * 2.0 + double(nsc) * 4 +
+                           double(M) * (s.K / 128) * 4;
+      report(s.name, "wgmma-bs", M, s.N, s.K, ms, flop, bytes);
+      cmp_order.emplace_back(s.name, M);
+      cmp_ms[{s.name, M}] = {ms, -1.0};
+    }
+    // cuBLASLt: the block-scaled FP8 GEMM (lt-blk, fast numerics' second choice) and, as the peer, its plain
     // FP8 GEMM without block scales (lt-fp8, what "cuBLAS FP8" figures measure).
     for (int64_t M : Ms) {
       if (M <= 16) continue;
@@ -199,6 +229,10 @@ int main(int argc, char** argv) {
         const double bytes = double(wbytes) + double(M) * s.K * 1.0 + double(M) * s.N * 2.0 +
                              (unscaled ? 0.0 : double(nsc) * 4 + double(M) * (s.K / 128) * 4);
         report(s.name, unscaled ? "lt-fp8" : "lt-blk", M, s.N, s.K, ms, flop, bytes);
+        if (unscaled) {
+          auto it = cmp_ms.find({s.name, M});
+          if (it != cmp_ms.end()) it->second.second = ms;
+        }
       }
     }
     for (int c = 0; c < copies; ++c) {
@@ -297,6 +331,33 @@ int main(int argc, char** argv) {
     cudaFree(xb);
     cudaFree(ob);
     cudaFree(w);
+  }
+
+  // ---- wgmma-bs against cuBLASLt's plain FP8 GEMM (the goal: >= 60% at M >= 512) -------------------
+  if (!cmp_order.empty()) {
+    std::vector<std::string> lines = {
+        "", "| shape          |     M | wgmma-bs TFLOP/s | lt-fp8 TFLOP/s | wgmma-bs / lt-fp8 |", "|---|---|---|---|---|"};
+    for (const auto& key : cmp_order) {
+      const auto [ours, lt] = cmp_ms[key];
+      const Shape* sh = nullptr;
+      for (const Shape& x : shapes)
+        if (key.first == x.name) sh = &x;
+      const double flop = 2.0 * double(key.second) * double(sh->N) * double(sh->K);
+      char line[256];
+      if (lt > 0)
+        std::snprintf(line, sizeof line, "| %-14s | %5lld | %16.1f | %14.1f | %16.1f%% |", key.first.c_str(),
+                      (long long)key.second, flop / (ours * 1e-3) / 1e12, flop / (lt * 1e-3) / 1e12, 100.0 * lt / ours);
+      else
+        std::snprintf(line, sizeof line, "| %-14s | %5lld | %16.1f | %14s | %17s |", key.first.c_str(),
+                      (long long)key.second, flop / (ours * 1e-3) / 1e12, "-", "-");
+      lines.push_back(line);
+    }
+    for (const std::string& l : lines) {
+      std::printf("%s\n", l.c_str());
+      md.push_back(l);
+      if (md_out) std::fprintf(md_out, "%s\n", l.c_str());
+    }
+    std::fflush(stdout);
   }
 
   if (md_out) std::fclose(md_out);

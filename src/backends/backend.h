@@ -78,6 +78,11 @@ struct Batch {
   std::vector<int32_t> token_seq;    // [T] sequence index of each new token
   std::vector<int32_t> block_table;  // [n_seqs, max_blocks] physical block ids (-1 unused)
   int64_t max_blocks = 0;
+  // Decode steps: the context length the backend's launch shapes are sized for (>= every end_pos;
+  // 0: the batch's own maximum). Set by the model from Backend::decode_ctx_bucket, so that steps of
+  // one bucket launch the same grids (replayable graphs) and compute the same numbers whether or not
+  // they are replayed.
+  int64_t ctx_bucket = 0;
   int64_t n_tokens() const { return int64_t(positions.size()); }
   int64_t n_ctx() const;             // sum of end_pos over sequences
   bool all_single_token() const;     // every sequence has exactly one new token
@@ -138,14 +143,38 @@ class Backend {
   virtual size_t free_memory() const = 0;
   // Make the batch's device mirror (no-op on CPU).
   virtual void prepare_batch(Batch& b) {}
-  // Decode-step graphs. Between begin_graph() and end_graph() a backend may record the enqueued ops
-  // instead of running them; end_graph() then runs the recording (CUDA: one graph launch instead of
-  // hundreds of kernel launches). Nothing in between may read device results on the host.
-  // cancel_graph() drops a recording after an exception. No-ops by default.
-  virtual void begin_graph() {}
-  virtual void end_graph() {}
-  virtual void cancel_graph() {}
-  // Bench only: launch each recorded decode-step graph `n` more times, timed. Every temporary of a step
+  // ---- decode steps (docs/decode-graphs.md) --------------------------------------------------
+  // The model brackets each decode-only step (one new token per sequence, absorbed form, logits of
+  // every row) with begin_decode_step and end_decode_step (cancel_decode_step after an exception).
+  // In between, alloc() draws from the backend's step workspace (no allocator calls), stage() puts
+  // host inputs on the device, and prepare_batch stages the batch's metadata. A backend that keeps
+  // the step's launches (CUDA graphs) answers Replay for a key it has captured before: the model
+  // then stages the same inputs in the same order and calls replay_decode_step instead of the ops,
+  // which must give exactly what running them would. Defaults: always Run, plain allocation.
+  struct DecodeStepKey {
+    int64_t rows = 0, ctx_bucket = 0;  // sequences (= tokens); Batch::ctx_bucket
+    int64_t topk = 0;                  // index_topk when the indexer's top-k runs (some sequence is longer), else 0
+    uint8_t mode = 0;                  // AttentionMode
+    uint8_t numerics = 0;              // Numerics
+    bool operator<(const DecodeStepKey& o) const {
+      if (rows != o.rows) return rows < o.rows;
+      if (ctx_bucket != o.ctx_bucket) return ctx_bucket < o.ctx_bucket;
+      if (topk != o.topk) return topk < o.topk;
+      if (mode != o.mode) return mode < o.mode;
+      return numerics < o.numerics;
+    }
+  };
+  enum class StepMode : uint8_t { Run, Replay };
+  // The context length a decode step with this longest sequence is launched for (>= max_end).
+  virtual int64_t decode_ctx_bucket(int64_t max_end) const { return max_end; }
+  virtual StepMode begin_decode_step(const DecodeStepKey& key) { return StepMode::Run; }
+  // A host tensor on this device for the current step (outside a decode step: upload()).
+  virtual Tensor stage(const Tensor& host) { return upload(host); }
+  // Replay: the captured step's work on the staged inputs; returns its logits.
+  virtual Tensor replay_decode_step() { return Tensor{}; }
+  virtual void end_decode_step(const Tensor& logits) {}
+  virtual void cancel_decode_step() {}
+  // Bench only: launch each decode step's graph `n` more times, timed. Every temporary of a step
   // is written before it is read and the step's cache writes are idempotent, so a replay recomputes the
   // same step: its time is the step's kernels without host gaps (issue 11: step vs graph-replay sum).
   // Turns decode-step graphs on. No-ops where there are no graphs.

@@ -128,11 +128,11 @@ void DeepseekV32::attention(int64_t l, const Tensor& x, Batch& b, const std::vec
   be_.linear_fp8(o.view({T, H * DV}), w.wo, out);
 }
 
-Tensor DeepseekV32::forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionMode mode,
+Tensor DeepseekV32::forward(const Tensor& ids_in, Batch& b, KvCache& kv, AttentionMode mode,
                             const std::vector<int32_t>& logit_rows) {
   const int64_t T = b.n_tokens(), D = cfg_.hidden_size;
-  DSA_CHECK(ids.numel() == T, "forward: ", ids.numel(), " ids for a batch of ", T, " tokens");
-  int64_t packed = 0, ctx = 0;
+  DSA_CHECK(ids_in.numel() == T, "forward: ", ids_in.numel(), " ids for a batch of ", T, " tokens");
+  int64_t packed = 0, ctx = 0, max_end = 0;
   for (auto& s : b.seqs) {
     DSA_CHECK(s.end_pos() <= cfg_.max_position_embeddings, "sequence of ", s.end_pos(),
               " tokens is longer than the model's context (max_position_embeddings = ", cfg_.max_position_embeddings, ")");
@@ -140,8 +140,41 @@ Tensor DeepseekV32::forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionM
               "forward: the batch's sequences must be packed in order, each with new tokens");
     packed += s.n_new;
     ctx += s.end_pos();
+    max_end = std::max(max_end, s.end_pos());
   }
-  be_.prepare_batch(b);
+  bool all_rows = int64_t(logit_rows.size()) == T;
+  for (int64_t i = 0; all_rows && i < T; ++i) all_rows = logit_rows[size_t(i)] == i;
+  // A decode step (docs/decode-graphs.md): one token per sequence in the absorbed form, every row's logits,
+  // no observer. It runs from the backend's step workspace, and the backend may replay it.
+  const bool decode = T > 0 && b.all_single_token() && b.all_absorbed() && all_rows && !tap_;
+  struct DecodeScope {
+    Backend& be;
+    bool on = false;
+    ~DecodeScope() { if (on) be.cancel_decode_step(); }
+  } scope{be_};
+  Tensor ids;
+  if (decode) {
+    b.ctx_bucket = be_.decode_ctx_bucket(max_end);
+    Backend::DecodeStepKey key;
+    key.rows = T;
+    key.ctx_bucket = b.ctx_bucket;
+    key.topk = mode == AttentionMode::Sparse && max_end > cfg_.index_topk ? cfg_.index_topk : 0;
+    key.mode = uint8_t(mode);
+    key.numerics = uint8_t(be_.numerics());
+    const Backend::StepMode sm = be_.begin_decode_step(key);
+    scope.on = true;
+    ids = ids_in.device == Device::CPU ? be_.stage(ids_in) : ids_in;
+    be_.prepare_batch(b);
+    if (sm == Backend::StepMode::Replay) {
+      Tensor logits = be_.replay_decode_step();
+      scope.on = false;
+      be_.end_decode_step(logits);
+      return logits;
+    }
+  } else {
+    ids = ids_in.device == Device::CPU ? be_.upload(ids_in) : ids_in;
+    be_.prepare_batch(b);
+  }
   // Runs of consecutive sequences of one attention form; with more than one, each is a batch of its own.
   std::vector<std::pair<size_t, size_t>> ranges;
   for (size_t s0 = 0; s0 < b.seqs.size();) {
@@ -163,15 +196,6 @@ Tensor DeepseekV32::forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionM
       runs.push_back({b.seqs[s0].absorbed, t0, t0 + subs.back().n_tokens(), &subs.back()});
     }
   }
-  // Decode steps (one new token per sequence) are recorded and launched as one graph where the
-  // backend supports it; the recording is dropped if an op throws.
-  struct GraphScope {
-    Backend& be;
-    bool on, done = false;
-    GraphScope(Backend& be_, bool on_) : be(be_), on(on_) { if (on) be.begin_graph(); }
-    void finish() { if (on) be.end_graph(); done = true; }
-    ~GraphScope() { if (on && !done) be.cancel_graph(); }
-  } graph(be_, b.all_single_token() && b.all_absorbed());
   const float eps = float(cfg_.rms_norm_eps);
   Tensor h = be_.alloc(DType::BF16, {T, D}), x = be_.alloc(DType::BF16, {T, D}), residual = be_.alloc(DType::BF16, {T, D});
   be_.embed(ids, w_.embed, h);
@@ -199,9 +223,7 @@ Tensor DeepseekV32::forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionM
   be_.add_rms_norm(h, residual, w_.norm, eps, x);  // the final norm absorbs the last residual add
   const int64_t NR = int64_t(logit_rows.size());
   Tensor hs = x;
-  bool all = NR == T;
-  for (int64_t i = 0; all && i < NR; ++i) all = logit_rows[size_t(i)] == i;
-  if (!all) {
+  if (!all_rows) {
     hs = be_.alloc(DType::BF16, {NR, D});
     for (int64_t i = 0; i < NR; ++i) {
       Tensor dst = hs.rows(i, i + 1);
@@ -210,7 +232,10 @@ Tensor DeepseekV32::forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionM
   }
   Tensor logits = be_.alloc(DType::F32, {NR, cfg_.vocab_size});
   be_.linear_f32(hs, w_.head, logits);
-  graph.finish();
+  if (decode) {
+    scope.on = false;
+    be_.end_decode_step(logits);
+  }
   return logits;
 }
 

@@ -46,7 +46,7 @@ class DeepseekV32 {
   // One forward step over a ragged batch: writes every layer's caches for the new tokens and
   // returns fp32 logits [rows, vocab] on the backend for the requested token rows (indices into
   // the batch's packed tokens; e.g. the last token of each sequence, or all for perplexity).
-  // ids: I32 [T] on the backend. Each sequence's attention runs in its own form (BatchSeq::absorbed):
+  // ids: I32 [T] on the host (the model stages them) or already on the backend. Each sequence's attention runs in its own form (BatchSeq::absorbed):
   // a step that mixes decode rows with prefill chunks runs the projections, norms and experts once
   // over all tokens and the attention core once per run of sequences of one form.
   Tensor forward(const Tensor& ids, Batch& b, KvCache& kv, AttentionMode mode,

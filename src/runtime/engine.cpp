@@ -217,11 +217,11 @@ StepResults Engine::run(const StepPlan& plan, StepTiming& t) {
   }
   const size_t nl = targets.size();
   if (rows.empty()) rows.push_back(int32_t(b.n_tokens() - 1));  // a step of middle chunks: logits unused
+  // Host ids: the model puts them on the device (staged with the step's other inputs in decode steps).
   Tensor ids_h{const_cast<int32_t*>(plan.ids.data()), DType::I32, {int64_t(plan.ids.size())}};
-  Tensor ids = be_->upload(ids_h);
   t.build_s = since(t0);
   auto tf = Clock::now();
-  Tensor logits = model_->forward(ids, b, *kv_, opt_.attention, rows);
+  Tensor logits = model_->forward(ids_h, b, *kv_, opt_.attention, rows);
   t.forward_s = since(tf);
   auto ts = Clock::now();
   StepResults res;
@@ -314,11 +314,10 @@ std::vector<float> Engine::feed(Sequence& s, const std::vector<int32_t>& tokens,
     s.reserve(*kv_, s.len + m);
     Batch b = make_batch({BatchSlice{&s.blocks, s.len, m, absorbed}});
     Tensor ids_h{const_cast<int32_t*>(tokens.data() + off), DType::I32, {m}};
-    Tensor ids = be_->upload(ids_h);
     std::vector<int32_t> rows;
     if (all_logits) for (int64_t i = 0; i < m; ++i) rows.push_back(int32_t(i));
     else rows.push_back(int32_t(m - 1));  // a chunk in the middle: logits unused
-    Tensor logits = model_->forward(ids, b, *kv_, opt_.attention, rows);
+    Tensor logits = model_->forward(ids_h, b, *kv_, opt_.attention, rows);
     s.len += m;
     if (all_logits || off + m == n) {
       const size_t base = out.size();

@@ -14,11 +14,30 @@
 
 namespace dsa {
 
-CpuBackend::CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_max_threads()) {
+CpuBackend::CpuBackend(int threads)
+    : threads_(threads > 0 ? threads : omp_get_max_threads()),
+      arena_([](size_t n) { return std::aligned_alloc(StepArena::kAlign, n); }, [](void* p) { std::free(p); }) {
   omp_set_num_threads(threads_);
 }
 
-Tensor CpuBackend::alloc(DType t, Shape s) { return host_tensor(t, s); }
+Tensor CpuBackend::alloc(DType t, Shape s) {
+  if (arena_.in_step()) {
+    Tensor x;
+    x.dtype = t;
+    x.shape = s;
+    if (void* p = arena_.take(x.nbytes())) {
+      x.data = p;
+      x.owner = arena_.owner(p);
+      return x;
+    }
+  }
+  return host_tensor(t, s);  // outside decode steps, and what did not fit (the next step's workspace is larger)
+}
+
+Backend::StepMode CpuBackend::begin_decode_step(const DecodeStepKey&) {
+  arena_.begin();
+  return StepMode::Run;
+}
 
 size_t CpuBackend::free_memory() const {
   std::ifstream f("/proc/meminfo");

@@ -3,6 +3,7 @@
 // OpenMP. The hot loops live in the runtime-dispatched kernel tables of simd.h (AVX-512 / AVX2 /
 // scalar, docs/cpu-kernels.md).
 #include "backends/backend.h"
+#include "backends/step_arena.h"
 
 namespace dsa {
 
@@ -16,6 +17,11 @@ class CpuBackend : public Backend {
 
   Tensor alloc(DType t, Shape s) override;
   Tensor upload(const Tensor& host) override { return host; }
+  // Decode steps allocate from the step workspace (docs/decode-graphs.md); they always run (no replay).
+  StepMode begin_decode_step(const DecodeStepKey&) override;
+  void end_decode_step(const Tensor&) override { arena_.end(); }
+  void cancel_decode_step() override { arena_.end(); }
+  const StepArena& step_arena() const { return arena_; }
   void download(const Tensor& t, void* host) override;
   void fill_zero(Tensor& t) override;
   void copy(const Tensor& src, Tensor& dst) override;
@@ -64,6 +70,7 @@ class CpuBackend : public Backend {
 
  private:
   int threads_;
+  StepArena arena_;
 };
 
 // ---- helpers shared by the CPU op files ----------------------------------------------------

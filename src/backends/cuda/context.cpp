@@ -47,6 +47,7 @@ void CudaContext::init(int device) {
   probe_topk(*this, f);
   probe_indexer(*this, f);
   probe_mqa(*this, f);
+  probe_fp8_sm90(*this, f);
 }
 
 CudaContext::~CudaContext() {
@@ -97,7 +98,8 @@ std::string CudaContext::describe() const {
   os << "device: " << buf << "\n";
   os << "probes: sm_90a SASS " << (f.sm90a_sass ? "runs" : "does not run") << ", top-k clusters up to "
      << f.topk_cluster_max << ", multi-CTA top-k " << (f.topk_mc_fits ? "fits" : "does not fit") << ", indexer wgmma "
-     << (f.indexer_sm90 ? "ok" : "unavailable") << ", MLA wgmma " << (f.mqa_sm90 ? "ok" : "unavailable") << "\n";
+     << (f.indexer_sm90 ? "ok" : "unavailable") << ", MLA wgmma " << (f.mqa_sm90 ? "ok" : "unavailable")
+     << ", FP8 block-scaled wgmma " << (f.fp8_sm90 ? "ok" : "unavailable") << "\n";
   const std::string no_sass = "needs the sm_90a SASS";
   os << "launch: pdl " << onoff(pdl()) << unless(c.pdl, pdl(), "PDL " + no_sass) << ", graphs " << onoff(c.graphs) << "\n";
   os << "gemm: fp8 " << fp8_path_name(c.fp8_gemm) << "\n";

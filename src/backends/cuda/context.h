@@ -44,6 +44,10 @@ struct DeviceFacts {
   int indexer_fp8_hist_occ[2] = {0, 0};       // the same at the default depth with the first-histogram epilogue
   int indexer_f16_occ = 0;                    // sm_90a f16 kernel
   bool mqa_sm90 = false;     // the sm_90a MLA scores kernel got its shared memory
+  // The sm_90a block-scaled FP8 GEMM (gemm/fp8_blockscaled_sm90.cu) runs here: sm_90a SASS, its shared memory
+  // granted, and the driver's tensor-map encoder (cuTensorMapEncodeTiled, reached through the runtime) found.
+  bool fp8_sm90 = false;
+  void* tma_encode_tiled = nullptr;  // that encoder (a CUresult(*)(CUtensorMap*, ...)), or nullptr
 };
 
 // Record of the last top-k launch (tests read which kernel ran) and its per-device state.
@@ -115,5 +119,6 @@ void probe_topk(CudaContext& ctx, DeviceFacts& f);     // topk/topk.cu: cluster 
 void probe_indexer(CudaContext& ctx, DeviceFacts& f);  // indexer/indexer.cu + scores_sm90.cu: occupancies
 void probe_indexer_sm90(CudaContext& ctx, DeviceFacts& f);  // indexer/scores_sm90.cu
 void probe_mqa(CudaContext& ctx, DeviceFacts& f);      // mla/decode_sm90.cu
+void probe_fp8_sm90(CudaContext& ctx, DeviceFacts& f); // gemm/fp8_blockscaled_sm90.cu
 
 }  // namespace dsa::cuda

@@ -223,99 +223,241 @@ CudaBackend::CudaBackend(int device) : CudaBackend(std::make_unique<CudaContext>
 CudaBackend::CudaBackend(int device, const KernelConfig& config)
     : CudaBackend(std::make_unique<CudaContext>(device, config)) {}
 
-CudaBackend::CudaBackend(std::unique_ptr<CudaContext> ctx) : ctx_(std::move(ctx)), pool_(std::make_shared<DevicePool>()) {
+CudaBackend::CudaBackend(std::unique_ptr<CudaContext> ctx)
+    : ctx_(std::move(ctx)),
+      pool_(std::make_shared<DevicePool>()),
+      dev_arena_(
+          [](size_t n) -> void* {
+            void* p = nullptr;
+            if (cudaMalloc(&p, n) == cudaSuccess) return p;
+            cudaGetLastError();
+            return nullptr;
+          },
+          [](void* p) { cudaFree(p); }),
+      host_arena_(
+          [](size_t n) -> void* {
+            void* p = nullptr;
+            if (cudaMallocHost(&p, n) == cudaSuccess) return p;
+            cudaGetLastError();
+            return nullptr;
+          },
+          [](void* p) { cudaFreeHost(p); }) {
   smem_optin_ = ctx_->facts().smem_optin;
   DSA_CUDA_CHECK(cudaMalloc(&err_, sizeof(int)));
   DSA_CUDA_CHECK(cudaMemset(err_, 0, sizeof(int)));
+  DSA_CUDA_CHECK(cudaEventCreateWithFlags(&step_done_, cudaEventDisableTiming));
   blas_ = std::make_unique<BlasLt>();
 }
 
-// ---- decode-step graphs ------------------------------------------------------------------------
-// All work goes to the per-thread default stream (built with --default-stream per-thread), which can
-// be captured. A decode step is captured, then launched once: it replaces ~60 launches per layer by
-// one graph launch. The executable graph is kept and updated in place (cudaGraphExecUpdate) while
-// the step's topology is unchanged — only kernel arguments and grid sizes move from step to step
-// (positions, context lengths) — and re-instantiated otherwise. Because each recording runs exactly
-// once, right after it is made, its temporaries follow the same stream-ordered reuse as eager ops.
-// Off by default: measured on the H200 (bench/RESULTS.md, 2026-11-29) a per-step capture is slower than
-// eager launches (dsa-mini batch 1: 6.58 vs 5.99 ms/step), because nothing runs on the GPU while the
-// host records the step — eager launches overlap the host's work with the GPU's. Graphs pay only when
-// a recording is replayed many times, which needs kernels whose launch shapes do not follow the
-// context length (left for later).
-void CudaBackend::begin_graph() {
-  if (!config().graphs || capturing_) return;
-  if (graph_warmup_ < 2) {  // the first decode steps run eagerly: one-time uploads (expert tables) happen there
+// ---- decode steps (docs/decode-graphs.md) -------------------------------------------------------
+// A decode step runs from the step workspace: every alloc() between begin_decode_step and
+// end_decode_step is a bump allocation in dev_arena_, and the step's host inputs (ids, the batch's
+// metadata) are copied into pinned staging memory and from there to the workspace by async copies.
+// Its launch shapes follow only the key (rows, the context bucket, top-k, mode, numerics): the batch is
+// padded to its bucket (prepare_batch). So with graphs on, the first step of a key is captured, kept and
+// launched, and every later step of that key writes its inputs into the same staging memory and
+// replays the graph: the captured copies read the new inputs, the kernels the same addresses.
+// Steps of one key compute the same numbers eager, captured or replayed.
+namespace {
+constexpr size_t kMaxDecodeGraphs = 256;  // least recently used ones go beyond this (each is ~kernels x 1 KB)
+constexpr int kEagerDecodeSteps = 2;      // the first decode steps run eagerly: one-time uploads happen there
+}  // namespace
+
+int64_t CudaBackend::decode_ctx_bucket(int64_t max_end) const {
+  // Four buckets per doubling from 256 (all multiples of 64): a step is launched for at most 1.25x its
+  // longest context, ~1.1x on average, and a growing sequence changes bucket 4 times per doubling.
+  if (max_end <= 256) return 256;
+  int64_t p = 256;
+  while (2 * p < max_end) p *= 2;
+  const int64_t q = p / 4;
+  return (max_end + q - 1) / q * q;
+}
+
+void CudaBackend::drop_decode_graphs() {
+  for (auto& [k, g] : graphs_)
+    if (g.exec) cudaGraphExecDestroy(g.exec);
+  gstats_.dropped += int64_t(graphs_.size());
+  graphs_.clear();
+}
+
+Backend::StepMode CudaBackend::begin_decode_step(const DecodeStepKey& key) {
+  DSA_CHECK(step_ == Step::None, "begin_decode_step: a decode step is already open");
+  // The staging memory is rewritten below: the previous step's copies out of it must be done.
+  if (step_done_pending_) DSA_CUDA_CHECK(cudaEventSynchronize(step_done_));
+  step_done_pending_ = false;
+  // The staged inputs must fit (a graph's copies read them at fixed places): ids, and prepare_batch's
+  // metadata of a batch padded to the bucket. The step's temporaries size the workspace by use.
+  const auto r256 = [](size_t n) { return (n + StepArena::kAlign - 1) / StepArena::kAlign * StepArena::kAlign; };
+  const size_t rows = size_t(key.rows), mb = size_t((key.ctx_bucket + kKvBlock - 1) / kKvBlock);
+  const size_t staging = r256(4 * rows) + r256(4 * (6 * rows + rows * mb));
+  host_arena_.reserve(staging);
+  dev_arena_.reserve(staging);
+  const bool replaced_dev = dev_arena_.begin(), replaced_host = host_arena_.begin();
+  if (replaced_dev || replaced_host) drop_decode_graphs();  // they hold addresses of the old blocks
+  key_ = key;
+  step_overflow_ = false;
+  staged_.clear();
+  step_ = Step::Eager;
+  if (!config().graphs) return StepMode::Run;
+  if (graph_warmup_ < kEagerDecodeSteps) {
     ++graph_warmup_;
-    return;
+    return StepMode::Run;
+  }
+  auto it = graphs_.find(key);
+  if (it != graphs_.end()) {
+    it->second.last_use = ++use_clock_;
+    step_ = Step::Replay;
+    return StepMode::Replay;
   }
   DSA_CUDA_CHECK(cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeRelaxed));
-  capturing_ = true;
+  step_ = Step::Capture;
+  return StepMode::Run;
 }
 
-void CudaBackend::cancel_graph() {
-  if (!capturing_) return;
-  capturing_ = false;
-  cudaGraph_t g = nullptr;
-  cudaStreamEndCapture(cudaStreamPerThread, &g);
-  if (g) cudaGraphDestroy(g);
-  cudaGetLastError();
-}
-
-void CudaBackend::end_graph() {
-  if (!capturing_) return;
-  capturing_ = false;
-  cudaGraph_t g = nullptr;
-  const cudaError_t e = cudaStreamEndCapture(cudaStreamPerThread, &g);
-  if (e != cudaSuccess || !g) {
-    cudaGetLastError();
-    config().graphs = false;  // later steps run eagerly; this one's work was recorded, not run
-    fail("CUDA graph capture of a decode step failed (", cudaGetErrorString(e),
-         "); graphs are now off for this backend (DSA_CUDA_GRAPHS=0 avoids them)");
+Tensor CudaBackend::stage(const Tensor& host) {
+  if (step_ == Step::None) return upload(host);
+  DSA_CHECK(host.device == Device::CPU, "stage: ", host.str(), " is not a host tensor");
+  const size_t bytes = host.nbytes();
+  void* hp = host_arena_.take(bytes);
+  void* dp = dev_arena_.take(bytes);
+  const size_t off = dp ? size_t(static_cast<char*>(dp) - static_cast<const char*>(dev_arena_.base())) : 0;
+  if (step_ == Step::Replay) {
+    // The graph's copies read this staging memory: the same inputs, sizes and order as at capture.
+    const auto& want = graphs_.at(key_).staged;
+    const size_t i = staged_.size();
+    DSA_CHECK(hp && dp && i < want.size() && want[i] == std::make_pair(off, bytes),
+              "decode-step replay: input ", i, " (", bytes, " bytes) is not staged as at capture");
+    std::memcpy(hp, host.data, bytes);
+    staged_.emplace_back(off, bytes);
+    Tensor t = host;
+    t.device = Device::CUDA;
+    t.data = dp;
+    t.owner = dev_arena_.owner(dp);
+    return t;
   }
-  ++gstats_.captured;
-  bool ok = false;
-  if (graph_exec_) {
-    cudaGraphExecUpdateResultInfo info{};
-    ok = cudaGraphExecUpdate(graph_exec_, g, &info) == cudaSuccess;
-    if (ok) ++gstats_.updated;
-    else {
+  if (!hp || !dp) {  // the workspace is too small this step (it grows at the next): plain memory, graph not kept
+    DSA_CHECK(step_ == Step::Eager, "decode step: input of ", bytes, " bytes does not fit the staging memory reserved "
+              "for its key (", host_arena_.capacity(), " / ", dev_arena_.capacity(), " bytes)");
+    step_overflow_ = true;
+    Tensor d = alloc(host.dtype, host.shape);  // a pool block (the workspace did not fit)
+    if (bytes) DSA_CUDA_CHECK(cudaMemcpyAsync(d.data, host.data, bytes, cudaMemcpyHostToDevice, cudaStreamPerThread));
+    return d;
+  }
+  std::memcpy(hp, host.data, bytes);
+  if (bytes) DSA_CUDA_CHECK(cudaMemcpyAsync(dp, hp, bytes, cudaMemcpyHostToDevice, cudaStreamPerThread));
+  staged_.emplace_back(off, bytes);
+  Tensor t = host;
+  t.device = Device::CUDA;
+  t.data = dp;
+  t.owner = dev_arena_.owner(dp);
+  return t;
+}
+
+Tensor CudaBackend::replay_decode_step() {
+  DSA_CHECK(step_ == Step::Replay, "replay_decode_step outside a replayed decode step");
+  DecodeGraph& g = graphs_.at(key_);
+  DSA_CHECK(staged_.size() == g.staged.size(), "decode-step replay: ", staged_.size(), " inputs staged, the graph has ",
+            g.staged.size());
+  DSA_CUDA_CHECK(cudaGraphLaunch(g.exec, cudaStreamPerThread));
+  ++gstats_.replayed;
+  if (replay_probe_ > 0) time_replays(g.exec);
+  Tensor t = g.logits;
+  t.owner = dev_arena_.owner(t.data);
+  return t;
+}
+
+void CudaBackend::time_replays(cudaGraphExec_t exec) {
+  // Bench only (set_graph_replay_probe): the step's kernels back to back, without host gaps.
+  cudaEvent_t e0, e1;
+  DSA_CUDA_CHECK(cudaEventCreate(&e0));
+  DSA_CUDA_CHECK(cudaEventCreate(&e1));
+  DSA_CUDA_CHECK(cudaEventRecord(e0, cudaStreamPerThread));
+  for (int i = 0; i < replay_probe_; ++i) DSA_CUDA_CHECK(cudaGraphLaunch(exec, cudaStreamPerThread));
+  DSA_CUDA_CHECK(cudaEventRecord(e1, cudaStreamPerThread));
+  DSA_CUDA_CHECK(cudaEventSynchronize(e1));
+  float ms = 0;
+  DSA_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  ++rstats_.steps;
+  rstats_.replays += replay_probe_;
+  rstats_.ms += ms;
+}
+
+void CudaBackend::end_decode_step(const Tensor& logits) {
+  DSA_CHECK(step_ != Step::None, "end_decode_step without begin_decode_step");
+  const Step st = step_;
+  step_ = Step::None;
+  dev_arena_.end();
+  host_arena_.end();
+  if (st == Step::Capture) {
+    cudaGraph_t g = nullptr;
+    const cudaError_t e = cudaStreamEndCapture(cudaStreamPerThread, &g);
+    if (e != cudaSuccess || !g) {
       cudaGetLastError();
-      cudaGraphExecDestroy(graph_exec_);
-      graph_exec_ = nullptr;
+      config().graphs = false;  // later steps run eagerly; this one's work was recorded, not run
+      fail("CUDA graph capture of a decode step failed (", cudaGetErrorString(e),
+           "); graphs are now off for this backend (DSA_CUDA_GRAPHS=0 avoids them)");
     }
-  }
-  if (!ok) {
-    const cudaError_t ie = cudaGraphInstantiate(&graph_exec_, g, 0);
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t ie = cudaGraphInstantiate(&exec, g, 0);
     cudaGraphDestroy(g);
     DSA_CUDA_CHECK(ie);
-    ++gstats_.instantiated;
-  } else {
-    cudaGraphDestroy(g);
+    DSA_CUDA_CHECK(cudaGraphLaunch(exec, cudaStreamPerThread));
+    // Kept only if everything it touches lives in the workspace (or outlives it: weights, caches).
+    const bool in_arena = logits.owner && dev_arena_.base() &&
+                          static_cast<const char*>(logits.data) >= static_cast<const char*>(dev_arena_.base()) &&
+                          static_cast<const char*>(logits.data) < static_cast<const char*>(dev_arena_.base()) + dev_arena_.capacity();
+    if (!step_overflow_ && dev_arena_.misses() == 0 && host_arena_.misses() == 0 && in_arena) {
+      if (replay_probe_ > 0) time_replays(exec);
+      if (graphs_.size() >= kMaxDecodeGraphs) {
+        auto lru = graphs_.begin();
+        for (auto it = graphs_.begin(); it != graphs_.end(); ++it)
+          if (it->second.last_use < lru->second.last_use) lru = it;
+        cudaGraphExecDestroy(lru->second.exec);
+        graphs_.erase(lru);
+        ++gstats_.dropped;
+      }
+      DecodeGraph& dg = graphs_[key_];
+      dg.exec = exec;
+      dg.logits = logits;
+      dg.logits.owner.reset();
+      dg.staged = staged_;
+      dg.last_use = ++use_clock_;
+      ++gstats_.captured;
+    } else {
+      // Its temporaries partly live in pool blocks that go back to the pool after this step: run once only.
+      DSA_CUDA_CHECK(cudaStreamSynchronize(cudaStreamPerThread));
+      cudaGraphExecDestroy(exec);
+      ++gstats_.run_once;
+    }
   }
-  DSA_CUDA_CHECK(cudaGraphLaunch(graph_exec_, cudaStreamPerThread));
-  if (replay_probe_ > 0) {  // bench only (set_graph_replay_probe): the step's kernels back to back
-    cudaEvent_t e0, e1;
-    DSA_CUDA_CHECK(cudaEventCreate(&e0));
-    DSA_CUDA_CHECK(cudaEventCreate(&e1));
-    DSA_CUDA_CHECK(cudaEventRecord(e0, cudaStreamPerThread));
-    for (int i = 0; i < replay_probe_; ++i) DSA_CUDA_CHECK(cudaGraphLaunch(graph_exec_, cudaStreamPerThread));
-    DSA_CUDA_CHECK(cudaEventRecord(e1, cudaStreamPerThread));
-    DSA_CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    DSA_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    ++rstats_.steps;
-    rstats_.replays += replay_probe_;
-    rstats_.ms += ms;
+  DSA_CUDA_CHECK(cudaEventRecord(step_done_, cudaStreamPerThread));
+  step_done_pending_ = true;
+}
+
+void CudaBackend::cancel_decode_step() {
+  if (step_ == Step::None) return;
+  if (step_ == Step::Capture) {
+    cudaGraph_t g = nullptr;
+    cudaStreamEndCapture(cudaStreamPerThread, &g);
+    if (g) cudaGraphDestroy(g);
+    cudaGetLastError();
   }
+  step_ = Step::None;
+  dev_arena_.end();
+  host_arena_.end();
+  // The step may have enqueued copies out of the staging memory before it failed.
+  if (cudaEventRecord(step_done_, cudaStreamPerThread) == cudaSuccess) step_done_pending_ = true;
+  cudaGetLastError();
 }
 
 CudaBackend::~CudaBackend() {
   cudaSetDevice(ctx_->device());  // the pool's blocks and this backend's buffers live there
-  cancel_graph();
+  cancel_decode_step();
   cudaDeviceSynchronize();
-  if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+  drop_decode_graphs();
+  if (step_done_) cudaEventDestroy(step_done_);
   expert_tables_.clear();
   if (err_) cudaFree(err_);
   if (hist0_) cudaFree(hist0_);
@@ -333,7 +475,10 @@ int* CudaBackend::topk_hist0(int64_t rows) {
       return nullptr;  // the top-k builds its first histogram itself
     }
     DSA_CUDA_CHECK(cudaStreamSynchronize(cudaStreamPerThread));  // the old buffer may still be in use
-    if (hist0_) cudaFree(hist0_);
+    if (hist0_) {
+      drop_decode_graphs();  // captured decode steps read the old buffer
+      cudaFree(hist0_);
+    }
     DSA_CUDA_CHECK(cudaMemset(p, 0, size_t(n) * 2048 * sizeof(int)));
     hist0_ = p;
     hist0_rows_ = n;
@@ -358,6 +503,14 @@ Tensor CudaBackend::alloc(DType t, Shape s) {
   x.dtype = t;
   x.shape = s;
   x.device = Device::CUDA;
+  if (step_ != Step::None) {  // a decode step: the workspace (what does not fit comes from the pool this once)
+    if (void* p = dev_arena_.take(x.nbytes())) {
+      x.data = p;
+      x.owner = dev_arena_.owner(p);
+      return x;
+    }
+    step_overflow_ = true;
+  }
   const size_t bytes = std::max<size_t>(x.nbytes(), 256);
   void* p = pool_->get(bytes);
   std::shared_ptr<DevicePool> pool = pool_;
@@ -423,21 +576,34 @@ void CudaBackend::copy_cols(const Tensor& src, int64_t col0, Tensor& dst) {
 
 void CudaBackend::prepare_batch(Batch& b) {
   auto d = std::make_shared<DevBatch>();
-  const int64_t T = b.n_tokens(), S = int64_t(b.seqs.size()), MB = b.max_blocks;
-  DSA_CHECK(int64_t(b.block_table.size()) == S * MB, "prepare_batch: block table has ", b.block_table.size(),
-            " entries, expected ", S * MB);
+  const int64_t T = b.n_tokens(), S = int64_t(b.seqs.size()), MB0 = b.max_blocks;
+  DSA_CHECK(int64_t(b.block_table.size()) == S * MB0, "prepare_batch: block table has ", b.block_table.size(),
+            " entries, expected ", S * MB0);
+  int64_t max_end = 0;
+  for (auto& s : b.seqs) max_end = std::max(max_end, s.end_pos());
+  // A decode step's bucket (Batch::ctx_bucket): the grids follow it, and the block table has exactly its
+  // columns (blocks past a sequence's end are never read), so every step of a bucket has one layout.
+  const int64_t MB = b.ctx_bucket > 0 ? (b.ctx_bucket + kKvBlock - 1) / kKvBlock : MB0;
+  if (b.ctx_bucket > 0) {
+    DSA_CHECK(b.ctx_bucket >= max_end, "prepare_batch: bucket ", b.ctx_bucket, " below the longest context ", max_end);
+    max_end = b.ctx_bucket;
+  }
   std::vector<int32_t> h;
   h.reserve(size_t(2 * T + S * MB + 4 * S));
   h.insert(h.end(), b.positions.begin(), b.positions.end());
   h.insert(h.end(), b.token_seq.begin(), b.token_seq.end());
-  h.insert(h.end(), b.block_table.begin(), b.block_table.end());
-  int64_t max_end = 0;
-  for (auto& s : b.seqs) h.push_back(int32_t(s.start_pos)), max_end = std::max(max_end, s.end_pos());
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t j = 0; j < MB; ++j) h.push_back(j < MB0 ? b.block_table[size_t(s * MB0 + j)] : -1);
+  for (auto& s : b.seqs) h.push_back(int32_t(s.start_pos));
   for (auto& s : b.seqs) h.push_back(int32_t(s.n_new));
   for (auto& s : b.seqs) h.push_back(int32_t(s.token_offset));
   for (auto& s : b.seqs) h.push_back(int32_t(s.ctx_offset));
-  d->storage = alloc(DType::I32, {std::max<int64_t>(1, int64_t(h.size()))});
-  if (!h.empty()) DSA_CUDA_CHECK(cudaMemcpy(d->storage.data, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
+  if (step_ != Step::None) {  // a decode step: through the staging memory (a replayed graph re-reads it)
+    d->storage = stage(Tensor{h.data(), DType::I32, {int64_t(h.size())}});
+  } else {
+    d->storage = alloc(DType::I32, {std::max<int64_t>(1, int64_t(h.size()))});
+    if (!h.empty()) DSA_CUDA_CHECK(cudaMemcpy(d->storage.data, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
+  }
   int32_t* p = d->storage.ptr<int32_t>();
   d->positions = p;
   d->token_seq = p + T;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backends/backend.h"
+#include "backends/step_arena.h"
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/context.h"
 #include "backends/cuda/gemm/blas_lt.h"
@@ -60,14 +61,22 @@ class CudaBackend : public Backend {
   std::string memory_report() const override;
   size_t free_memory() const override;  // cudaMemGetInfo's free bytes plus this backend's cached blocks
   void prepare_batch(Batch& b) override;
-  void begin_graph() override;
-  void end_graph() override;
-  void cancel_graph() override;
-  // CUDA graphs for decode steps (off by default; DSA_CUDA_GRAPHS=1 or set_graphs(true): KernelConfig::graphs);
-  // counters for tests.
+  // Decode steps (docs/decode-graphs.md): tensors and staged inputs from the step workspace; with graphs on
+  // (KernelConfig::graphs: DSA_CUDA_GRAPHS=1 or set_graphs(true)) each step key is captured once as a CUDA
+  // graph and replayed from then on.
+  int64_t decode_ctx_bucket(int64_t max_end) const override;
+  StepMode begin_decode_step(const DecodeStepKey& key) override;
+  Tensor stage(const Tensor& host) override;
+  Tensor replay_decode_step() override;
+  void end_decode_step(const Tensor& logits) override;
+  void cancel_decode_step() override;
   void set_graphs(bool on) { config().graphs = on; }
-  struct GraphStats { int64_t captured = 0, updated = 0, instantiated = 0; };
+  // Counters for tests: steps captured (and kept), replayed, captured but not kept (the workspace
+  // overflowed: run once), graphs dropped (workspace replaced, LRU, a buffer they read re-allocated).
+  struct GraphStats { int64_t captured = 0, replayed = 0, run_once = 0, dropped = 0; };
   const GraphStats& graph_stats() const { return gstats_; }
+  size_t decode_graphs() const { return graphs_.size(); }
+  const StepArena& step_arena() const { return dev_arena_; }
   void set_graph_replay_probe(int n) override { replay_probe_ = n; if (n > 0) config().graphs = true; }
   GraphReplayStats graph_replay_stats() const override { return rstats_; }
 
@@ -136,6 +145,7 @@ class CudaBackend : public Backend {
   DevicePool& pool() { return *pool_; }
   int sm_count() const { return ctx_->facts().sms; }
   BlasLt& blas() { return *blas_; }
+  int64_t fp8_sm90_runs = 0;  // linear_fp8 calls run on the sm_90a block-scaled wgmma GEMM (gemm.cu; tests read it)
   // Largest dynamic + static shared memory one block may use on this GPU (sm_80: 163 KB, sm_86/89:
   // 99 KB, sm_90: 227 KB); kernels that need more fall back to a smaller variant.
   size_t smem_optin() const { return smem_optin_; }
@@ -152,9 +162,26 @@ class CudaBackend : public Backend {
   bool mla_fallback_said_ = false;  // the MLA decode shared-memory fallback was reported (mla.cu)
   int* hist0_ = nullptr;        // topk_hist0's buffer
   int64_t hist0_rows_ = 0;
-  bool capturing_ = false;         // graphs: KernelConfig::graphs (see cuda_backend.cu)
-  int graph_warmup_ = 0;           // eager decode steps seen (first-use uploads happen there)
-  cudaGraphExec_t graph_exec_ = nullptr;
+  // Decode steps (cuda_backend.cu, "decode steps").
+  enum class Step : uint8_t { None, Eager, Capture, Replay };
+  struct DecodeGraph {
+    cudaGraphExec_t exec = nullptr;
+    Tensor logits;                                  // where the graph leaves them (in dev_arena_; no owner)
+    std::vector<std::pair<size_t, size_t>> staged;  // (workspace offset, bytes) of each staged input, in order
+    uint64_t last_use = 0;
+  };
+  void drop_decode_graphs();
+  void time_replays(cudaGraphExec_t exec);
+  StepArena dev_arena_, host_arena_;  // device workspace; pinned staging of the step's host inputs
+  Step step_ = Step::None;
+  DecodeStepKey key_;
+  bool step_overflow_ = false;        // something of this step did not fit the workspace: do not keep its graph
+  std::vector<std::pair<size_t, size_t>> staged_;
+  std::map<DecodeStepKey, DecodeGraph> graphs_;
+  uint64_t use_clock_ = 0;
+  cudaEvent_t step_done_ = nullptr;   // after the last decode step's work: its staging memory is free again
+  bool step_done_pending_ = false;
+  int graph_warmup_ = 0;              // eager decode steps seen (first-use uploads happen there)
   GraphStats gstats_;
   int replay_probe_ = 0;
   GraphReplayStats rstats_;

@@ -77,7 +77,7 @@ struct KernelConfig {
   // DSA_CUDA_PDL=0: plain launches for the decode attention chain. On (the default) where the device can
   // (sm_90+ running the sm_90a SASS): programmatic dependent launch (launch.cuh).
   bool pdl = true;
-  // DSA_CUDA_GRAPHS=1: decode steps captured and launched as CUDA graphs (off by default: slower per step).
+  // DSA_CUDA_GRAPHS=1: decode steps captured once per key and replayed as CUDA graphs (docs/decode-graphs.md).
   bool graphs = false;
   Fp8Path fp8_gemm = Fp8Path::Auto;  // DSA_CUDA_FP8_GEMM=auto|mma128|mma64|mma32|gemv
   IndexerConfig indexer;

@@ -111,4 +111,57 @@ __device__ __forceinline__ void bar_arrive(int id, int threads) {
 }
 
 }  // namespace dsa::cuda::wgmma
+
+// ---- TMA (cp.async.bulk.tensor) and shared-memory mbarriers (sm_90a) ----------------------------
+// A producer thread arms a stage's "full" barrier with the bytes it expects (arrive_expect_tx) and issues
+// the tensor copies, which complete the transaction on that barrier; consumers wait on its phase parity,
+// read the stage and arrive on the stage's "empty" barrier, which the producer waits on before reusing it.
+// A barrier's phase flips when its arrival count and its expected bytes are both met; waiting on parity P
+// returns once the phase with parity P has completed (parity 1 on a fresh barrier returns at once: the
+// "previous" phase counts as complete, which lets a producer start on an empty ring).
+// Tensor maps are passed as __grid_constant__ kernel parameters and named here by their generic address.
+namespace dsa::cuda::tma {
+
+#if DSA_WGMMA
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// One arrival plus `bytes` more expected from asynchronous copies in this phase.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done) : "r"(smem_addr(bar)), "r"(parity) : "memory");
+  return done != 0;
+}
+// Spins until the phase of parity `parity` has completed (try_wait itself suspends for a while).
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  while (!mbar_try_wait(bar, parity)) {
+  }
+}
+// Bring a tensor map (a kernel parameter) into the descriptor cache before its first copy.
+__device__ __forceinline__ void prefetch_map(const void* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
+}
+// 2-D tile copy global -> shared: the box at element coordinates (c0 innermost, c1) of `map` to dst
+// (1024-aligned for the 128B swizzle), completing bytes on `bar`. Elements outside the tensor are zero-filled
+// (CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) and still count toward the box's bytes.
+__device__ __forceinline__ void load_2d(void* dst, const void* map, int c0, int c1, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(smem_addr(bar)), "r"(c0), "r"(c1)
+      : "memory");
+}
+#endif  // DSA_WGMMA
+
+}  // namespace dsa::cuda::tma
 #endif  // __CUDACC__

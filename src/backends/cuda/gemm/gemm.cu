@@ -1,8 +1,10 @@
 // Linears: act_quant (1x128 ue8m0), fp32 linears, weight dequantisation and the per-head MLA absorb
 // products on CUDA cores (one tiled kernel template: 64x64 output tiles, K in chunks of 32 through
 // shared memory, fp32 accumulation, each output's K order fixed). The FP8 block-scaled GEMM itself
-// (tensor cores / GEMV) lives in fp8_gemm.cu; the small-T fp32 linear (lm_head) in fp8_gemm.cu too.
+// (tensor cores / GEMV) lives in fp8_gemm.cu, fast numerics' sm_90a wgmma form in fp8_blockscaled_sm90.cu;
+// the small-T fp32 linear (lm_head) in fp8_gemm.cu too.
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/gemm/fp8_blockscaled_sm90.h"
 #include "backends/cuda/gemm/fp8_gemm.h"
 
 namespace dsa::cuda {
@@ -174,21 +176,34 @@ void CudaBackend::linear_fp8(const Tensor& x, const Fp8Weight& w, Tensor& out) {
   DSA_CHECK(K % 128 == 0, "linear_fp8: K = ", K, " is not a multiple of 128");
   if (T == 0) return;
   Tensor q = alloc(DType::E4M3, {T, K}), s = alloc(DType::F32, {T, K / 128});
-  // Fast numerics: cuBLASLt's block-scaled FP8 GEMM above the GEMV's 16 rows (Numerics in backend.h).
-  if (numerics_ == Numerics::Fast && T > 16 && blas_->fp8_blockscaled_possible() && K % 512 == 0) {
-    launch_act_quant(x.ptr<uint16_t>(), T, K, q.ptr<uint8_t>(), s.ptr<float>(), true);
-    LtGemm g;
-    g.kind = LtGemm::Kind::Fp8;
-    g.x = q.data; g.ldx = K;
-    g.w = w.w.data; g.ldw = K;
-    g.d = out.data; g.ldd = N;
-    g.M = T; g.N = N; g.K = K;
-    g.x_scale = s.ptr<float>(); g.w_scale = w.scale.ptr<float>();
-    if (blas_->run(g)) return;
+  const Fp8GemmArgs args{q.ptr<uint8_t>(), s.ptr<float>(), T, K, w.w.ptr<uint8_t>(), w.scale.ptr<float>(), N,
+                         out.ptr<uint16_t>(), N};
+  bool quantised = false;  // q and s hold the row-major (default) quantisation
+  // Fast numerics above the GEMV's 16 rows (Numerics in backend.h): a block-scaled FP8 tensor-core GEMM.
+  // First our sm_90a TMA + wgmma kernel (gemm/fp8_blockscaled_sm90.cu), where the device probe says it runs;
+  // then cuBLASLt's block-scaled FP8 (no algorithm for it in cuBLASLt 13.1 on H100, newer libraries may have).
+  if (numerics_ == Numerics::Fast && T > 16) {
+    if (fp8_blockscaled_sm90_supports(context(), args)) {
+      launch_act_quant(x.ptr<uint16_t>(), T, K, q.ptr<uint8_t>(), s.ptr<float>());
+      quantised = true;
+      if (launch_fp8_blockscaled_sm90(context(), args)) {
+        ++fp8_sm90_runs;
+        return;
+      }
+    } else if (blas_->fp8_blockscaled_possible() && K % 512 == 0) {
+      launch_act_quant(x.ptr<uint16_t>(), T, K, q.ptr<uint8_t>(), s.ptr<float>(), true);  // M-major for VEC128
+      LtGemm g;
+      g.kind = LtGemm::Kind::Fp8;
+      g.x = q.data; g.ldx = K;
+      g.w = w.w.data; g.ldw = K;
+      g.d = out.data; g.ldd = N;
+      g.M = T; g.N = N; g.K = K;
+      g.x_scale = s.ptr<float>(); g.w_scale = w.scale.ptr<float>();
+      if (blas_->run(g)) return;
+    }
   }
-  launch_act_quant(x.ptr<uint16_t>(), T, K, q.ptr<uint8_t>(), s.ptr<float>());
-  launch_linear_fp8(context(), {q.ptr<uint8_t>(), s.ptr<float>(), T, K, w.w.ptr<uint8_t>(), w.scale.ptr<float>(), N,
-                     out.ptr<uint16_t>(), N});
+  if (!quantised) launch_act_quant(x.ptr<uint16_t>(), T, K, q.ptr<uint8_t>(), s.ptr<float>());
+  launch_linear_fp8(context(), args);
 }
 
 void CudaBackend::linear_f32(const Tensor& x, const Tensor& w, Tensor& out) {
