@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <map>
@@ -54,6 +55,27 @@ TEST(StepArena, BumpsAlignedGrowsByUseAndReusesItsBlock) {
     EXPECT_EQ(heap.frees, 1);  // the first block, referenced by nothing, is gone
   }
   EXPECT_EQ(heap.frees, heap.allocs);
+}
+
+TEST(StepArena, ScopesGiveBackTheirTemporaries) {
+  CountingHeap heap;
+  StepArena a = heap.make();
+  a.reserve(8192);
+  a.begin();
+  void* keep = a.take(1024);  // lives through the step (e.g. the residual stream)
+  void* first = nullptr;
+  for (int layer = 0; layer < 10; ++layer) {
+    const StepArena::Mark m = a.mark();
+    void* t = a.take(2048);
+    a.take(1000);
+    if (layer == 0) first = t;
+    EXPECT_EQ(t, first) << "layer " << layer << " does not reuse the previous layer's memory";
+    a.release(m);
+  }
+  EXPECT_EQ(a.used(), 1024u);
+  EXPECT_EQ(a.peak_need(), std::max<size_t>(8192, 1024 + 2048 + 1024));  // one layer's, not ten
+  EXPECT_NE(keep, first);
+  a.end();
 }
 
 TEST(StepArena, ATensorKeptPastItsStepKeepsItsMemory) {
@@ -110,8 +132,10 @@ TEST(StepArena, CpuDecodeStepsRunFromTheWorkspace) {
       const StepTiming& st = e->last_step();
       if (st.tokens > 0 && st.decode_rows == st.tokens) {
         if (++decode_steps == 2) blocks_after_warmup = a.blocks_made();
-        EXPECT_GT(a.used(), 0u) << "the decode step's tensors did not come from the workspace";
-        if (decode_steps > 2) EXPECT_EQ(a.misses(), 0) << "decode step " << decode_steps;
+        if (decode_steps >= 2) {  // the first decode step sizes the workspace (its tensors mostly do not fit)
+          EXPECT_GT(a.used(), 0u) << "the decode step's tensors did not come from the workspace";
+          EXPECT_EQ(a.misses(), 0) << "decode step " << decode_steps;
+        }
       }
     }
     if (decode_steps > 2) EXPECT_EQ(cpu->step_arena().blocks_made(), blocks_after_warmup);

@@ -174,6 +174,10 @@ class Backend {
   virtual Tensor replay_decode_step() { return Tensor{}; }
   virtual void end_decode_step(const Tensor& logits) {}
   virtual void cancel_decode_step() {}
+  // Inside a decode step: what is allocated between push and pop is dead after the pop (a layer's
+  // temporaries), so the workspace holds one layer's, not every layer's. No-ops elsewhere.
+  virtual void push_step_scope() {}
+  virtual void pop_step_scope() {}
   // Bench only: launch each decode step's graph `n` more times, timed. Every temporary of a step
   // is written before it is read and the step's cache writes are idempotent, so a replay recomputes the
   // same step: its time is the step's kernels without host gaps (issue 11: step vs graph-replay sum).

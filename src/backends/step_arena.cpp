@@ -30,6 +30,11 @@ bool StepArena::begin() {
   return replaced;
 }
 
+void StepArena::release(const Mark& m) {
+  if (m.off <= off_) off_ = m.off;
+  if (m.need <= need_) need_ = m.need;
+}
+
 void* StepArena::take(size_t bytes) {
   const size_t n = (bytes + kAlign - 1) / kAlign * kAlign;
   need_ += n;

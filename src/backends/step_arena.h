@@ -30,6 +30,14 @@ class StepArena {
   bool begin();
   // `bytes` (rounded up to kAlign) from the block, or nullptr if they do not fit.
   void* take(size_t bytes);
+  // Scopes inside a step (the model's layers): release(mark()) gives back everything taken since the
+  // mark, so a step needs its largest layer, not the sum of its layers. Later requests reuse the
+  // addresses, which is safe in stream order (as any allocator's reuse) and still deterministic.
+  struct Mark {
+    size_t off = 0, need = 0;
+  };
+  Mark mark() const { return {off_, need_}; }
+  void release(const Mark& m);
   void end() { in_step_ = false; }
   bool in_step() const { return in_step_; }
   // The block's owner, for tensors taken from it (aliasing: no allocation).
@@ -39,7 +47,8 @@ class StepArena {
 
   size_t capacity() const { return block_ ? block_->bytes : 0; }
   size_t used() const { return off_; }
-  size_t step_need() const { return need_; }     // bytes asked for in this step, taken or not
+  size_t step_need() const { return need_; }     // bytes this step holds now, taken or not
+  size_t peak_need() const { return need_max_; } // the most any step held at once
   int64_t misses() const { return misses_; }     // requests in this step that did not fit
   int64_t blocks_made() const { return blocks_; }
   const void* base() const { return block_ ? block_->p : nullptr; }

@@ -199,7 +199,13 @@ Tensor DeepseekV32::forward(const Tensor& ids_in, Batch& b, KvCache& kv, Attenti
   const float eps = float(cfg_.rms_norm_eps);
   Tensor h = be_.alloc(DType::BF16, {T, D}), x = be_.alloc(DType::BF16, {T, D}), residual = be_.alloc(DType::BF16, {T, D});
   be_.embed(ids, w_.embed, h);
+  struct LayerScope {  // decode steps: a layer's temporaries are dead at its end (Backend::push_step_scope)
+    Backend& be;
+    explicit LayerScope(Backend& b) : be(b) { be.push_step_scope(); }
+    ~LayerScope() { be.pop_step_scope(); }
+  };
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    const LayerScope scope_l(be_);  // first: destroyed after the layer's other locals
     const LayerWeights& w = w_.layers[size_t(l)];
     if (l == 0) {
       be_.copy(h, residual);

@@ -2,6 +2,8 @@
 // CPU backend: the reference implementation of every op in backends/backend.h, multi-threaded with
 // OpenMP. The hot loops live in the runtime-dispatched kernel tables of simd.h (AVX-512 / AVX2 /
 // scalar, docs/cpu-kernels.md).
+#include <vector>
+
 #include "backends/backend.h"
 #include "backends/step_arena.h"
 
@@ -19,8 +21,12 @@ class CpuBackend : public Backend {
   Tensor upload(const Tensor& host) override { return host; }
   // Decode steps allocate from the step workspace (docs/decode-graphs.md); they always run (no replay).
   StepMode begin_decode_step(const DecodeStepKey&) override;
-  void end_decode_step(const Tensor&) override { arena_.end(); }
-  void cancel_decode_step() override { arena_.end(); }
+  void end_decode_step(const Tensor&) override { arena_.end(), scopes_.clear(); }
+  void cancel_decode_step() override { arena_.end(), scopes_.clear(); }
+  void push_step_scope() override { if (arena_.in_step()) scopes_.push_back(arena_.mark()); }
+  void pop_step_scope() override {
+    if (arena_.in_step() && !scopes_.empty()) arena_.release(scopes_.back()), scopes_.pop_back();
+  }
   const StepArena& step_arena() const { return arena_; }
   void download(const Tensor& t, void* host) override;
   void fill_zero(Tensor& t) override;
@@ -71,6 +77,7 @@ class CpuBackend : public Backend {
  private:
   int threads_;
   StepArena arena_;
+  std::vector<StepArena::Mark> scopes_;
 };
 
 // ---- helpers shared by the CPU op files ----------------------------------------------------

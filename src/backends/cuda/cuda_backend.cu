@@ -297,6 +297,7 @@ Backend::StepMode CudaBackend::begin_decode_step(const DecodeStepKey& key) {
   key_ = key;
   step_overflow_ = false;
   staged_.clear();
+  scopes_.clear();
   step_ = Step::Eager;
   if (!config().graphs) return StepMode::Run;
   if (graph_warmup_ < kEagerDecodeSteps) {

@@ -70,6 +70,10 @@ class CudaBackend : public Backend {
   Tensor replay_decode_step() override;
   void end_decode_step(const Tensor& logits) override;
   void cancel_decode_step() override;
+  void push_step_scope() override { if (step_ != Step::None) scopes_.push_back(dev_arena_.mark()); }
+  void pop_step_scope() override {
+    if (step_ != Step::None && !scopes_.empty()) dev_arena_.release(scopes_.back()), scopes_.pop_back();
+  }
   void set_graphs(bool on) { config().graphs = on; }
   // Counters for tests: steps captured (and kept), replayed, captured but not kept (the workspace
   // overflowed: run once), graphs dropped (workspace replaced, LRU, a buffer they read re-allocated).
@@ -177,6 +181,7 @@ class CudaBackend : public Backend {
   DecodeStepKey key_;
   bool step_overflow_ = false;        // something of this step did not fit the workspace: do not keep its graph
   std::vector<std::pair<size_t, size_t>> staged_;
+  std::vector<StepArena::Mark> scopes_;
   std::map<DecodeStepKey, DecodeGraph> graphs_;
   uint64_t use_clock_ = 0;
   cudaEvent_t step_done_ = nullptr;   // after the last decode step's work: its staging memory is free again
