@@ -94,8 +94,8 @@ struct Batch {
 // How a backend computes (docs/numerics.md). Reference: every op rounds where the DeepSeek reference
 // rounds, sums in fp32 (only the order of fp32 adds may differ) — the default and what tests compare.
 // Fast: what production engines compute where it is faster; on CUDA the FP8 linears of more than 16
-// rows run on cuBLASLt's block-scaled FP8 tensor-core GEMM (wgmma: the 128-K partial sums keep about
-// 22 bits before the fp32 promotion). A backend without a fast variant of an op runs the reference one.
+// rows run on a block-scaled FP8 wgmma GEMM (sm_90a; the 128-K partial sums keep about 14 bits before
+// the fp32 promotion, docs/numerics.md). A backend without a fast variant of an op runs the reference one.
 enum class Numerics : uint8_t { Reference, Fast };
 inline const char* numerics_name(Numerics n) { return n == Numerics::Fast ? "fast" : "reference"; }
 
