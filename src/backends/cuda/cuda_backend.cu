@@ -322,6 +322,13 @@ Tensor CudaBackend::stage(const Tensor& host) {
   void* hp = host_arena_.take(bytes);
   void* dp = dev_arena_.take(bytes);
   const size_t off = dp ? size_t(static_cast<char*>(dp) - static_cast<const char*>(dev_arena_.base())) : 0;
+  const auto on_device = [&](void* p) {  // the host tensor's dtype and shape, at p in the workspace
+    Tensor t = host;
+    t.device = Device::CUDA;
+    t.data = p;
+    t.owner = dev_arena_.owner(p);
+    return t;
+  };
   if (step_ == Step::Replay) {
     // The graph's copies read this staging memory: the same inputs, sizes and order as at capture.
     const auto& want = graphs_.at(key_).staged;
@@ -330,11 +337,7 @@ Tensor CudaBackend::stage(const Tensor& host) {
               "decode-step replay: input ", i, " (", bytes, " bytes) is not staged as at capture");
     std::memcpy(hp, host.data, bytes);
     staged_.emplace_back(off, bytes);
-    Tensor t = host;
-    t.device = Device::CUDA;
-    t.data = dp;
-    t.owner = dev_arena_.owner(dp);
-    return t;
+    return on_device(dp);
   }
   if (!hp || !dp) {  // the workspace is too small this step (it grows at the next): plain memory, graph not kept
     DSA_CHECK(step_ == Step::Eager, "decode step: input of ", bytes, " bytes does not fit the staging memory reserved "
@@ -347,11 +350,7 @@ Tensor CudaBackend::stage(const Tensor& host) {
   std::memcpy(hp, host.data, bytes);
   if (bytes) DSA_CUDA_CHECK(cudaMemcpyAsync(dp, hp, bytes, cudaMemcpyHostToDevice, cudaStreamPerThread));
   staged_.emplace_back(off, bytes);
-  Tensor t = host;
-  t.device = Device::CUDA;
-  t.data = dp;
-  t.owner = dev_arena_.owner(dp);
-  return t;
+  return on_device(dp);
 }
 
 Tensor CudaBackend::replay_decode_step() {
