@@ -31,8 +31,12 @@
 #                /v1/completions, token-id prompts, ignore_eos) against dsa bench --requests with the same engine options:
 #                output tok/s of both and the server's overhead, TTFT/TPOT p50/p99 (SERVE_CASES="model:in:out:c[:n] ...",
 #                model mini|real, n default 4c; default C = 1/8/32/128 on both models at 1K in / 256 out, ~2 min;
-#                SERVE_EXTRA: more engine options for both, e.g. --numerics fast; a dry run here on the CPU:
-#                GPU_CHECK_BUILD_DIR=build-x SERVE_DEVICE=cpu SERVE_CASES=mini:64:16:2:4 scripts/gpu_check.sh --stages serve)
+#                SERVE_EXTRA: more engine options for both, e.g. --numerics fast; SERVE_SERVER_EXTRA: dsa serve options,
+#                e.g. --no-dispatch-thread; then dsa bench again with --client-rtt = the client's turnaround p50 (the
+#                schedule the server ran; SERVE_RTT_BENCH=0: not), and both sides' step split (decode-only/mixed steps,
+#                forward/sample/host/between ms, the stepping thread's involuntary context switches); the client runs
+#                under SCHED_BATCH (chrt -b 0; SERVE_CLIENT_POLICY=normal: not); a dry run here on
+#                the CPU: GPU_CHECK_BUILD_DIR=build-x SERVE_DEVICE=cpu SERVE_CASES=mini:64:16:2:4 scripts/gpu_check.sh --stages serve)
 #     cost       (not in the default list) `dsa cost` inputs: GEMM, decode (batch 128) and prefill per-layer times per
 #                token into cost.csv, and the table (cost.md); the PNG is drawn where gnuplot is (dsa cost --png)
 #     trainrun   (not in the default list) issue 14's result: train-indexer stage 1 from a random indexer on all of warmup/
@@ -308,6 +312,19 @@ if has serve && (( $(left) > 60 )); then  # dsa serve on the device, the client 
   fi
   missing=$(ldd "$B/dsa" 2>/dev/null | grep 'not found' | tr -s ' \t' ' ' | tr '\n' ';')
   [[ -n $missing ]] && note "serve: libraries missing on this machine: $missing"
+  # A log's step statistics (runtime/step_stats.h, printed by dsa bench and by dsa serve when it stops), compact.
+  step_split() {
+    local d m t
+    d=$(grep -m1 'decode-only steps:' "$1" 2> /dev/null | sed -E 's/.*decode-only steps: ([0-9]+), ([0-9.]+) ms each = forward \(enqueue\) ([0-9.]+) \+ sample\/sync ([0-9.]+) \+ host ([0-9.]+) ms.*then ([0-9.]+) ms between.*/decode-only \1 x \2 ms = fwd \3 + sample \4 + host \5, then \6 between/')
+    m=$(grep -m1 'other steps:' "$1" 2> /dev/null | grep -oE 'mixed [0-9]+, [0-9.]+ ms each' | sed 's/,//; s/ each//')
+    t=$(grep -m1 'stepping thread:' "$1" 2> /dev/null | grep -oE '\([0-9.]+ per step\), on a CPU [0-9.]+%' | sed 's/(//; s/)//; s/per step/invol. switches per step/')
+    echo "${d:-no decode-only steps}; ${m:-mixed 0}; ${t:-}"
+  }
+  # The load generator shares the server's machine (a real client would not): under SCHED_BATCH its
+  # threads, woken by every event, do not preempt the server's stepping thread (docs/server.md "Overhead").
+  cl_policy=""
+  [[ ${SERVE_CLIENT_POLICY:-batch} == batch ]] && command -v chrt > /dev/null && cl_policy="chrt -b 0"
+  note "serve: client policy ${cl_policy:-default}${SERVE_SERVER_EXTRA:+, server options $SERVE_SERVER_EXTRA}"
   RM=${REAL_MODEL_DIR:-/tmp/dsa-v32-real-attn}
   CASES=${SERVE_CASES:-"mini:1024:256:1:8 mini:1024:256:8:32 mini:1024:256:32:64 mini:1024:256:128:256 real:1024:256:1:4 real:1024:256:8:16 real:1024:256:32:64 real:1024:256:128:256"}
   k=0
@@ -328,7 +345,7 @@ if has serve && (( $(left) > 60 )); then  # dsa serve on the device, the client 
     t0=$SECONDS
     SL=$OUT/serve_server_$k.log
     "$B/dsa" serve -m "$M" $eng --port 0 --max-queue $(( nreq + 64 )) --max-connections $(( conc + 64 > 1024 ? conc + 64 : 1024 )) \
-      --shutdown-grace 5 > "$SL" 2>&1 &
+      --shutdown-grace 5 ${SERVE_SERVER_EXTRA:-} > "$SL" 2>&1 &
     spid=$!
     url=""
     for _ in $(seq 600); do  # up to 120 s for the model to load and the port to be printed
@@ -339,7 +356,7 @@ if has serve && (( $(left) > 60 )); then  # dsa serve on the device, the client 
     done
     lrc=99
     if [[ -n $url ]]; then
-      timeout $(( $(left) > 200 ? 180 : $(left) - 20 )) python3 "$ROOT/scripts/serve_load.py" --url "$url" --wait 60 \
+      timeout $(( $(left) > 200 ? 180 : $(left) - 20 )) $cl_policy python3 "$ROOT/scripts/serve_load.py" --url "$url" --wait 60 \
         --concurrency "$conc" --requests "$nreq" --input-len "$in_len" --output-len "$out_len" --model-dir "$M" \
         --json "$OUT/serve_load_$k.json" > "$OUT/serve_client_$k.log" 2>&1
       lrc=$?
@@ -349,6 +366,7 @@ if has serve && (( $(left) > 60 )); then  # dsa serve on the device, the client 
     kill -0 $spid 2> /dev/null && { kill -KILL $spid; note "serve: the server did not stop on SIGTERM; killed"; }
     wait $spid 2> /dev/null
     src=$?
+    s_turn=$(grep -m1 -oE 'client turnaround .* p50 [0-9.]+ ms' "$OUT/serve_client_$k.log" 2> /dev/null | grep -oE '[0-9.]+ ms$' | cut -d' ' -f1)
     s_tok=$(grep -m1 -oE '[0-9.]+ output tok/s' "$OUT/serve_client_$k.log" 2> /dev/null | cut -d' ' -f1)
     s_lat=$(grep -m1 'TTFT' "$OUT/serve_client_$k.log" 2> /dev/null | sed 's/ *| latency.*//; s/  */ /g')
     s_err=$(grep -m1 -oE 'errors [0-9]+, wrong output length [0-9]+' "$OUT/serve_client_$k.log" 2> /dev/null)
@@ -360,8 +378,23 @@ if has serve && (( $(left) > 60 )); then  # dsa serve on the device, the client 
     b_lat=$(grep -m1 'TTFT' "$OUT/serve_bench_$k.log" | sed 's/ *| latency.*//; s/  */ /g')
     ovh=$(python3 -c "import sys; s, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{100 * (1 - s / b):.1f}%')" "$s_tok" "$b_tok" 2> /dev/null || echo "n/a")
     note "serve $mdl in $in_len out $out_len c=$conc n=$nreq: server $s_tok vs dsa bench $b_tok output tok/s, overhead $ovh (client rc=$lrc, server exit $src, bench rc=$brc; $((t1 - t0)) + $((SECONDS - t1)) s) | server:$s_lat; $s_err | bench:$b_lat"
+    # The same engine with the client's round trip (dsa bench --client-rtt: a finished request's successor
+    # joins a later step, as over HTTP): the schedule the server ran, without HTTP. Then both step splits.
+    rtt=${s_turn:-0.5}
+    if [[ ${SERVE_RTT_BENCH:-1} == 1 ]] && (( $(left) > 40 )); then
+      timeout $(( $(left) > 200 ? 180 : $(left) - 10 )) "$B/dsa" bench -m "$M" $eng --requests "$nreq" --concurrency "$conc" \
+        --input-len "$in_len" --output-len "$out_len" --client-rtt "$rtt" > "$OUT/serve_bench_rtt_$k.log" 2>&1
+      r_tok=$(grep -m1 -oE '[0-9.]+ output tok/s' "$OUT/serve_bench_rtt_$k.log" | cut -d' ' -f1)
+      r_lat=$(grep -m1 'TTFT' "$OUT/serve_bench_rtt_$k.log" | sed 's/ *| latency.*//; s/  */ /g')
+      r_ovh=$(python3 -c "import sys; s, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{100 * (1 - s / b):.1f}%')" "$s_tok" "$r_tok" 2> /dev/null || echo "n/a")
+      note "serve $mdl c=$conc: dsa bench --client-rtt $rtt (the client's turnaround p50): $r_tok output tok/s, server overhead against it $r_ovh |$r_lat"
+    fi
+    note "serve $mdl c=$conc steps: server [$(step_split "$SL")] bench [$(step_split "$OUT/serve_bench_$k.log")]${r_tok:+ bench --client-rtt [$(step_split "$OUT/serve_bench_rtt_$k.log")]}"
+    r_tok=""
     [[ -z $url ]] && tail -5 "$SL"
     cat "$OUT/serve_client_$k.log" "$OUT/serve_bench_$k.log" >> "$OUT/serve.log" 2> /dev/null
+    grep -A5 'engine loop:' "$SL" >> "$OUT/serve.log" 2> /dev/null
+    cat "$OUT/serve_bench_rtt_$k.log" >> "$OUT/serve.log" 2> /dev/null
   done
 fi
 

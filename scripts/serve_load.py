@@ -16,6 +16,9 @@ Reported per concurrency level, in dsa bench's definitions (src/tools/cmd_bench.
   TPOT                         = (finish - first text) / (completion_tokens - 1), finish = the chunk that
                                  carries finish_reason
   p50 / p99                    = linear interpolation between order statistics, as dsa bench
+  client turnaround            = a client's stream end -> its next request sent (building the prompt, JSON):
+                                 the round trip `dsa bench --client-rtt MS` gives the engine alone, whose
+                                 own closed loop submits a finished request's successor before the next step
 The clients run in --procs processes (threads inside each), so that parsing the events of a fast GPU
 server is not held up by one interpreter lock.
 
@@ -218,6 +221,7 @@ def worker_process(a, vocab, n_threads, counter, lock, barrier, out_q, total):
     def client():
         conn = None
         mine = []
+        prev_end = None
         while True:
             i = take()
             if i is None:
@@ -230,6 +234,9 @@ def worker_process(a, vocab, n_threads, counter, lock, barrier, out_q, total):
                 body["model"] = a.model
             conn, rec = one_request(t, conn, body)
             rec["i"] = i
+            # This client's round trip between requests: its last stream ended -> this request sent.
+            rec["turnaround"] = rec["t0"] - prev_end if prev_end is not None else None
+            prev_end = rec["end"]
             mine.append(rec)
         if conn is not None:
             conn.close()
@@ -280,6 +287,7 @@ def summarize(a, conc, records, cpu, procs):
     tpot = [(r["finish"] - r["first"]) / (r["tokens"] - 1) for r in ok
             if r["first"] is not None and r["finish"] is not None and r["tokens"] > 1]
     lat = [r["end"] - r["t0"] for r in ok]
+    turn = [r["turnaround"] for r in records if r.get("turnaround") is not None]
     short = sum(1 for r in ok if r["tokens"] != a.output_len)
     bad_prompt = sum(1 for r in ok if a.prompt == "ids" and r["prompt_tokens"] != a.input_len)
     res = {
@@ -289,6 +297,8 @@ def summarize(a, conc, records, cpu, procs):
         "ttft_p50_ms": percentile(ttft, 50) * 1e3, "ttft_p99_ms": percentile(ttft, 99) * 1e3,
         "tpot_p50_ms": percentile(tpot, 50) * 1e3, "tpot_p99_ms": percentile(tpot, 99) * 1e3,
         "latency_p50_s": percentile(lat, 50), "wrong_output_len": short, "wrong_prompt_len": bad_prompt,
+        "turnaround_p50_ms": percentile(turn, 50) * 1e3 if turn else None,
+        "turnaround_p99_ms": percentile(turn, 99) * 1e3 if turn else None,
         "client_cpu_s": cpu, "client_procs": procs,
         "first_error": errs[0]["error"] if errs else None,
     }
@@ -300,6 +310,10 @@ def summarize(a, conc, records, cpu, procs):
           f"p99 {res['tpot_p99_ms']:.2f} ms | latency p50 {res['latency_p50_s']:.2f} s")
     print(f"  errors {len(errs)}, wrong output length {short}, wrong prompt length {bad_prompt} | client: {procs} "
           f"process(es), {cpu:.2f} s CPU ({100 * cpu / wall:.0f}% of one core)")
+    if turn:
+        # What `dsa bench --client-rtt` models: a finished request's successor is sent this long after.
+        print(f"  client turnaround (a stream's end to the same client's next request sent) p50 "
+              f"{res['turnaround_p50_ms']:.2f} ms, p99 {res['turnaround_p99_ms']:.2f} ms")
     if errs:
         print(f"  first error: {errs[0]['error']}")
     sys.stdout.flush()

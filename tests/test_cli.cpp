@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <fstream>
@@ -245,6 +246,41 @@ TEST(Cli, BenchHelpSaysWhereAttentionApplies) {
   Result b = dsa_run({"bench", "-m", tiny(), "--ctx", "64", "--attention", "dense"});
   EXPECT_EQ(b.rc, 2);
   EXPECT_HAS(b.err, "--attention applies to throughput mode");
+}
+
+// Throughput mode's step split, and --client-rtt: a finished request's successor waits out its client's
+// round trip (4 requests one at a time: 3 round trips of 150 ms in the wall time, none without).
+TEST(Cli, BenchThroughputStepSplitAndClientRoundTrip) {
+  const std::vector<std::string> base = {"bench", "-m", tiny(), "--requests", "4", "--concurrency", "1", "--input-len", "8",
+                                         "--output-len", "4"};
+  auto wall = [](const std::string& out) {
+    const size_t at = out.find(" s\n", out.find("total tok/s over "));
+    const size_t from = out.find("total tok/s over ") + std::strlen("total tok/s over ");
+    return at == std::string::npos ? -1.0 : std::stod(out.substr(from, at - from));
+  };
+  Result a = dsa_run(base);
+  ASSERT_EQ(a.rc, 0) << a.err;
+  EXPECT_HAS(a.out, "decode-only steps: 12, ");  // 4 requests x (4 tokens - 1 from the prefill)
+  EXPECT_HAS(a.out, " between steps; 1.0 rows each");
+  EXPECT_HAS(a.out, "other steps: prefill-only 4, ");
+  EXPECT_HAS(a.out, "stepping thread: ");
+  EXPECT_EQ(a.out.find("client round trip"), std::string::npos) << a.out;
+  std::vector<std::string> rtt = base;
+  rtt.insert(rtt.end(), {"--client-rtt", "150", "--detokenize"});
+  Result b = dsa_run(rtt);
+  ASSERT_EQ(b.rc, 0) << b.err;
+  EXPECT_HAS(b.out, "client round trip 150 ms");
+  EXPECT_HAS(b.out, "decode-only steps: 12, ");
+  EXPECT_GE(wall(b.out), 0.45) << b.out;
+  EXPECT_LT(wall(a.out), wall(b.out) - 0.3) << a.out << b.out;
+  // An idle engine takes the request the moment its client sends it: the round trip is not in its TTFT
+  // (a request sent while a step runs waits for the next one, and that wait is).
+  const size_t t = b.out.find("TTFT p50 ");
+  ASSERT_NE(t, std::string::npos);
+  EXPECT_LT(std::stod(b.out.substr(t + 9)), 100.0) << b.out;
+  Result c = dsa_run({"bench", "-m", tiny(), "--ctx", "64", "--client-rtt", "1"});
+  EXPECT_EQ(c.rc, 2);
+  EXPECT_HAS(c.err, "--client-rtt applies to throughput mode");
 }
 
 // ---- option ranges --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 // produces for the same request alone, n > 1, stop strings, logprobs, reasoning, tool calls (DSML
 // and V3.1 through scripted replies, forced tool_choice), API keys, and every kind of bad input
 // answered with OpenAI's error shape while other streams carry on untouched.
+#include <algorithm>
 #include <atomic>
 #include <set>
 
@@ -254,6 +255,39 @@ TEST(Server, StopStringsCutTheText) {
       finish = r.body["choices"][0]["finish_reason"];
     }
     EXPECT_EQ(text, full.substr(0, at)) << "stop " << stop << (streamed ? " (streamed)" : "");
+    EXPECT_EQ(finish, "stop");
+  }
+}
+
+// A stop token id ends the request without its text (as EOS does); the text before it is the
+// decoded tokens. Without stop strings the text is decoded on the HTTP thread (the engine's rule).
+TEST(Server, StopTokenIdEndsWithoutItsText) {
+  TestServer s;
+  httplib::Client c = s.client();
+  const Tokenizer& tok = *s.eng->tokenizer();
+  const std::vector<int32_t> ids = tok.encode_with_bos("The President of the United States");
+  const std::vector<int32_t> full = solo_tokens(greedy(ids, 20));
+  ASSERT_GE(full.size(), 8u);
+  size_t k = 4;  // the first position >= 4 whose token did not come before
+  while (k < full.size() && std::find(full.begin(), full.begin() + int64_t(k), full[k]) != full.begin() + int64_t(k)) ++k;
+  ASSERT_LT(k, full.size());
+  const std::string want = tok.decode(std::vector<int32_t>(full.begin(), full.begin() + int64_t(k)), true);
+  for (bool streamed : {false, true}) {
+    json body{{"prompt", ids}, {"max_tokens", 20}, {"temperature", 0}, {"stop_token_ids", json::array({full[k]})},
+              {"stream", streamed}};
+    std::string text, finish;
+    if (streamed) {
+      const auto got = collect(stream(c, "/v1/completions", body).events);
+      text = got[0].content;
+      finish = got[0].finish;
+    } else {
+      Reply r = post(c, "/v1/completions", body);
+      ASSERT_EQ(r.status, 200) << r.raw;
+      text = r.body["choices"][0]["text"];
+      finish = r.body["choices"][0]["finish_reason"];
+      EXPECT_EQ(r.body["usage"]["completion_tokens"], int64_t(k + 1));  // the stop token counts, as generated
+    }
+    EXPECT_EQ(text, want) << "stop token " << full[k] << " at " << k << (streamed ? " (streamed)" : "");
     EXPECT_EQ(finish, "stop");
   }
 }

@@ -1,12 +1,14 @@
 // dsa serve under traffic: 64 concurrent streams each getting exactly its solo tokens, the prefix
 // cache seen in /metrics and TTFT, disconnects freeing blocks, the bounded queue (429), pool
 // exhaustion (preemption, then completion), graceful shutdown in-process and on SIGTERM.
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -99,6 +101,66 @@ TEST(ServerLoad, SixtyFourConcurrentStreamsGetTheirSoloTokens) {
   }
   EXPECT_EQ(metric(m, "dsa:num_requests_running"), 0);
   EXPECT_EQ(metric(m, "dsa:kv_cache_blocks_used"), 0);
+}
+
+// The engine loop's statistics (dispatch thread on and off): every output handed on once and in order
+// (each stream still gets its solo tokens), every computed token counted in one step kind, the report
+// dsa serve prints when it stops; the HTTP threads' scheduling policy (SCHED_BATCH unless turned off).
+TEST(ServerLoad, StepStatisticsDispatchThreadAndHttpThreadPolicy) {
+  for (bool on : {true, false}) {
+    SCOPED_TRACE(on ? "dispatch thread, SCHED_BATCH HTTP threads" : "stepping thread delivers, default policy");
+    server::ServerOptions so;
+    so.dispatch_thread = on;
+    so.batch_http_threads = on;
+    TestServer s(engine_options(), so);
+    const Tokenizer& tok = *s.eng->tokenizer();
+    constexpr int kClients = 6, kTokens = 7;
+    std::vector<std::vector<int32_t>> prompts;
+    int64_t prompt_tokens = 0;
+    for (int i = 0; i < kClients; ++i) {
+      prompts.push_back(words_prompt(tok, 10 + 5 * i, 50 + uint64_t(i)));
+      prompt_tokens += int64_t(prompts.back().size());
+    }
+    std::vector<std::string> texts(kClients);
+    std::vector<std::thread> th;
+    for (int i = 0; i < kClients; ++i)
+      th.emplace_back([&, i] {
+        httplib::Client c = s.client(120);
+        StreamResult st = stream(c, "/v1/completions", completion_body(prompts[size_t(i)], kTokens, 0.8, 70 + uint64_t(i), true, true));
+        texts[size_t(i)] = collect(st.events)[0].content;
+      });
+    for (auto& t : th) t.join();
+    for (int i = 0; i < kClients; ++i)
+      EXPECT_EQ(texts[size_t(i)], text_of(reference_engine(), solo_tokens([&] {
+                                            RequestParams p = sampled(prompts[size_t(i)], kTokens, 0.8f, s.model().top_p, 70 + uint64_t(i));
+                                            p.ignore_eos = true;
+                                            return p;
+                                          }())))
+          << "client " << i;
+    ASSERT_TRUE(eventually([&] { return metric(metrics_of(s), "dsa:num_requests_in_flight") == 0; }));
+    const std::string m = metrics_of(s);
+    EXPECT_EQ(metric(m, "dsa:engine_outputs_total"), kClients * kTokens);  // one token an output, the last one finishing
+    double step_tokens = 0, steps = 0;
+    for (const char* k : {"decode", "mixed", "prefill", "empty"}) {
+      step_tokens += metric(m, std::string("dsa:engine_step_tokens_total{kind=\"") + k + "\"}");
+      steps += metric(m, std::string("dsa:engine_steps_total{kind=\"") + k + "\"}");
+    }
+    EXPECT_EQ(step_tokens, double(prompt_tokens + kClients * (kTokens - 1)));  // the last token is never fed back
+    EXPECT_GE(steps, kTokens);
+    EXPECT_GT(metric(m, "dsa:engine_step_seconds_total{kind=\"decode\",part=\"forward\"}"), 0);
+    EXPECT_GT(metric(m, "dsa:engine_deliver_seconds_total"), 0);
+    const std::string rep = s.srv->step_report();
+    EXPECT_NE(rep.find("decode-only steps: "), std::string::npos) << rep;
+    EXPECT_NE(rep.find("requests: 6 finished; engine clock: TTFT p50 "), std::string::npos) << rep;
+    EXPECT_NE(rep.find("stepping thread: "), std::string::npos) << rep;
+    EXPECT_NE(rep.find(on ? "handed to the dispatch thread" : "delivered by the stepping thread"), std::string::npos) << rep;
+    // The pool keeps its threads: count this process's threads under SCHED_BATCH (none elsewhere in the tests).
+    int batch = 0;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/task"))
+      if (sched_getscheduler(pid_t(std::stol(e.path().filename().string()))) == SCHED_BATCH) ++batch;
+    if (on) EXPECT_GE(batch, 1);
+    else EXPECT_EQ(batch, 0);
+  }
 }
 
 // A second request sharing a 2K-token prefix prefills only the tokens after it.

@@ -1,6 +1,7 @@
 #include "server/engine_loop.h"
 
 #include <cstdio>
+#include <optional>
 
 namespace dsa::server {
 
@@ -21,8 +22,10 @@ bool Mailbox::pop_all(std::vector<Item>& out, std::chrono::milliseconds timeout)
   return true;
 }
 
-EngineLoop::EngineLoop(Engine& eng, int64_t max_waiting, OutputObserver observe, bool own_thread)
+EngineLoop::EngineLoop(Engine& eng, int64_t max_waiting, OutputObserver observe, bool own_thread, bool dispatch_thread)
     : eng_(eng), max_waiting_(max_waiting), observe_(std::move(observe)) {
+  stats_.dispatch_thread = dispatch_thread;
+  if (dispatch_thread) dispatcher_ = std::thread([this] { dispatch_loop(); });
   if (own_thread) th_ = std::thread([this] { run(); });
 }
 
@@ -37,10 +40,19 @@ void EngineLoop::stop() {
 EngineLoop::~EngineLoop() {
   stop();
   if (th_.joinable()) th_.join();
+  // What the last steps handed on is delivered before the cancellations below.
+  if (dispatcher_.joinable()) {
+    {
+      std::lock_guard<std::mutex> g(out_mu_);
+      out_stop_ = true;
+    }
+    out_cv_.notify_all();
+    dispatcher_.join();
+  }
   // Nothing steps any more (an external run() has returned before its owner destroys the loop):
   // finishing everything here cannot race a step.
   std::vector<RequestOutput> outs = eng_.cancel_all();
-  dispatch(outs);
+  deliver(outs);
 }
 
 std::vector<RequestId> EngineLoop::submit(std::vector<RequestParams> reqs, std::shared_ptr<Mailbox> box) {
@@ -79,7 +91,7 @@ int64_t EngineLoop::in_flight() const {
   return int64_t(routes_.size());
 }
 
-void EngineLoop::dispatch(std::vector<RequestOutput>& outs) {
+void EngineLoop::deliver(std::vector<RequestOutput>& outs) {
   if (observe_)
     for (const RequestOutput& o : outs) observe_(o);
   bool idle = false;
@@ -97,7 +109,61 @@ void EngineLoop::dispatch(std::vector<RequestOutput>& outs) {
   if (idle) idle_cv_.notify_all();
 }
 
+void EngineLoop::hand_off(std::vector<RequestOutput>&& outs) {
+  if (outs.empty()) return;
+  if (!dispatcher_.joinable()) {
+    const auto t0 = Clock::now();
+    deliver(outs);
+    std::lock_guard<std::mutex> g(stats_mu_);
+    stats_.deliver_s += std::chrono::duration<double>(Clock::now() - t0).count();
+    ++stats_.batches;
+    return;
+  }
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> g(out_mu_);
+    out_q_.emplace_back(std::move(outs), Clock::now());
+    wake = out_waiting_;  // a busy dispatcher takes the batch on its next round: no wake-up to pay
+  }
+  if (wake) out_cv_.notify_one();
+}
+
+void EngineLoop::dispatch_loop() {
+  std::unique_lock<std::mutex> l(out_mu_);
+  for (;;) {
+    if (out_q_.empty()) {
+      if (out_stop_) return;
+      out_waiting_ = true;
+      out_cv_.wait(l, [&] { return out_stop_ || !out_q_.empty(); });
+      out_waiting_ = false;
+      continue;
+    }
+    auto batch = std::move(out_q_);
+    out_q_.clear();
+    l.unlock();
+    const auto t0 = Clock::now();
+    double queued = 0;
+    for (auto& [outs, at] : batch) {
+      queued += std::chrono::duration<double>(Clock::now() - at).count();
+      deliver(outs);
+    }
+    {
+      std::lock_guard<std::mutex> g(stats_mu_);
+      stats_.deliver_s += std::chrono::duration<double>(Clock::now() - t0).count();
+      stats_.queued_s += queued;
+      stats_.batches += int64_t(batch.size());
+    }
+    l.lock();
+  }
+}
+
+EngineLoop::Stats EngineLoop::stats() const {
+  std::lock_guard<std::mutex> g(stats_mu_);
+  return stats_;
+}
+
 void EngineLoop::run() {
+  auto secs = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
   for (;;) {
     {
       std::unique_lock<std::mutex> l(mu_);
@@ -105,8 +171,25 @@ void EngineLoop::run() {
       if (stop_) return;
       wake_ = false;
     }
+    std::optional<Clock::time_point> prev;  // when the last step() returned, while stepping goes on
+    auto close_between = [&](Clock::time_point now) {
+      if (!prev) return;
+      std::lock_guard<std::mutex> g(stats_mu_);
+      stats_.steps.add_between(secs(now - *prev));
+    };
+    const ThreadUsage usage0 = ThreadUsage::now();  // this stretch of stepping
+    struct Usage {
+      EngineLoop& loop;
+      const ThreadUsage& u0;
+      ~Usage() {
+        std::lock_guard<std::mutex> g(loop.stats_mu_);
+        u0.add_since(loop.stats_.steps);
+      }
+    } usage{*this, usage0};
     while (eng_.has_work()) {
       std::vector<RequestOutput> outs;
+      const auto ts = Clock::now();
+      close_between(ts);
       try {
         outs = eng_.step();  // a failure inside the model comes back as error finishes
       } catch (const std::exception& e) {
@@ -118,12 +201,23 @@ void EngineLoop::run() {
           o.error = std::string("engine step failed: ") + e.what();
         }
       }
+      const auto te = Clock::now();
+      const StepTiming t = eng_.last_step();
       // Nothing could be scheduled (cannot last: running requests always make progress); do not spin.
-      if (outs.empty() && eng_.last_step().tokens == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      dispatch(outs);
-      std::lock_guard<std::mutex> g(mu_);
+      if (outs.empty() && t.tokens == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      const auto td = Clock::now();
+      const int64_t n_out = int64_t(outs.size());
+      hand_off(std::move(outs));
+      {
+        std::lock_guard<std::mutex> g(stats_mu_);
+        stats_.steps.add(t, secs(te - ts));
+        stats_.outputs += n_out;
+        stats_.handoff_s += secs(Clock::now() - td);
+      }
+      prev = te;
       if (stop_) return;
     }
+    close_between(Clock::now());
   }
 }
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "runtime/engine.h"
+#include "runtime/step_stats.h"
 
 namespace dsa::server {
 
@@ -54,7 +55,13 @@ class EngineLoop {
   // own_thread: step on a thread of its own; otherwise the owner calls run(). On the CPU the thread
   // that loaded the engine should run it: its OpenMP team is then the only one, and the workers
   // keep spinning between parallel regions (a second team halves decode speed on few cores).
-  EngineLoop(Engine& eng, int64_t max_waiting, OutputObserver observe = {}, bool own_thread = true);
+  // dispatch_thread: a thread of the loop's own puts the outputs into the mailboxes (and wakes their
+  // HTTP threads) while the next step runs; otherwise the stepping thread does it between steps.
+  // Each output it hands on wakes one HTTP thread, which costs the waker microseconds (the futex
+  // wake, and the woken thread's work when it lands on the waker's core): with 32-128 streams that
+  // is a tenth of a GPU decode step when the stepping thread pays it (docs/server.md "Overhead").
+  EngineLoop(Engine& eng, int64_t max_waiting, OutputObserver observe = {}, bool own_thread = true,
+             bool dispatch_thread = true);
   ~EngineLoop();  // stops; requests still in flight are cancelled
 
   // Steps until stop() (when not own_thread).
@@ -79,8 +86,25 @@ class EngineLoop {
 
   Engine& engine() { return eng_; }
 
+  // What the loop's steps did so far, in dsa bench's definitions (runtime/step_stats.h): `between` is
+  // the loop thread's time from step() returning to the next step() (handing the outputs on).
+  struct Stats {
+    StepStats steps;
+    int64_t outputs = 0;     // RequestOutputs handed on
+    double handoff_s = 0;    // stepping thread: time handing them on (part of `between`)
+    bool dispatch_thread = false;
+    double deliver_s = 0;    // putting them into the mailboxes (the dispatch thread's busy time, or = handoff_s)
+    double queued_s = 0;     // dispatch thread: sum over steps of hand-off to delivery start
+    int64_t batches = 0;     // steps' outputs delivered
+  };
+  Stats stats() const;
+
  private:
-  void dispatch(std::vector<RequestOutput>& outs);
+  using Clock = std::chrono::steady_clock;
+  // One step's outputs to `deliver`: on the dispatch thread (queued) or right here.
+  void hand_off(std::vector<RequestOutput>&& outs);
+  void deliver(std::vector<RequestOutput>& outs);  // observe, mailboxes, routes (any one thread at a time)
+  void dispatch_loop();
 
   Engine& eng_;
   int64_t max_waiting_;
@@ -88,12 +112,21 @@ class EngineLoop {
   std::atomic<bool> accepting_{true}, cancelling_all_{false};
   mutable std::mutex mu_;
   std::condition_variable wake_cv_, idle_cv_;
-  bool wake_ = false, stop_ = false;
+  bool wake_ = false;
+  std::atomic<bool> stop_{false};  // set under mu_ (for wake_cv_); read without it between steps
   struct Route {
     std::shared_ptr<Mailbox> box;
     int choice = 0;
   };
   std::unordered_map<RequestId, Route> routes_;
+  mutable std::mutex stats_mu_;
+  Stats stats_;
+  // The dispatch thread's queue: steps' outputs with the time they were handed on.
+  std::mutex out_mu_;
+  std::condition_variable out_cv_;
+  std::deque<std::pair<std::vector<RequestOutput>, Clock::time_point>> out_q_;
+  bool out_stop_ = false, out_waiting_ = false;
+  std::thread dispatcher_;
   std::thread th_;
 };
 

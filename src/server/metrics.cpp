@@ -87,6 +87,61 @@ void Metrics::on_output(const RequestOutput& o) {
     ttft_.observe(o.first_token_s - o.arrival_s);
     if (o.completion_tokens > 1) tpot_.observe((o.finish_s - o.first_token_s) / double(o.completion_tokens - 1));
   }
+  if (o.finish != FinishReason::Stop && o.finish != FinishReason::Length) return;
+  ++finished_total_;
+  auto keep = [](std::vector<double>& ring, size_t& next, double v) {
+    if (ring.size() < kRecent) ring.push_back(v);
+    else ring[next] = v;
+    next = (next + 1) % kRecent;
+  };
+  keep(recent_e2e_, recent_e2e_next_, o.finish_s - o.arrival_s);
+  if (o.first_token_s > 0) {
+    keep(recent_ttft_, recent_ttft_next_, o.first_token_s - o.arrival_s);
+    if (o.completion_tokens > 1)
+      keep(recent_tpot_, recent_tpot_next_, (o.finish_s - o.first_token_s) / double(o.completion_tokens - 1));
+  }
+}
+
+std::string Metrics::request_report() const {
+  std::lock_guard<std::mutex> g(mu_);
+  char b[320];
+  std::snprintf(b, sizeof b,
+                "requests: %lu finished; engine clock: TTFT p50 %.1f ms, p99 %.1f ms | TPOT p50 %.2f ms, p99 %.2f ms | "
+                "latency p50 %.2f s\n",
+                (unsigned long)finished_total_, percentile(recent_ttft_, 50) * 1e3, percentile(recent_ttft_, 99) * 1e3,
+                percentile(recent_tpot_, 50) * 1e3, percentile(recent_tpot_, 99) * 1e3, percentile(recent_e2e_, 50));
+  return b;
+}
+
+std::string render_steps(const StepStats& s, int64_t outputs, double handoff_s, double deliver_s) {
+  std::string o;
+  const StepStats::Kind kinds[] = {StepStats::kDecode, StepStats::kMixed, StepStats::kPrefill, StepStats::kEmpty};
+  head(o, "dsa:engine_steps_total", "counter",
+       "Engine steps by kind: decode (decode rows only), mixed (decode rows and prefill chunks), prefill, empty.");
+  for (auto k : kinds) line(o, "dsa:engine_steps_total", double(s.sum[k].steps), std::string("kind=\"") + StepStats::kind_name(k) + "\"");
+  head(o, "dsa:engine_step_tokens_total", "counter", "Tokens computed by the engine steps of each kind.");
+  for (auto k : kinds)
+    line(o, "dsa:engine_step_tokens_total", double(s.sum[k].tokens), std::string("kind=\"") + StepStats::kind_name(k) + "\"");
+  head(o, "dsa:engine_step_seconds_total", "counter",
+       "Engine thread time per step kind: forward (the model's forward call), sample (sampling and the device sync), "
+       "host (the rest of the step: schedule, batch, commit), between (after the step, before the next: the outputs "
+       "handed on).");
+  for (auto k : kinds) {
+    const StepStats::Sum& x = s.sum[k];
+    const std::string kl = std::string("kind=\"") + StepStats::kind_name(k) + "\",part=\"";
+    line(o, "dsa:engine_step_seconds_total", x.forward_s, kl + "forward\"");
+    line(o, "dsa:engine_step_seconds_total", x.sample_s, kl + "sample\"");
+    line(o, "dsa:engine_step_seconds_total", x.host_s(), kl + "host\"");
+    line(o, "dsa:engine_step_seconds_total", x.between_s, kl + "between\"");
+  }
+  head(o, "dsa:engine_outputs_total", "counter", "Request outputs (a step's tokens and finishes) handed to HTTP threads.");
+  line(o, "dsa:engine_outputs_total", double(outputs));
+  head(o, "dsa:engine_handoff_seconds_total", "counter", "Stepping thread time spent handing outputs on (between steps).");
+  line(o, "dsa:engine_handoff_seconds_total", handoff_s);
+  head(o, "dsa:engine_deliver_seconds_total", "counter",
+       "Time spent putting outputs into the requests' mailboxes and waking their HTTP threads.");
+  line(o, "dsa:engine_deliver_seconds_total", deliver_s);
+  return o;
 }
 
 void Metrics::on_http(const std::string& route, int status) {

@@ -11,6 +11,7 @@
 
 #include "runtime/request.h"
 #include "runtime/scheduler.h"
+#include "runtime/step_stats.h"
 
 namespace dsa::server {
 
@@ -40,6 +41,11 @@ class Metrics {
 
   // The whole exposition; `in_flight` is the server's own count of unfinished engine requests.
   std::string render(const SchedulerStats& s, int64_t in_flight) const;
+  // Finished requests on the engine clock (arrival = add_request), in dsa bench's words:
+  // "requests: N finished; engine clock: TTFT p50 .. ms, p99 .. ms | TPOT p50 .. ms, p99 .. ms | latency p50 .. s"
+  // (percentiles of the last kRecent requests).
+  std::string request_report() const;
+  static constexpr size_t kRecent = size_t(1) << 16;
 
  private:
   mutable std::mutex mu_;
@@ -47,6 +53,15 @@ class Metrics {
   std::map<std::pair<std::string, int>, uint64_t> http_;        // by (route, status)
   uint64_t prompt_tokens_ = 0, generation_tokens_ = 0, cached_tokens_ = 0;
   Histogram ttft_, tpot_, e2e_, prompt_len_, gen_len_;
+  std::vector<double> recent_ttft_, recent_tpot_, recent_e2e_;  // rings of kRecent
+  size_t recent_ttft_next_ = 0, recent_tpot_next_ = 0, recent_e2e_next_ = 0;
+  uint64_t finished_total_ = 0;
 };
+
+// The engine loop's step statistics as Prometheus counters: dsa:engine_steps_total{kind},
+// dsa:engine_step_seconds_total{kind,part} (part: forward, sample, host, between),
+// dsa:engine_step_tokens_total{kind}, dsa:engine_outputs_total, dsa:engine_handoff_seconds_total (the
+// stepping thread's), dsa:engine_deliver_seconds_total (into the mailboxes).
+std::string render_steps(const StepStats& s, int64_t outputs, double handoff_s, double deliver_s);
 
 }  // namespace dsa::server

@@ -338,6 +338,9 @@ std::vector<RequestParams> ApiRequest::engine_requests() const {
       RequestParams q = params;
       q.prompt = p.ids;
       q.max_tokens = p.max_tokens;
+      // Stop strings are matched on the engine's text; otherwise the choice detokenises on its HTTP
+      // thread, off the engine thread's step (docs/server.md "Overhead").
+      q.detokenize = !q.stop.empty();
       if (q.sampling.seed) q.sampling.seed = *q.sampling.seed + uint64_t(i);  // n samples, not n copies
       out.push_back(std::move(q));
     }
@@ -520,6 +523,7 @@ Choice::Choice(const ApiRequest& r, const ModelInfo& m, int index, int prompt_in
     if (!r.forced.empty()) forced_events_ = parser_->feed(r.forced);
   }
   if (!r.scripted.empty()) script_dec_ = std::make_unique<StreamDecoder>(*m.tok, false);
+  else if (r.params.stop.empty()) dec_ = std::make_unique<StreamDecoder>(*m.tok, r.params.skip_special_tokens);
 }
 
 std::vector<json> Choice::opening() const {
@@ -683,6 +687,15 @@ void Choice::feed(const RequestOutput& o, std::vector<json>* chunks) {
     for (size_t i = 0; i < o.tokens.size() && script_pos_ < r_.scripted_ids.size(); ++i)
       text += script_dec_->push(r_.scripted_ids[script_pos_++]);
     if (o.finished) text += script_dec_->flush();
+  } else if (dec_) {
+    // The engine's text rules (Scheduler::emit_token): the token that stops a request (EOS or a stop
+    // token id; with no stop strings nothing else stops it) adds no text; a normal end flushes what
+    // the decoder holds back, a cancellation or an error does not.
+    for (size_t i = 0; i < o.tokens.size(); ++i) {
+      const bool stopper = o.finished && o.finish == FinishReason::Stop && i + 1 == o.tokens.size();
+      if (!stopper) text += dec_->push(o.tokens[i]);
+    }
+    if (o.finished && (o.finish == FinishReason::Stop || o.finish == FinishReason::Length)) text += dec_->flush();
   } else {
     text = o.text;
   }

@@ -118,6 +118,7 @@ class Choice {
   int index_, prompt_;
   std::unique_ptr<chat::StreamParser> parser_;
   std::unique_ptr<StreamDecoder> script_dec_;
+  std::unique_ptr<StreamDecoder> dec_;  // the engine request's text, decoded here (no stop strings)
   size_t script_pos_ = 0;
   // Accumulated result.
   std::string text_, reasoning_, content_;

@@ -4,13 +4,16 @@
 #include <dirent.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 
 #include <httplib.h>
 
 #include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -31,9 +34,14 @@ using Clock = std::chrono::steady_clock;
 // cpp-httplib runs each connection on a task-queue thread for as long as it is open (a streaming
 // response holds one for its whole length), so a fixed pool would make concurrent streams wait.
 // This queue starts threads as connections need them, up to a ceiling, and keeps them.
+//
+// batch: the threads run under SCHED_BATCH, which keeps a thread that wakes from preempting the one
+// running on the core it lands on. Every token wakes its stream's thread; without this, the woken
+// threads preempt the thread that steps the engine (and the one that wakes them) many times a step
+// (docs/server.md "Overhead"). They still get their fair share of the CPU, a little later.
 class GrowingPool : public httplib::TaskQueue {
  public:
-  explicit GrowingPool(size_t max_threads) : max_(max_threads) {}
+  GrowingPool(size_t max_threads, bool batch) : max_(max_threads), batch_(batch) {}
   void enqueue(std::function<void()> fn) override {
     std::lock_guard<std::mutex> g(mu_);
     jobs_.push_back(std::move(fn));
@@ -51,6 +59,7 @@ class GrowingPool : public httplib::TaskQueue {
 
  private:
   void work() {
+    if (batch_) batch_this_thread();
     std::unique_lock<std::mutex> l(mu_);
     for (;;) {
       ++idle_;
@@ -64,7 +73,17 @@ class GrowingPool : public httplib::TaskQueue {
       l.lock();
     }
   }
+  static void batch_this_thread() {
+    sched_param sp{};
+    if (sched_setscheduler(0, SCHED_BATCH, &sp) != 0) {  // pid 0: this thread; allowed unprivileged
+      static std::atomic<bool> warned{false};
+      if (!warned.exchange(true))
+        std::fprintf(stderr, "dsa serve: warning: SCHED_BATCH for the HTTP threads refused (%s); they keep the default policy\n",
+                     std::strerror(errno));
+    }
+  }
   size_t max_, idle_ = 0;
+  bool batch_ = true;
   bool stop_ = false;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -197,7 +216,8 @@ struct Server::Impl {
 
   Impl(Engine& e, ModelInfo m, ServerOptions o) : eng(e), model(std::move(m)), opt(std::move(o)) {
     loop = std::make_unique<EngineLoop>(
-        eng, opt.max_queue, [this](const RequestOutput& out) { metrics.on_output(out); }, opt.engine_thread);
+        eng, opt.max_queue, [this](const RequestOutput& out) { metrics.on_output(out); }, opt.engine_thread,
+        opt.dispatch_thread);
     routes();
   }
 
@@ -212,6 +232,10 @@ struct Server::Impl {
   }
 
   void routes();
+  std::string metrics_text() const {
+    const EngineLoop::Stats st = loop->stats();
+    return metrics.render(eng.stats(), loop->in_flight()) + render_steps(st.steps, st.outputs, st.handoff_s, st.deliver_s);
+  }
   void generate(const httplib::Request& req, httplib::Response& res, ApiKind kind);
   json model_object() const {
     json o = json::object();
@@ -225,7 +249,7 @@ struct Server::Impl {
 };
 
 void Server::Impl::routes() {
-  http.new_task_queue = [this] { return new GrowingPool(size_t(std::max(8, opt.max_connections))); };
+  http.new_task_queue = [this] { return new GrowingPool(size_t(std::max(8, opt.max_connections)), opt.batch_http_threads); };
   http.set_payload_max_length(opt.max_body_bytes);
   http.set_read_timeout(opt.read_timeout_s, 0);
   http.set_write_timeout(opt.write_timeout_s, 0);
@@ -310,7 +334,7 @@ void Server::Impl::routes() {
     res.set_content(ok ? "{\"status\":\"ok\"}" : "{\"status\":\"shutting down\"}", "application/json");
   });
   http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics.render(eng.stats(), loop->in_flight()), "text/plain; version=0.0.4; charset=utf-8");
+    res.set_content(metrics_text(), "text/plain; version=0.0.4; charset=utf-8");
   });
   http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     json o = json::object();
@@ -509,6 +533,25 @@ int64_t Server::shutdown(double grace_s) {
 
 int Server::port() const { return impl_->port; }
 const ModelInfo& Server::model() const { return impl_->model; }
-std::string Server::metrics_text() const { return impl_->metrics.render(impl_->eng.stats(), impl_->loop->in_flight()); }
+std::string Server::metrics_text() const { return impl_->metrics_text(); }
+
+std::string Server::step_report() const {
+  const EngineLoop::Stats st = impl_->loop->stats();
+  const double n = double(std::max<int64_t>(1, st.steps.steps())), b = double(std::max<int64_t>(1, st.batches));
+  char line[400];
+  if (st.dispatch_thread)
+    std::snprintf(line, sizeof line,
+                  "dsa serve: engine loop: %ld steps, %ld outputs; handed to the dispatch thread in %.3f ms per step, "
+                  "which delivered them in %.3f ms per step (%.2f us per output), %.3f ms after the hand-off\n",
+                  long(st.steps.steps()), long(st.outputs), st.handoff_s / n * 1e3, st.deliver_s / b * 1e3,
+                  st.outputs ? st.deliver_s / double(st.outputs) * 1e6 : 0.0, st.queued_s / b * 1e3);
+  else
+    std::snprintf(line, sizeof line,
+                  "dsa serve: engine loop: %ld steps, %ld outputs; delivered by the stepping thread in %.3f ms per step "
+                  "(%.2f us per output)\n",
+                  long(st.steps.steps()), long(st.outputs), st.handoff_s / n * 1e3,
+                  st.outputs ? st.deliver_s / double(st.outputs) * 1e6 : 0.0);
+  return line + st.steps.report("  ") + "  " + impl_->metrics.request_report();
+}
 
 }  // namespace dsa::server

@@ -34,6 +34,13 @@ struct ServerOptions {
   // Step the engine on a thread of the server's own. False: serve() steps it on the calling thread,
   // which should be the one that loaded the engine (its OpenMP team; see EngineLoop).
   bool engine_thread = true;
+  // Hand each step's outputs to a thread that wakes the HTTP threads while the next step runs,
+  // instead of waking them from the stepping thread between steps (EngineLoop). dsa serve turns it
+  // off on the CPU backend, whose stepping thread leads an OpenMP team over every core.
+  bool dispatch_thread = true;
+  // HTTP worker threads under SCHED_BATCH: a woken one does not preempt the thread on its core
+  // (the stepping or the dispatch thread). docs/server.md "Overhead".
+  bool batch_http_threads = true;
 };
 
 // The served model as the API describes it: name (default: the directory's last component),
@@ -63,6 +70,10 @@ class Server {
   int port() const;
   const ModelInfo& model() const;
   std::string metrics_text() const;
+  // Where the engine loop's time went so far, in dsa bench's words (steps by kind, their time split,
+  // the time spent handing outputs on, engine-clock TTFT/TPOT of finished requests); `dsa serve` prints
+  // it on stderr when it stops (docs/server.md "Overhead").
+  std::string step_report() const;
 
  private:
   struct Impl;

@@ -11,10 +11,12 @@
 #include <map>
 #include <random>
 #include <set>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "backends/op_profiler.h"
+#include "runtime/step_stats.h"
 #include "tools/commands.h"
 #include "tools/common.h"
 
@@ -30,15 +32,6 @@ std::vector<int32_t> random_tokens(std::mt19937_64& rng, int64_t n, int64_t voca
   // Ids from 2 up: never BOS/EOS, so ignore_eos is the only stop.
   for (auto& v : t) v = int32_t(2 + rng() % uint64_t(std::max<int64_t>(1, vocab - 2)));
   return t;
-}
-
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const double pos = p / 100.0 * double(v.size() - 1);
-  const size_t i = size_t(pos);
-  const double f = pos - double(i);
-  return i + 1 < v.size() ? v[i] * (1 - f) + v[i + 1] * f : v[i];
 }
 
 // Decode latency of `batch` sequences at context `ctx` in the engine's current attention mode.
@@ -86,6 +79,8 @@ int run(int argc, char** argv) {
   int64_t ctx = 0, steps = 8, batch = 1;
   int64_t requests = 0, concurrency = 8, input_len = 1024, output_len = 256, shared_prefix = 0;
   uint64_t seed = 1;
+  double client_rtt_ms = 0;
+  bool detokenize = false;
   int graph_replay = 0;
   std::string trace;
   app.add_option("--ctx", ctx, "latency: context length (default: 8 x index_topk)");
@@ -96,6 +91,14 @@ int run(int argc, char** argv) {
   app.add_option("--input-len", input_len, "throughput: prompt tokens per request")->capture_default_str();
   app.add_option("--output-len", output_len, "throughput: generated tokens per request")->capture_default_str();
   app.add_option("--shared-prefix", shared_prefix, "throughput: tokens every prompt starts with (prefix cache)");
+  app.add_option("--client-rtt", client_rtt_ms,
+                 "throughput: a finished request's successor is submitted this many ms after the finish, at the first "
+                 "step boundary past that (0: before the next step; a closed-loop client over HTTP is > 0, so its next "
+                 "request misses the step that follows the finish, as with dsa serve + scripts/serve_load.py)")
+      ->check(CLI::Range(0.0, 60000.0));
+  app.add_flag("--detokenize", detokenize,
+               "throughput: the engine detokenises every output (text deltas, as for a request with stop strings; "
+               "dsa serve does it on its HTTP threads otherwise): its cost shows in the steps' host time");
   app.add_option("--trace", trace, "throughput: JSONL, one request per line: {\"input_len\": N, \"output_len\": M}");
   app.add_option("--graph-replay", graph_replay,
                  "throughput: record decode-only steps as CUDA graphs and replay each N more times, timed "
@@ -111,6 +114,8 @@ int run(int argc, char** argv) {
   DSA_USAGE_CHECK(throughput || app.get_option("--attention")->count() == 0,
                   "--attention applies to throughput mode (--requests, --trace); latency mode runs DSA and dense in turn");
   DSA_USAGE_CHECK(throughput || graph_replay == 0, "--graph-replay applies to throughput mode (--requests, --trace)");
+  DSA_USAGE_CHECK(throughput || client_rtt_ms == 0, "--client-rtt applies to throughput mode (--requests, --trace)");
+  DSA_USAGE_CHECK(throughput || !detokenize, "--detokenize applies to throughput mode (--requests, --trace)");
   const int64_t C = cfg.max_position_embeddings;
   tools::check_range<int64_t>("--steps", steps, 1, 1 << 20);
   tools::check_range<int64_t>("--batch", batch, 1, 1 << 16);
@@ -205,57 +210,80 @@ int run(int argc, char** argv) {
   size_t next = 0;
   int64_t in_flight = 0, out_tokens = 0, in_tokens = 0, peak_blocks = 0;
   std::vector<double> ttft, tpot, e2e;
-  std::map<RequestId, double> submitted;
-  int64_t decode_steps = 0;
-  double host_s = 0, fwd_s = 0, sample_s = 0, step_s = 0;
+  // Per request: how long it waited between its client "sending" it (its slot's free_at) and add_request
+  // (the next step boundary): part of its TTFT and latency, as a client over HTTP measures them.
+  std::map<RequestId, double> held;
+  // When each free slot takes its next request (seconds since t0): all at the start, then --client-rtt
+  // after the request that held it finished (0: before the next step, as the engine alone can).
+  std::vector<double> free_at(size_t(std::min<int64_t>(concurrency, int64_t(jobs.size()))), 0.0);
+  const double rtt = client_rtt_ms * 1e-3;
+  StepStats step_stats;
   auto t0 = clk::now();
   auto submit = [&] {
-    while (next < jobs.size() && in_flight < concurrency) {
+    const double now = seconds_since(t0);
+    for (size_t k = 0; k < free_at.size() && next < jobs.size();) {
+      if (free_at[k] > now) {
+        ++k;
+        continue;
+      }
+      const double sent = free_at[k];
+      free_at.erase(free_at.begin() + int64_t(k));
       RequestParams p;
       p.prompt = prefix;
       const std::vector<int32_t> rest = random_tokens(rng, jobs[next].in - shared_prefix, cfg.vocab_size);
       p.prompt.insert(p.prompt.end(), rest.begin(), rest.end());
       p.max_tokens = jobs[next].out;
       p.ignore_eos = true;
-      p.detokenize = false;
+      p.detokenize = detokenize;
       p.sampling.seed = seed + next;
-      submitted[eng->add_request(std::move(p))] = seconds_since(t0);
+      const RequestId id = eng->add_request(std::move(p));
+      if (rtt > 0) held[id] = seconds_since(t0) - sent;
       ++next;
       ++in_flight;
     }
   };
+  const ThreadUsage usage0 = ThreadUsage::now();
   submit();
-  while (in_flight > 0) {
+  while (in_flight > 0 || next < jobs.size()) {
+    if (in_flight == 0) {  // every slot waits out its client's round trip
+      const double first = *std::min_element(free_at.begin(), free_at.end());
+      std::this_thread::sleep_for(std::chrono::duration<double>(std::max(0.0, first - seconds_since(t0))));
+      submit();
+      continue;
+    }
     auto ts = clk::now();
     std::vector<RequestOutput> outs = eng->step();
-    const double dt = seconds_since(ts);
-    const StepTiming& t = eng->last_step();
-    if (t.seqs > 0 && t.decode_rows == t.seqs) {
-      ++decode_steps;
-      step_s += dt;
-      fwd_s += t.forward_s;
-      sample_s += t.sample_s;
-      host_s += dt - t.forward_s - t.sample_s;
-    }
+    const auto te = clk::now();
+    step_stats.add(eng->last_step(), std::chrono::duration<double>(te - ts).count());
+    const double done_at = std::chrono::duration<double>(te - t0).count();
     peak_blocks = std::max(peak_blocks, eng->stats().blocks_used);
     for (auto& o : outs) {
       if (!o.finished) continue;
       DSA_CHECK(o.finish != FinishReason::Error, "request ", o.id, ": ", o.error);
       --in_flight;
+      free_at.push_back(done_at + rtt);
       out_tokens += o.completion_tokens;
       in_tokens += o.prompt_tokens;
-      ttft.push_back(o.first_token_s - o.arrival_s);
-      e2e.push_back(o.finish_s - o.arrival_s);
+      const double wait = rtt > 0 ? held[o.id] : 0.0;
+      held.erase(o.id);
+      ttft.push_back(o.first_token_s - o.arrival_s + wait);
+      e2e.push_back(o.finish_s - o.arrival_s + wait);
       if (o.completion_tokens > 1) tpot.push_back((o.finish_s - o.first_token_s) / double(o.completion_tokens - 1));
     }
     submit();
+    step_stats.add_between(seconds_since(te));
   }
   const double wall = seconds_since(t0);
+  usage0.add_since(step_stats);
   const SchedulerStats st = eng->stats();
-  std::printf("throughput on %s (%s): %zu requests, concurrency %ld, prompts %s, outputs %s\n", eng->backend().name().c_str(),
+  char rtt_buf[64] = "";
+  if (rtt > 0) std::snprintf(rtt_buf, sizeof rtt_buf, ", client round trip %g ms", client_rtt_ms);
+  const std::string rtt_label = rtt_buf;
+  std::printf("throughput on %s (%s): %zu requests, concurrency %ld, prompts %s, outputs %s%s\n", eng->backend().name().c_str(),
               tools::run_label(opt).c_str(), jobs.size(), long(concurrency),
               trace.empty() ? std::to_string(input_len).c_str() : "from trace",
-              trace.empty() ? std::to_string(output_len).c_str() : "from trace");
+              trace.empty() ? std::to_string(output_len).c_str() : "from trace",
+              rtt_label.c_str());
   std::printf("  %.3f requests/s, %.1f output tok/s, %.1f total tok/s over %.2f s\n", double(jobs.size()) / wall,
               double(out_tokens) / wall, double(out_tokens + in_tokens) / wall, wall);
   std::printf("  TTFT p50 %.1f ms, p99 %.1f ms | TPOT p50 %.2f ms, p99 %.2f ms | latency p50 %.2f s\n",
@@ -265,10 +293,7 @@ int run(int argc, char** argv) {
               long(peak_blocks), long(st.blocks_total),
               st.prefix_queried_tokens ? 100.0 * double(st.prefix_hit_tokens) / double(st.prefix_queried_tokens) : 0.0,
               long(st.prefix_queried_tokens), long(st.preemptions));
-  if (decode_steps > 0)
-    std::printf("  decode-only steps: %ld, %.2f ms each = forward (enqueue) %.2f + sample/sync %.2f + host %.3f ms (%.1f%%)\n",
-                long(decode_steps), step_s / double(decode_steps) * 1e3, fwd_s / double(decode_steps) * 1e3,
-                sample_s / double(decode_steps) * 1e3, host_s / double(decode_steps) * 1e3, 100.0 * host_s / step_s);
+  std::printf("%s", step_stats.report("  ").c_str());
   if (graph_replay > 0) {
     const Backend::GraphReplayStats g = eng->backend().graph_replay_stats();
     if (g.replays > 0)

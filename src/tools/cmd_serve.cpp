@@ -56,6 +56,14 @@ int run(int argc, char** argv) {
   app.add_option("--shutdown-grace", grace, "seconds running requests get to finish on SIGTERM/SIGINT")
       ->capture_default_str()->check(CLI::Range(0.0, 86400.0));
   app.add_flag("--log-requests", so.log_requests, "one line per request on stderr");
+  std::string dispatch = "auto";
+  app.add_option("--dispatch-thread", dispatch,
+                 "on: a thread of its own hands each step's outputs to the HTTP threads while the next step runs; off: "
+                 "the stepping thread does it between steps; auto: on except on the CPU backend (docs/server.md \"Overhead\")")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
+  bool normal_http_threads = false;
+  app.add_flag("--normal-http-threads", normal_http_threads,
+               "HTTP threads under the default scheduling policy instead of SCHED_BATCH (measurement: docs/server.md \"Overhead\")");
   bool no_cors = false;
   app.add_flag("--no-cors", no_cors, "no Access-Control-Allow-Origin header (browser pages from other origins)");
   app.add_flag("--allow-scripted-replies", allow_scripted,
@@ -66,6 +74,8 @@ int run(int argc, char** argv) {
   so.write_timeout_s = so.read_timeout_s;
   so.max_body_bytes = max_body_mb << 20;
   so.cors = !no_cors;
+  so.dispatch_thread = dispatch == "on" || (dispatch == "auto" && ef.device != "cpu");
+  so.batch_http_threads = !normal_http_threads;
   so.engine_thread = false;  // serve() steps the engine here, on the thread that loads it
   ef.check();
 
@@ -105,6 +115,7 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "dsa serve: stopped%s\n", cancelled ? (" (" + std::to_string(cancelled) + " requests cancelled)").c_str() : "");
   });
   srv.serve();
+  std::fprintf(stderr, "%s", srv.step_report().c_str());
   const bool clean = signalled.load();
   if (!clean) kill(getpid(), SIGTERM);  // the listener failed on its own: release the signal thread
   signals.join();
