@@ -54,6 +54,7 @@ TEST(KernelConfig, EveryVariable) {
   const KernelConfig c = KernelConfig::from_env({{"DSA_CUDA_PDL", "0"},
                                                  {"DSA_CUDA_GRAPHS", "1"},
                                                  {"DSA_CUDA_FP8_GEMM", "mma64"},
+                                                 {"DSA_CUDA_FP8_WGMMA", "0"},
                                                  {"DSA_CUDA_INDEXER_EXACT", "1"},
                                                  {"DSA_CUDA_INDEXER_FP8", "1"},
                                                  {"DSA_CUDA_INDEXER_WGMMA", "0"},
@@ -69,6 +70,7 @@ TEST(KernelConfig, EveryVariable) {
   EXPECT_FALSE(c.pdl);
   EXPECT_TRUE(c.graphs);
   EXPECT_EQ(c.fp8_gemm, Fp8Path::Mma64);
+  EXPECT_FALSE(c.fp8_wgmma);
   EXPECT_TRUE(c.indexer.exact);
   EXPECT_TRUE(c.indexer.fp8);
   EXPECT_FALSE(c.indexer.wgmma);
@@ -82,9 +84,9 @@ TEST(KernelConfig, EveryVariable) {
   EXPECT_FALSE(c.mqa.wgmma);
   EXPECT_TRUE(c.mqa.scores_only);
   // Every documented variable was set above.
-  EXPECT_EQ(kernel_env_vars().size(), size_t(15));
+  EXPECT_EQ(kernel_env_vars().size(), size_t(16));
   const std::string d = c.describe();
-  for (const char* part : {"pdl off", "graphs on", "fp8 mma64", "f16", "exact on", "on-chip off", "first histogram on",
+  for (const char* part : {"pdl off", "graphs on", "fp8 mma64", "fast-numerics wgmma off", "f16", "exact on", "on-chip off", "first histogram on",
                            "candidate exchange off", "CUDA cores (simple)", "splits 17", "wgmma scores off", "scores only"})
     EXPECT_NE(d.find(part), std::string::npos) << part << " in\n" << d;
 }

@@ -146,7 +146,9 @@ Tensor DeepseekV32::forward(const Tensor& ids_in, Batch& b, KvCache& kv, Attenti
   for (int64_t i = 0; all_rows && i < T; ++i) all_rows = logit_rows[size_t(i)] == i;
   // A decode step (docs/decode-graphs.md): one token per sequence in the absorbed form, every row's logits,
   // no observer. It runs from the backend's step workspace, and the backend may replay it.
-  const bool decode = T > 0 && b.all_single_token() && b.all_absorbed() && all_rows && !tap_;
+  // Host ids only: a replayed step reads its ids from the staged copy, never from a caller's device buffer.
+  const bool decode =
+      T > 0 && b.all_single_token() && b.all_absorbed() && all_rows && !tap_ && ids_in.device == Device::CPU;
   struct DecodeScope {
     Backend& be;
     bool on = false;
@@ -163,7 +165,7 @@ Tensor DeepseekV32::forward(const Tensor& ids_in, Batch& b, KvCache& kv, Attenti
     key.numerics = uint8_t(be_.numerics());
     const Backend::StepMode sm = be_.begin_decode_step(key);
     scope.on = true;
-    ids = ids_in.device == Device::CPU ? be_.stage(ids_in) : ids_in;
+    ids = be_.stage(ids_in);
     be_.prepare_batch(b);
     if (sm == Backend::StepMode::Replay) {
       Tensor logits = be_.replay_decode_step();

@@ -139,9 +139,12 @@ TEST(GpuModel, GreedyTokensMatchCpuFor32Steps) {
 TEST(GpuModel, DecodeGraphsMatchEagerBitForBit) {
   REQUIRE_MINI();
   Tokenizer tok = Tokenizer::from_dir(mini_dir());
-  const std::vector<int32_t> toks = dev_tokens(tok, 330);  // prompt 300 > index_topk: the indexer selects
+  // Prompt 300 > index_topk: the indexer selects. Prompt 520: contexts 521..550 in bucket 640, so a token's
+  // context ends before some of its attention splits start (empty splits).
+  for (const size_t plen : {size_t(300), size_t(520)})
   for (auto mode : {AttentionMode::Sparse, AttentionMode::Dense}) {
-    SCOPED_TRACE(mode == AttentionMode::Sparse ? "sparse" : "dense");
+    const std::vector<int32_t> toks = dev_tokens(tok, plen + 30);
+    SCOPED_TRACE((mode == AttentionMode::Sparse ? "sparse, prompt " : "dense, prompt ") + std::to_string(plen));
     EngineOptions o;
     o.device = "cuda";
     o.attention = mode;
@@ -153,19 +156,19 @@ TEST(GpuModel, DecodeGraphsMatchEagerBitForBit) {
     bg->set_graphs(true);
     bn->set_graphs(false);
     Sequence sg, se;
-    std::vector<int32_t> prompt(toks.begin(), toks.begin() + 300);
+    std::vector<int32_t> prompt(toks.begin(), toks.begin() + int64_t(plen));
     auto lg = eg->feed(sg, prompt);
     auto le = ee->feed(se, prompt);
     ASSERT_EQ(lg, le) << "prefill (never graphed) differs";
-    for (size_t i = 300; i < toks.size(); ++i) {
+    for (size_t i = plen; i < toks.size(); ++i) {
       lg = eg->feed(sg, {toks[i]});
       le = ee->feed(se, {toks[i]});
       ASSERT_EQ(lg.size(), le.size());
-      ASSERT_TRUE(std::memcmp(lg.data(), le.data(), lg.size() * sizeof(float)) == 0) << "decode step " << i - 300;
+      ASSERT_TRUE(std::memcmp(lg.data(), le.data(), lg.size() * sizeof(float)) == 0) << "decode step " << i - plen;
     }
     const auto& st = bg->graph_stats();
-    std::printf("[ graphs %s ] 30 decode steps (contexts 301..330: buckets 320, 384): %ld captured, %ld replayed, "
-                "%ld run once, %ld dropped\n", mode == AttentionMode::Sparse ? "dsa" : "dense", long(st.captured),
+    std::printf("[ graphs %s, prompt %zu ] 30 decode steps: %ld captured, %ld replayed, "
+                "%ld run once, %ld dropped\n", mode == AttentionMode::Sparse ? "dsa" : "dense", plen, long(st.captured),
                 long(st.replayed), long(st.run_once), long(st.dropped));
     EXPECT_GE(st.captured, 1);
     EXPECT_LE(st.captured + st.run_once, 6);  // once per key, plus once per workspace growth

@@ -227,8 +227,11 @@ CudaBackend::CudaBackend(std::unique_ptr<CudaContext> ctx)
     : ctx_(std::move(ctx)),
       pool_(std::make_shared<DevicePool>()),
       dev_arena_(
-          [](size_t n) -> void* {
+          [this](size_t n) -> void* {
             void* p = nullptr;
+            if (cudaMalloc(&p, n) == cudaSuccess) return p;
+            cudaGetLastError();
+            pool_->trim();  // the pool's cached blocks first, as the pool itself does
             if (cudaMalloc(&p, n) == cudaSuccess) return p;
             cudaGetLastError();
             return nullptr;
@@ -310,7 +313,17 @@ Backend::StepMode CudaBackend::begin_decode_step(const DecodeStepKey& key) {
     step_ = Step::Replay;
     return StepMode::Replay;
   }
-  DSA_CUDA_CHECK(cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeRelaxed));
+  // Buffers an op would grow on first use cannot grow inside a capture: grow them now, so a captured step
+  // takes the kernels an eager one takes.
+  if (key.topk > 0 && key.rows <= 1024) topk_hist0(key.rows);
+  const cudaError_t ce = cudaStreamBeginCapture(cudaStreamPerThread, cudaStreamCaptureModeRelaxed);
+  if (ce != cudaSuccess) {
+    cudaGetLastError();
+    step_ = Step::None;
+    dev_arena_.end();
+    host_arena_.end();
+    fail("decode step: cudaStreamBeginCapture failed (", cudaGetErrorString(ce), ")");
+  }
   step_ = Step::Capture;
   return StepMode::Run;
 }
@@ -333,8 +346,10 @@ Tensor CudaBackend::stage(const Tensor& host) {
     // The graph's copies read this staging memory: the same inputs, sizes and order as at capture.
     const auto& want = graphs_.at(key_).staged;
     const size_t i = staged_.size();
-    DSA_CHECK(hp && dp && i < want.size() && want[i] == std::make_pair(off, bytes),
-              "decode-step replay: input ", i, " (", bytes, " bytes) is not staged as at capture");
+    if (!(hp && dp && i < want.size() && want[i] == std::make_pair(off, bytes))) {
+      drop_decode_graphs();  // the key's graph cannot be trusted; it is captured again next time
+      fail("decode-step replay: input ", i, " (", bytes, " bytes) is not staged as at capture");
+    }
     std::memcpy(hp, host.data, bytes);
     staged_.emplace_back(off, bytes);
     return on_device(dp);
@@ -521,7 +536,11 @@ Tensor CudaBackend::alloc(DType t, Shape s) {
 
 Tensor CudaBackend::upload(const Tensor& host) {
   if (host.device == Device::CUDA) return host;
+  // Uploads outlive the step (weights, expert tables): never from a decode step's workspace.
+  const Step st = step_;
+  step_ = Step::None;
   Tensor d = alloc(host.dtype, host.shape);
+  step_ = st;
   if (host.nbytes()) DSA_CUDA_CHECK(cudaMemcpy(d.data, host.data, host.nbytes(), cudaMemcpyHostToDevice));
   return d;
 }

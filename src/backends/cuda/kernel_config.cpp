@@ -29,6 +29,8 @@ const std::vector<KernelEnvVar>& kernel_env_vars() {
        "programmatic dependent launch for the decode attention chain (where the sm_90a SASS runs)"},
       {"DSA_CUDA_GRAPHS", "0 or 1 (default 0)", "decode steps captured once per key and replayed as CUDA graphs"},
       {"DSA_CUDA_FP8_GEMM", "auto, mma128, mma64, mma32 or gemv (default auto)", "FP8 block-scaled GEMM kernel"},
+      {"DSA_CUDA_FP8_WGMMA", "0 or 1 (default 1)",
+       "fast numerics: the sm_90a block-scaled FP8 wgmma GEMM where it runs (0: the next path)"},
       {"DSA_CUDA_INDEXER_EXACT", "0 or 1 (default 0)", "indexer scores on CUDA cores in the CPU's summation order"},
       {"DSA_CUDA_INDEXER_FP8", "0 or 1 (default 0)", "e4m3 operands in the portable mma.sync indexer kernel"},
       {"DSA_CUDA_INDEXER_WGMMA", "0 or 1 (default 1)", "sm_90a wgmma indexer kernels where they run (0: portable)"},
@@ -117,6 +119,7 @@ KernelConfig KernelConfig::from_env(const Env& env) {
       if (*v == fp8_path_name(p)) c.fp8_gemm = p, found = true;
     if (!found) bad_value("DSA_CUDA_FP8_GEMM", *v);
   }
+  read_bool(env, "DSA_CUDA_FP8_WGMMA", c.fp8_wgmma);
   read_bool(env, "DSA_CUDA_INDEXER_EXACT", c.indexer.exact);
   read_bool(env, "DSA_CUDA_INDEXER_FP8", c.indexer.fp8);
   read_bool(env, "DSA_CUDA_INDEXER_WGMMA", c.indexer.wgmma);
@@ -173,7 +176,7 @@ void KernelConfig::validate() const {
 std::string KernelConfig::describe() const {
   std::ostringstream os;
   os << "launch: pdl " << onoff(pdl) << ", graphs " << onoff(graphs) << "\n";
-  os << "gemm: fp8 " << fp8_path_name(fp8_gemm) << "\n";
+  os << "gemm: fp8 " << fp8_path_name(fp8_gemm) << ", fast-numerics wgmma " << onoff(fp8_wgmma) << "\n";
   os << "indexer: wgmma " << onoff(indexer.wgmma) << " ("
      << (indexer.sm90_fp8_stages ? "fp8, ring " + std::to_string(indexer.sm90_fp8_stages) : std::string("f16"))
      << "), portable operands " << (indexer.fp8 ? "e4m3" : "f16") << ", exact " << onoff(indexer.exact)

@@ -80,6 +80,9 @@ struct KernelConfig {
   // DSA_CUDA_GRAPHS=1: decode steps captured once per key and replayed as CUDA graphs (docs/decode-graphs.md).
   bool graphs = false;
   Fp8Path fp8_gemm = Fp8Path::Auto;  // DSA_CUDA_FP8_GEMM=auto|mma128|mma64|mma32|gemv
+  // DSA_CUDA_FP8_WGMMA=0: fast numerics' FP8 linears skip the sm_90a block-scaled wgmma GEMM
+  // (gemm/fp8_blockscaled_sm90.cu) and take the next path (cuBLASLt block-scaled, else mma.sync).
+  bool fp8_wgmma = true;
   IndexerConfig indexer;
   TopkConfig topk;
   MqaConfig mqa;

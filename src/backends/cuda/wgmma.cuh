@@ -142,9 +142,17 @@ __device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
       : "=r"(done) : "r"(smem_addr(bar)), "r"(parity) : "memory");
   return done != 0;
 }
-// Spins until the phase of parity `parity` has completed (try_wait itself suspends for a while).
+// Spins until the phase of parity `parity` has completed (try_wait itself suspends for a while). A phase
+// that never completes (a wrong byte count or arrival count) traps after ~2^35 cycles (~20 s) with the
+// barrier named, so the launch fails with an error instead of hanging the process.
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  const long long t0 = clock64();
   while (!mbar_try_wait(bar, parity)) {
+    if (clock64() - t0 > (1ll << 35)) {
+      printf("dsa: mbarrier wait timed out (block %d thread %d, barrier smem 0x%x, parity %u)\n", int(blockIdx.x),
+             int(threadIdx.x), smem_addr(bar), parity);
+      __trap();
+    }
   }
 }
 // Bring a tensor map (a kernel parameter) into the descriptor cache before its first copy.

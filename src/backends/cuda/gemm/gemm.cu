@@ -183,7 +183,7 @@ void CudaBackend::linear_fp8(const Tensor& x, const Fp8Weight& w, Tensor& out) {
   // First our sm_90a TMA + wgmma kernel (gemm/fp8_blockscaled_sm90.cu), where the device probe says it runs;
   // then cuBLASLt's block-scaled FP8 (no algorithm for it in cuBLASLt 13.1 on H100, newer libraries may have).
   if (numerics_ == Numerics::Fast && T > 16) {
-    if (fp8_blockscaled_sm90_supports(context(), args)) {
+    if (config().fp8_wgmma && fp8_blockscaled_sm90_supports(context(), args)) {
       launch_act_quant(x.ptr<uint16_t>(), T, K, q.ptr<uint8_t>(), s.ptr<float>());
       quantised = true;
       if (launch_fp8_blockscaled_sm90(context(), args)) {

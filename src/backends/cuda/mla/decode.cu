@@ -498,17 +498,25 @@ void mqa_decode_stored(CudaBackend& be, const Tensor& q_lat, const Tensor& q_pe,
   const bool use_wgmma = ctx.mqa_sm90();
   // Tokens per launch: the bf16 score scratch stays under tun.max_scratch bytes.
   const int64_t TC = std::clamp<int64_t>(tun.max_scratch / std::max<int64_t>(1, H * KP * 2), 1, T);
-  for (int64_t t0 = 0; t0 < T; t0 += TC) {
-    const int64_t Tc = std::min(TC, T - t0);
-    // Splits: one CTA per SM at least (1 CTA/SM fits), whole 64-candidate tiles per split.
+  // Splits: one CTA per SM at least (1 CTA/SM fits), whole 64-candidate tiles per split.
+  const auto splits = [&](int64_t Tc, int64_t* tiles_per) {
     int64_t NS = tun.force_splits > 0 ? tun.force_splits : (be.sm_count() + Tc * HG - 1) / (Tc * HG);
     NS = std::clamp<int64_t>(NS, 1, ntiles);
-    const int64_t tiles_per = (ntiles + NS - 1) / NS;
-    NS = (ntiles + tiles_per - 1) / tiles_per;
-    Tensor S = be.alloc(DType::BF16, {Tc, H, KP});
-    Tensor ms = be.alloc(DType::F32, {Tc, H, NS, 2});
-    Tensor part;
-    if (NS > 1) part = be.alloc(DType::F32, {Tc, H, NS, 512});
+    *tiles_per = (ntiles + NS - 1) / NS;
+    return (ntiles + *tiles_per - 1) / *tiles_per;
+  };
+  // One scratch for every chunk, sized for the largest (a smaller last chunk may take more splits): chunks run
+  // in stream order, and a decode step's workspace then holds one chunk's scratch, not all of them.
+  int64_t tp_unused = 0;
+  const int64_t NSmax = std::max(splits(TC, &tp_unused), splits(T - (T - 1) / TC * TC, &tp_unused));
+  Tensor S = be.alloc(DType::BF16, {TC, H, KP});
+  Tensor ms = be.alloc(DType::F32, {TC, H, NSmax, 2});
+  Tensor part;
+  if (NSmax > 1) part = be.alloc(DType::F32, {TC, H, NSmax, 512});
+  for (int64_t t0 = 0; t0 < T; t0 += TC) {
+    const int64_t Tc = std::min(TC, T - t0);
+    int64_t tiles_per = 0;
+    const int64_t NS = splits(Tc, &tiles_per);
     DecP p{};
     p.qlat = q_lat.ptr<uint16_t>() + t0 * H * 512; p.qpe = q_pe.ptr<uint16_t>() + t0 * H * 64;
     p.cache = cache.mla.ptr<uint8_t>();
