@@ -36,7 +36,7 @@ struct ServerOptions {
   bool engine_thread = true;
   // Hand each step's outputs to a thread that wakes the HTTP threads while the next step runs,
   // instead of waking them from the stepping thread between steps (EngineLoop). dsa serve turns it
-  // off on the CPU backend, whose stepping thread leads an OpenMP team over every core.
+  // off when the CPU backend's OpenMP team (led by the stepping thread) takes every core.
   bool dispatch_thread = true;
   // HTTP worker threads under SCHED_BATCH: a woken one does not preempt the thread on its core
   // (the stepping or the dispatch thread). docs/server.md "Overhead".

@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -59,7 +60,8 @@ int run(int argc, char** argv) {
   std::string dispatch = "auto";
   app.add_option("--dispatch-thread", dispatch,
                  "on: a thread of its own hands each step's outputs to the HTTP threads while the next step runs; off: "
-                 "the stepping thread does it between steps; auto: on except on the CPU backend (docs/server.md \"Overhead\")")
+                 "the stepping thread does it between steps; auto: on unless the CPU backend's threads take every core "
+                 "(docs/server.md \"Overhead\")")
       ->capture_default_str()->check(CLI::IsMember({"auto", "on", "off"}));
   bool normal_http_threads = false;
   app.add_flag("--normal-http-threads", normal_http_threads,
@@ -74,7 +76,11 @@ int run(int argc, char** argv) {
   so.write_timeout_s = so.read_timeout_s;
   so.max_body_bytes = max_body_mb << 20;
   so.cors = !no_cors;
-  so.dispatch_thread = dispatch == "on" || (dispatch == "auto" && ef.device != "cpu");
+  // auto: a core of its own is free unless the CPU backend's OpenMP team takes every core (--threads 0 or
+  // >= the cores): then waking it during a step would stall the team (its barrier waits for the preempted one).
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  const bool team_on_every_core = ef.device == "cpu" && (ef.threads <= 0 || unsigned(ef.threads) >= cores);
+  so.dispatch_thread = dispatch == "on" || (dispatch == "auto" && !team_on_every_core);
   so.batch_http_threads = !normal_http_threads;
   so.engine_thread = false;  // serve() steps the engine here, on the thread that loads it
   ef.check();
