@@ -277,7 +277,9 @@ TEST(Cli, BenchThroughputStepSplitAndClientRoundTrip) {
   // (a request sent while a step runs waits for the next one, and that wait is).
   const size_t t = b.out.find("TTFT p50 ");
   ASSERT_NE(t, std::string::npos);
-  EXPECT_LT(std::stod(b.out.substr(t + 9)), 100.0) << b.out;
+  // Below the 150 ms round trip with room for a loaded CI machine's slower steps (it failed at 100 ms under
+  // a parallel ctest on 2 cores).
+  EXPECT_LT(std::stod(b.out.substr(t + 9)), 135.0) << b.out;
   Result c = dsa_run({"bench", "-m", tiny(), "--ctx", "64", "--client-rtt", "1"});
   EXPECT_EQ(c.rc, 2);
   EXPECT_HAS(c.err, "--client-rtt applies to throughput mode");
