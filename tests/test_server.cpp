@@ -233,6 +233,31 @@ TEST(Server, NChoicesAreNSeededRequests) {
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(got[i].content, r.body["choices"][i]["message"]["content"].get<std::string>());
 }
 
+// A /v1/completions request streamed or not: its text and finish reason (ok: a 200 reply, checked).
+struct Completion {
+  bool ok = false;
+  std::string text, finish;
+  Reply reply;  // the non-streamed reply
+};
+Completion complete(httplib::Client& c, const json& body, bool streamed) {
+  Completion r;
+  if (streamed) {
+    const auto got = collect(stream(c, "/v1/completions", body).events);
+    r.text = got[0].content;
+    r.finish = got[0].finish;
+    r.ok = true;
+    return r;
+  }
+  r.reply = post(c, "/v1/completions", body);
+  EXPECT_EQ(r.reply.status, 200) << r.reply.raw;
+  r.ok = r.reply.status == 200;
+  if (r.ok) {
+    r.text = r.reply.body["choices"][0]["text"];
+    r.finish = r.reply.body["choices"][0]["finish_reason"];
+  }
+  return r;
+}
+
 TEST(Server, StopStringsCutTheText) {
   TestServer s;
   httplib::Client c = s.client();
@@ -243,17 +268,9 @@ TEST(Server, StopStringsCutTheText) {
   const size_t at = full.find(stop);
   for (bool streamed : {false, true}) {
     json body{{"prompt", ids}, {"max_tokens", 20}, {"temperature", 0}, {"stop", json::array({stop, "zzzz-never"})}, {"stream", streamed}};
-    std::string text, finish;
-    if (streamed) {
-      const auto got = collect(stream(c, "/v1/completions", body).events);
-      text = got[0].content;
-      finish = got[0].finish;
-    } else {
-      Reply r = post(c, "/v1/completions", body);
-      ASSERT_EQ(r.status, 200) << r.raw;
-      text = r.body["choices"][0]["text"];
-      finish = r.body["choices"][0]["finish_reason"];
-    }
+    const Completion got = complete(c, body, streamed);
+    ASSERT_TRUE(got.ok);
+    const std::string &text = got.text, &finish = got.finish;
     EXPECT_EQ(text, full.substr(0, at)) << "stop " << stop << (streamed ? " (streamed)" : "");
     EXPECT_EQ(finish, "stop");
   }
@@ -275,18 +292,11 @@ TEST(Server, StopTokenIdEndsWithoutItsText) {
   for (bool streamed : {false, true}) {
     json body{{"prompt", ids}, {"max_tokens", 20}, {"temperature", 0}, {"stop_token_ids", json::array({full[k]})},
               {"stream", streamed}};
-    std::string text, finish;
-    if (streamed) {
-      const auto got = collect(stream(c, "/v1/completions", body).events);
-      text = got[0].content;
-      finish = got[0].finish;
-    } else {
-      Reply r = post(c, "/v1/completions", body);
-      ASSERT_EQ(r.status, 200) << r.raw;
-      text = r.body["choices"][0]["text"];
-      finish = r.body["choices"][0]["finish_reason"];
-      EXPECT_EQ(r.body["usage"]["completion_tokens"], int64_t(k + 1));  // the stop token counts, as generated
-    }
+    const Completion got = complete(c, body, streamed);
+    ASSERT_TRUE(got.ok);
+    const std::string &text = got.text, &finish = got.finish;
+    if (!streamed)
+      EXPECT_EQ(got.reply.body["usage"]["completion_tokens"], int64_t(k + 1));  // the stop token counts, as generated
     EXPECT_EQ(text, want) << "stop token " << full[k] << " at " << k << (streamed ? " (streamed)" : "");
     EXPECT_EQ(finish, "stop");
   }
