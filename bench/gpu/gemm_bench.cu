@@ -155,6 +155,13 @@ int main(int argc, char** argv) {
       fill_f32<<<256, 256>>>(ws_scale.back(), nsc, 0.0009765625f);
     }
     chk(cudaDeviceSynchronize(), "fill");
+    // One block-scaled FP8 product of M rows: its FLOPs, and its bytes (weights + scales, e4m3 activations and
+    // their 1x128 scales, bf16 output).
+    const auto fp8_flop = [&](int64_t M) { return 2.0 * double(M) * double(s.N) * double(s.K); };
+    const auto fp8_bytes = [&](int64_t M, bool scaled = true) {
+      return double(wbytes) + double(M) * s.K * 1.0 + double(M) * s.N * 2.0 +
+             (scaled ? double(nsc) * 4 + double(M) * (s.K / 128) * 4 : 0.0);
+    };
     for (int64_t M : Ms) {
       // <= 16 rows: the GEMV (auto) and the tensor-core kernel for comparison; above: every row tile
       std::vector<cuda::Fp8Path> paths = {cuda::Fp8Path::Auto, cuda::Fp8Path::Mma32};
@@ -169,10 +176,7 @@ int main(int argc, char** argv) {
             },
             reps);
         chk(cudaGetLastError(), "launch");
-        const double flop = 2.0 * double(M) * double(s.N) * double(s.K);
-        const double bytes = double(wbytes) + double(M) * s.K * 1.0 + double(M) * s.N * 2.0 + double(nsc) * 4 +
-                             double(M) * (s.K / 128) * 4;
-        report(s.name, cuda::fp8_path_name(path), M, s.N, s.K, ms, flop, bytes);
+        report(s.name, cuda::fp8_path_name(path), M, s.N, s.K, ms, fp8_flop(M), fp8_bytes(M));
       }
     }
     ctx.config().fp8_gemm = cuda::Fp8Path::Auto;
@@ -192,10 +196,7 @@ int main(int argc, char** argv) {
           },
           reps);
       chk(cudaGetLastError(), "wgmma-bs launch");
-      const double flop = 2.0 * double(M) * double(s.N) * double(s.K);
-      const double bytes = double(wbytes) + double(M) * s.K * 1.0 + double(M) * s.N * 2.0 + double(nsc) * 4 +
-                           double(M) * (s.K / 128) * 4;
-      report(s.name, "wgmma-bs", M, s.N, s.K, ms, flop, bytes);
+      report(s.name, "wgmma-bs", M, s.N, s.K, ms, fp8_flop(M), fp8_bytes(M));
       cmp_order.emplace_back(s.name, M);
       cmp_ms[{s.name, M}] = {ms, -1.0};
     }
@@ -225,10 +226,7 @@ int main(int argc, char** argv) {
                       unscaled ? "lt-fp8" : "lt-blk", (long long)M, (long long)s.N, (long long)s.K);
           continue;
         }
-        const double flop = 2.0 * double(M) * double(s.N) * double(s.K);
-        const double bytes = double(wbytes) + double(M) * s.K * 1.0 + double(M) * s.N * 2.0 +
-                             (unscaled ? 0.0 : double(nsc) * 4 + double(M) * (s.K / 128) * 4);
-        report(s.name, unscaled ? "lt-fp8" : "lt-blk", M, s.N, s.K, ms, flop, bytes);
+        report(s.name, unscaled ? "lt-fp8" : "lt-blk", M, s.N, s.K, ms, fp8_flop(M), fp8_bytes(M, !unscaled));
         if (unscaled) {
           auto it = cmp_ms.find({s.name, M});
           if (it != cmp_ms.end()) it->second.second = ms;
