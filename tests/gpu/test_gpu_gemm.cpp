@@ -563,6 +563,10 @@ TEST(GpuGemm, Fp8BlockScaledSm90MatchesReference) {
   shapes.push_back({100, 200, 256, 208});                                // strided, even ldo (paired stores)
   shapes.push_back({100, 200, 256, 201});                                // odd ldo (single stores)
   shapes.push_back({3, 130, 256, 131});
+  // More tiles than 132 SMs with KB % 4 != 0: a CTA's second tile starts mid-ring (stage and phase carried over).
+  shapes.push_back({300, 6144, 128, 6144});  // KB 1, 144 tiles
+  shapes.push_back({600, 3584, 384, 3584});  // KB 3 (dsa-mini's hidden), 140 tiles
+  shapes.push_back({260, 6144, 640, 6144});  // KB 5, 144 tiles
   FastStats all;
   for (const Shape& sh : shapes) {
     const int64_t M = sh.M, N = sh.N, K = sh.K, KB = K / 128;

@@ -128,6 +128,10 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cas
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
 }
+// After the inits, before any other thread or the async proxy uses the barriers (with fence_proxy_async and a
+// CTA barrier). A launch without clusters is a 1-CTA cluster, so the cluster scope is valid and costs nothing;
+// DeepGEMM's and CUTLASS's pipelines issue it unconditionally.
+__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
@@ -143,17 +147,13 @@ __device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
   return done != 0;
 }
 // Spins until the phase of parity `parity` has completed (try_wait itself suspends for a while). A phase
-// that never completes (a wrong byte count or arrival count) traps after ~2^35 cycles (~20 s) with the
-// barrier named, so the launch fails with an error instead of hanging the process.
+// that never completes (a wrong byte count or arrival count) traps after ~2^35 cycles (~20 s), so the launch
+// fails with an error instead of hanging the process. No printf here: a call inside a wgmma pipeline makes
+// ptxas serialise every wgmma of the kernel (warning C7510).
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   const long long t0 = clock64();
-  while (!mbar_try_wait(bar, parity)) {
-    if (clock64() - t0 > (1ll << 35)) {
-      printf("dsa: mbarrier wait timed out (block %d thread %d, barrier smem 0x%x, parity %u)\n", int(blockIdx.x),
-             int(threadIdx.x), smem_addr(bar), parity);
-      __trap();
-    }
-  }
+  while (!mbar_try_wait(bar, parity))
+    if (clock64() - t0 > (1ll << 35)) __trap();
 }
 // Bring a tensor map (a kernel parameter) into the descriptor cache before its first copy.
 __device__ __forceinline__ void prefetch_map(const void* map) {

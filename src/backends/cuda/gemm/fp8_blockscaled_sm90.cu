@@ -60,6 +60,8 @@ static_assert(kBM == 64 * kConsumerWarpgroups, "each consumer warpgroup owns 64 
 static_assert(kBN == 128, "one weight scale per (tile, kb) needs the tile to be one 128-row scale block");
 static_assert(kBK == 128, "a stage is one promotion block of 128 e4m3 = one 128-byte swizzle row");
 static_assert(kStageBytes % 1024 == 0, "stages keep the 1024-byte alignment of the 128B swizzle");
+static_assert(1023 + size_t(kStages) * kStageBytes + 2 * kStages * sizeof(uint64_t) <= kSmem,
+              "the layout fits the allocation even if the dynamic shared base were only 16-byte aligned");
 
 struct Params {
   const float* as;  // [M][KB] activation scales (row-major: launch_act_quant's default)
@@ -87,7 +89,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     fp8_blockscaled_sm90_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_w,
                                 Params p) {
 #if DSA_WGMMA
-  extern __shared__ uint8_t smraw[];
+  extern __shared__ __align__(1024) uint8_t smraw[];  // the 128B swizzle needs 1024-byte stage bases
   uint8_t* base = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smraw) + 1023) & ~uintptr_t(1023));
   uint64_t* full = reinterpret_cast<uint64_t*>(base + size_t(kStages) * kStageBytes);  // TMA bytes landed
   uint64_t* empty = full + kStages;                                                      // consumers done
@@ -99,6 +101,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       tma::mbar_init(&full[s], 1);                 // the producer's arrive_expect_tx (+ the copies' bytes)
       tma::mbar_init(&empty[s], kConsumerWarps);   // lane 0 of every consumer warp
     }
+    tma::mbar_init_fence();
     wgmma::fence_proxy_async();  // the initialised barriers visible to the async proxy (TMA completes on them)
   }
   __syncthreads();  // the only CTA-wide barrier: the producer warp leaves the block below when it is done
