@@ -27,7 +27,7 @@ std::string error_of(const Env& env) {
 TEST(KernelConfig, Defaults) {
   const KernelConfig c = KernelConfig::from_env({});
   EXPECT_TRUE(c.pdl);
-  EXPECT_FALSE(c.graphs);
+  EXPECT_TRUE(c.graphs);
   EXPECT_EQ(c.fp8_gemm, Fp8Path::Auto);
   EXPECT_FALSE(c.indexer.exact);
   EXPECT_FALSE(c.indexer.fp8);
@@ -52,7 +52,7 @@ TEST(KernelConfig, Defaults) {
 
 TEST(KernelConfig, EveryVariable) {
   const KernelConfig c = KernelConfig::from_env({{"DSA_CUDA_PDL", "0"},
-                                                 {"DSA_CUDA_GRAPHS", "1"},
+                                                 {"DSA_CUDA_GRAPHS", "0"},
                                                  {"DSA_CUDA_FP8_GEMM", "mma64"},
                                                  {"DSA_CUDA_FP8_WGMMA", "0"},
                                                  {"DSA_CUDA_INDEXER_EXACT", "1"},
@@ -68,7 +68,7 @@ TEST(KernelConfig, EveryVariable) {
                                                  {"DSA_CUDA_MQA_WGMMA", "0"},
                                                  {"DSA_CUDA_MQA_SCORES_ONLY", "1"}});
   EXPECT_FALSE(c.pdl);
-  EXPECT_TRUE(c.graphs);
+  EXPECT_FALSE(c.graphs);
   EXPECT_EQ(c.fp8_gemm, Fp8Path::Mma64);
   EXPECT_FALSE(c.fp8_wgmma);
   EXPECT_TRUE(c.indexer.exact);
@@ -86,7 +86,7 @@ TEST(KernelConfig, EveryVariable) {
   // Every documented variable was set above.
   EXPECT_EQ(kernel_env_vars().size(), size_t(16));
   const std::string d = c.describe();
-  for (const char* part : {"pdl off", "graphs on", "fp8 mma64", "fast-numerics wgmma off", "f16", "exact on", "on-chip off", "first histogram on",
+  for (const char* part : {"pdl off", "graphs off", "fp8 mma64", "fast-numerics wgmma off", "f16", "exact on", "on-chip off", "first histogram on",
                            "candidate exchange off", "CUDA cores (simple)", "splits 17", "wgmma scores off", "scores only"})
     EXPECT_NE(d.find(part), std::string::npos) << part << " in\n" << d;
 }
@@ -94,7 +94,7 @@ TEST(KernelConfig, EveryVariable) {
 TEST(KernelConfig, ValuesKeepTheirMeanings) {
   // Empty values count as unset (the old parsers' behaviour for every switch).
   EXPECT_TRUE(KernelConfig::from_env({{"DSA_CUDA_PDL", ""}}).pdl);
-  EXPECT_FALSE(KernelConfig::from_env({{"DSA_CUDA_GRAPHS", ""}}).graphs);
+  EXPECT_TRUE(KernelConfig::from_env({{"DSA_CUDA_GRAPHS", ""}}).graphs);
   EXPECT_EQ(KernelConfig::from_env({{"DSA_CUDA_INDEXER_WGMMA_FP8", "1"}}).indexer.sm90_fp8_stages, 4);
   EXPECT_EQ(KernelConfig::from_env({{"DSA_CUDA_TOPK_SCORE_HIST", "0"}}).topk.hist0, 0);
   EXPECT_EQ(KernelConfig::from_env({{"DSA_CUDA_TOPK_SCORE_HIST", "auto"}}).topk.hist0, -1);

@@ -27,7 +27,7 @@ const std::vector<KernelEnvVar>& kernel_env_vars() {
   static const std::vector<KernelEnvVar> vars = {
       {"DSA_CUDA_PDL", "0 or 1 (default 1)",
        "programmatic dependent launch for the decode attention chain (where the sm_90a SASS runs)"},
-      {"DSA_CUDA_GRAPHS", "0 or 1 (default 0)", "decode steps captured once per key and replayed as CUDA graphs"},
+      {"DSA_CUDA_GRAPHS", "0 or 1 (default 1)", "decode steps captured once per key and replayed as CUDA graphs"},
       {"DSA_CUDA_FP8_GEMM", "auto, mma128, mma64, mma32 or gemv (default auto)", "FP8 block-scaled GEMM kernel"},
       {"DSA_CUDA_FP8_WGMMA", "0 or 1 (default 1)",
        "fast numerics: the sm_90a block-scaled FP8 wgmma GEMM where it runs (0: the next path)"},
