@@ -60,8 +60,6 @@ static_assert(kBM == 64 * kConsumerWarpgroups, "each consumer warpgroup owns 64 
 static_assert(kBN == 128, "one weight scale per (tile, kb) needs the tile to be one 128-row scale block");
 static_assert(kBK == 128, "a stage is one promotion block of 128 e4m3 = one 128-byte swizzle row");
 static_assert(kStageBytes % 1024 == 0, "stages keep the 1024-byte alignment of the 128B swizzle");
-static_assert(1023 + size_t(kStages) * kStageBytes + 2 * kStages * sizeof(uint64_t) <= kSmem,
-              "the layout fits the allocation even if the dynamic shared base were only 16-byte aligned");
 
 struct Params {
   const float* as;  // [M][KB] activation scales (row-major: launch_act_quant's default)
